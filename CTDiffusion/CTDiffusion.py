@@ -1,0 +1,887 @@
+"""CTDiffusion: train 3D diffusion models on prostate CT or cardiac masks, generate synthetic volumes and compare
+them with the real ones, from inside 3D Slicer.
+
+This file is the thin GUI layer. Every decision (command lines, event reading, node import, layout, tables)
+lives in CTDiffusionLib (jobs/ and scene/), which is tested outside Slicer. Heavy packages (torch, MONAI,
+diffusers) are never imported here: training, generation and evaluation run in a child process.
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import qt
+import slicer
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+PROFILES = [("Prostate CT", "prostate-ct"), ("Cardiac masks (ACDC)", "cardiac-masks")]
+PRESETS = {
+    "prostate-ct": [("tiny (CPU, minutes)", "tiny"), ("default (GPU, 256x256x26)", "default"),
+                    ("thesis (as the source thesis)", "thesis"), ("native512 (512x512x26)", "native512")],
+    "cardiac-masks": [("slice2d (64x64, as the source report)", "slice2d"), ("stack3d (16x128x128)", "stack3d"),
+                      ("tiny2d (CPU)", "tiny2d"), ("tiny3d (CPU)", "tiny3d")],
+}
+SCHEDULES = [("Linear", "linear"), ("Cosine", "cosine")]
+SAMPLERS = [("DPM-Solver++ (fast)", "dpm++"), ("DDIM", "ddim"), ("DDPM (1000 steps)", "ddpm")]
+LENGTH_MODES = [("Steps", "steps"), ("Epochs", "epochs")]
+MODEL_SOURCES = [("This session's run", "run"), ("Model bundle on disk", "bundle")]
+ANY_CONDITION = "(any)"
+POLL_INTERVAL_MS = 250
+SETTINGS = "CTDiffusion/"
+
+
+#
+# Module
+#
+class CTDiffusion(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CTDiffusion")
+        self.parent.categories = [_("Image Synthesis")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CTDiffusion contributors"]
+        self.parent.helpText = _(
+            "Train a 3D diffusion model on a small set of prostate CT scans or cardiac segmentation masks (ACDC "
+            "layout), generate synthetic volumes with real geometry and units, and compare them side by side with "
+            "the real data. Training, generation and the quality report run in a background process; Slicer stays "
+            "responsive and Stop leaves a resumable run.<br>"
+            "The first use installs PyTorch (PyTorch extension) and a few Python packages after asking once.<br>"
+            "See the <a href=\"https://github.com/ctdiffusion/SlicerCTDiffusion/blob/main/docs/slicer.md\">user "
+            "guide</a>.")
+        self.parent.acknowledgementText = _(
+            "CTDiffusion builds on two student works: a master's thesis that trained a mixed 2D/3D UNet denoising "
+            "diffusion probabilistic model (DDPM) on 28 prostate CT volumes, and a student report that trained a 2D "
+            "DDPM with a cosine noise schedule on ACDC cardiac segmentation masks. It uses MONAI, diffusers and "
+            "PyTorch.")
+        slicer.app.connect("aboutToQuit()", _stopAllJobsOnQuit)
+
+
+def _stopAllJobsOnQuit():
+    """Closing Slicer stops every child (SIGTERM -> checkpoint -> resumable), waiting a few seconds at most."""
+    import sys
+
+    jobs = sys.modules.get("CTDiffusionLib.jobs.runner")
+    if jobs is not None:
+        jobs.stop_all_jobs(grace_s=10.0)
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class CTDiffusionParameterNode:
+    profile: str = "prostate-ct"
+    sourceMode: str = "nodes"  # nodes | folder
+    sourceFolder: str = ""
+    preset: str = ""
+    lengthMode: str = "steps"
+    length: int = 2000
+    batchSize: int = 2
+    learningRate: float = 0.0001
+    schedule: str = "linear"
+    augment: str = "zoom,flip"
+    conditioned: bool = False
+    device: str = "auto"
+    runFolder: str = ""
+    modelSource: str = "run"
+    modelPath: str = ""
+    numberOfSamples: int = 4
+    sampler: str = "dpm++"
+    samplingSteps: int = 25
+    seed: int = 0
+    referenceVolume: slicer.vtkMRMLScalarVolumeNode
+    guidanceScale: float = 3.0
+    lastRunFolder: str = ""
+    lastGeneratedFolder: str = ""
+    lastReportFolder: str = ""
+
+
+#
+# Widget
+#
+class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingGui = False
+        self._job = None  # the running JobRunner
+        self._jobKind = None  # "train" | "generate" | "evaluate"
+        self._jobOutput = None
+        self._lossCurve = None
+        self._timer = None
+        self._conditionCombos = {}
+        self._syntheticNodes = []
+
+    # ------------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTDiffusion.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CTDiffusionLogic()
+
+        self._fillCombo(self.ui.profileComboBox, PROFILES)
+        self._fillCombo(self.ui.scheduleComboBox, SCHEDULES)
+        self._fillCombo(self.ui.samplerComboBox, SAMPLERS)
+        self._fillCombo(self.ui.lengthModeComboBox, LENGTH_MODES)
+        self._fillCombo(self.ui.modelSourceComboBox, MODEL_SOURCES)
+        self._fillDevices()
+
+        self.ui.sourceFolderPathLineEdit.filters = ctkPathLineEditDirs()
+        self.ui.runFolderPathLineEdit.filters = ctkPathLineEditDirs()
+        self.ui.modelPathLineEdit.filters = ctkPathLineEditDirs()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPollJob)
+
+        # combos and lists that the parameter node wrapper does not map
+        self.ui.profileComboBox.connect("currentIndexChanged(int)", self.onProfileChanged)
+        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.scheduleComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.samplerComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.lengthModeComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.onModelSourceChanged)
+        for checkBox in (self.ui.augmentZoomCheckBox, self.ui.augmentFlipCheckBox, self.ui.augmentRotateCheckBox,
+                         self.ui.conditionsCheckBox):
+            checkBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
+        self.ui.sourceNodesRadioButton.connect("toggled(bool)", self.onSourceModeChanged)
+        self.ui.sourceFolderRadioButton.connect("toggled(bool)", self.onSourceModeChanged)
+        self.ui.sourceNodesComboBox.connect("checkedNodesChanged()", self.updateDataSummary)
+        self.ui.sourceFolderPathLineEdit.connect("currentPathChanged(QString)", self.onSourceFolderChanged)
+        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRunFolderChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+
+        # buttons
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.resumeButton.connect("clicked(bool)", self.onResumeButton)
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
+        self.ui.sampleSlider.connect("valueChanged(int)", self.onSampleChanged)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.updateDependencyStatus()
+        self._setJobButtons()
+
+    @staticmethod
+    def _fillCombo(combo, items) -> None:
+        combo.clear()
+        for label, value in items:
+            combo.addItem(label, value)
+
+    @staticmethod
+    def _selectData(combo, value) -> None:
+        index = combo.findData(value)
+        if index >= 0:
+            combo.setCurrentIndex(index)
+
+    def _fillDevices(self) -> None:
+        from CTDiffusionLib.jobs.commands import device_choices
+
+        self._fillCombo(self.ui.deviceComboBox, device_choices(self.logic.cudaDeviceCount()))
+
+    @staticmethod
+    def _setting(key, default=""):
+        value = qt.QSettings().value(SETTINGS + key)
+        return default if value in (None, "") else value
+
+    @staticmethod
+    def _setSetting(key, value) -> None:
+        qt.QSettings().setValue(SETTINGS + key, value)
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self._stopJob(block=True)
+        if self._timer:
+            self._timer.stop()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._stopJob(block=True)  # closing the scene stops the child; the run stays resumable
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        parameterNode = self.logic.getParameterNode()
+        if not parameterNode.runFolder:  # a new scene starts from the user's last choices (QSettings)
+            parameterNode.runFolder = str(self._setting("runsFolder", str(self.logic.defaultRunsFolder())))
+            parameterNode.device = str(self._setting("device", "auto"))
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.updateGUIFromParameterNode()
+
+    # ------------------------------------------------------------------------------ parameter node <-> GUI
+    def updateGUIFromParameterNode(self) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        self._updatingGui = True
+        try:
+            self._selectData(self.ui.profileComboBox, p.profile)
+            self._fillCombo(self.ui.presetComboBox, PRESETS.get(p.profile, []))
+            self._selectData(self.ui.presetComboBox, p.preset)
+            self._selectData(self.ui.scheduleComboBox, p.schedule)
+            self._selectData(self.ui.samplerComboBox, p.sampler)
+            self._selectData(self.ui.lengthModeComboBox, p.lengthMode)
+            self._selectData(self.ui.deviceComboBox, p.device)
+            self._selectData(self.ui.modelSourceComboBox, p.modelSource)
+            augment = set(p.augment.split(",")) if p.augment else set()
+            self.ui.augmentZoomCheckBox.checked = "zoom" in augment
+            self.ui.augmentFlipCheckBox.checked = "flip" in augment
+            self.ui.augmentRotateCheckBox.checked = "rotate" in augment
+            masks = p.profile == "cardiac-masks"
+            self.ui.conditionsCheckBox.visible = masks
+            self.ui.conditionsCheckBox.checked = p.conditioned and masks
+            self.ui.sourceNodesRadioButton.checked = p.sourceMode == "nodes"
+            self.ui.sourceFolderRadioButton.checked = p.sourceMode == "folder"
+            self.ui.sourceNodesComboBox.visible = p.sourceMode == "nodes"
+            self.ui.sourceFolderPathLineEdit.visible = p.sourceMode == "folder"
+            self.ui.sourceNodesComboBox.nodeTypes = (["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"] if masks
+                                                     else ["vtkMRMLScalarVolumeNode"])
+            self.ui.modelPathLineEdit.visible = p.modelSource == "bundle"
+            for lineEdit, value in ((self.ui.runFolderPathLineEdit, p.runFolder),
+                                    (self.ui.sourceFolderPathLineEdit, p.sourceFolder),
+                                    (self.ui.modelPathLineEdit, p.modelPath)):
+                if lineEdit.currentPath != value:
+                    lineEdit.currentPath = value
+            self.ui.lengthSpinBox.suffix = _(" steps") if p.lengthMode == "steps" else _(" epochs")
+        finally:
+            self._updatingGui = False
+        self.updateConditionWidgets()
+        self.updateDataSummary()
+        self._setJobButtons()
+
+    def updateParameterNodeFromGUI(self, *_args) -> None:
+        p = self._parameterNode
+        if p is None or self._updatingGui:
+            return
+        wasModified = p.StartModify()
+        try:
+            p.preset = self.ui.presetComboBox.currentData or ""
+            p.schedule = self.ui.scheduleComboBox.currentData or "linear"
+            p.sampler = self.ui.samplerComboBox.currentData or "dpm++"
+            p.lengthMode = self.ui.lengthModeComboBox.currentData or "steps"
+            p.device = self.ui.deviceComboBox.currentData or "auto"
+            augment = [name for name, box in (("zoom", self.ui.augmentZoomCheckBox), ("flip", self.ui.augmentFlipCheckBox),
+                                              ("rotate", self.ui.augmentRotateCheckBox)) if box.checked]
+            p.augment = ",".join(augment)
+            p.conditioned = bool(self.ui.conditionsCheckBox.checked)
+        finally:
+            p.EndModify(wasModified)
+        self._setSetting("device", p.device)
+        self.ui.lengthSpinBox.suffix = _(" steps") if p.lengthMode == "steps" else _(" epochs")
+
+    def onProfileChanged(self, _index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.profile = self.ui.profileComboBox.currentData
+        self._parameterNode.preset = ""
+        self.updateGUIFromParameterNode()
+
+    def onSourceModeChanged(self, _checked) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.sourceMode = "folder" if self.ui.sourceFolderRadioButton.checked else "nodes"
+        self.updateGUIFromParameterNode()
+
+    def onSourceFolderChanged(self, path) -> None:
+        if self._parameterNode is not None and not self._updatingGui:
+            self._parameterNode.sourceFolder = path
+            self._setSetting("lastDataFolder", path)
+        self.updateDataSummary()
+
+    def onRunFolderChanged(self, path) -> None:
+        if self._parameterNode is not None and not self._updatingGui:
+            self._parameterNode.runFolder = path
+            self._setSetting("runsFolder", path)
+
+    def onModelSourceChanged(self, _index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.modelSource = self.ui.modelSourceComboBox.currentData
+        self.updateGUIFromParameterNode()
+
+    def onModelPathChanged(self, path) -> None:
+        if self._parameterNode is not None and not self._updatingGui:
+            self._parameterNode.modelPath = path
+        self.updateConditionWidgets()
+
+    # --------------------------------------------------------------------------------------------- data
+    def selectedSourceNodes(self) -> list:
+        return list(self.ui.sourceNodesComboBox.checkedNodes())
+
+    def updateDataSummary(self, *_args) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        from CTDiffusionLib.scene import sources
+
+        try:
+            if p.sourceMode == "folder":
+                summary = sources.summarize_folder(p.sourceFolder, p.profile) if p.sourceFolder else None
+            else:
+                summary = sources.summarize_nodes(self.selectedSourceNodes(), p.profile)
+            self.ui.dataSummaryLabel.text = summary.text() if summary else _("Choose a data folder.")
+        except Exception as exc:  # a summary must never break the panel
+            logging.exception("data summary failed")
+            self.ui.dataSummaryLabel.text = _("Could not read the data: {error}").format(error=exc)
+
+    # ------------------------------------------------------------------------------------- dependencies
+    def updateDependencyStatus(self) -> None:
+        status = self.logic.dependencyStatus()
+        self.ui.dependenciesStatusLabel.text = status.text()
+        self.ui.installDependenciesButton.enabled = not status.ok
+        self.ui.dependenciesCollapsibleButton.collapsed = status.ok
+
+    def onInstallDependencies(self) -> None:
+        self.ensureDependencies(ask=True)
+
+    def ensureDependencies(self, ask=True) -> bool:
+        try:
+            ok = self.logic.ensureDependencies(ask=ask)
+        except Exception as exc:
+            slicer.util.errorDisplay(_("Installing Python packages failed: {error}").format(error=exc))
+            ok = False
+        self.updateDependencyStatus()
+        if ok:
+            self._fillDevices()
+            self._selectData(self.ui.deviceComboBox, self._parameterNode.device if self._parameterNode else "auto")
+        return ok
+
+    # ------------------------------------------------------------------------------------------------ jobs
+    def _setJobButtons(self) -> None:
+        running = self._job is not None and self._job.is_running
+        kind = self._jobKind if running else None
+        self.ui.trainButton.text = _("Stop") if kind == "train" else _("Start training")
+        self.ui.trainButton.enabled = kind in (None, "train")
+        self.ui.resumeButton.enabled = kind is None and self.logic.canResume(self._runFolder())
+        self.ui.generateButton.text = _("Cancel") if kind == "generate" else _("Generate")
+        self.ui.generateButton.enabled = kind in (None, "generate") and bool(self._modelPath())
+        self.ui.evaluateButton.text = _("Cancel") if kind == "evaluate" else _("Evaluate")
+        self.ui.evaluateButton.enabled = kind in (None, "evaluate")
+        count = len(self._syntheticNodes)
+        self.ui.sampleSlider.enabled = count > 1
+        self.ui.sampleSlider.maximum = max(0, count - 1)
+        self.ui.openReportButton.enabled = bool(self._parameterNode and self._parameterNode.lastReportFolder)
+
+    def _runFolder(self) -> str:
+        p = self._parameterNode
+        return (p.lastRunFolder or p.runFolder) if p else ""
+
+    def _modelPath(self) -> str:
+        p = self._parameterNode
+        if p is None:
+            return ""
+        return p.modelPath if p.modelSource == "bundle" else p.lastRunFolder
+
+    def _startJob(self, kind, command, output) -> None:
+        from CTDiffusionLib.jobs.runner import JobRunner
+
+        self._job = JobRunner.from_command(command).start()
+        self._jobKind, self._jobOutput = kind, output
+        progressBar = {"train": self.ui.trainProgressBar, "generate": self.ui.generateProgressBar,
+                       "evaluate": self.ui.evaluateProgressBar}[kind]
+        progressBar.setValue(0)
+        progressBar.setFormat(_("starting ..."))
+        self._appendLog(f"$ {' '.join(command.argv)}")
+        self._timer.start()
+        self._setJobButtons()
+
+    def _stopJob(self, block=False) -> None:
+        if self._job is not None and self._job.is_running:
+            self._appendLog(_("Stopping (a checkpoint is written first) ..."))
+            self._job.cancel(block=block)
+
+    def _appendLog(self, text) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def onPollJob(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        events = job.poll()
+        for line in job.take_log():
+            self._appendLog(line)
+        for event in events:
+            self.onJobEvent(event)
+        if not job.is_running:
+            self._timer.stop()
+            self.onJobFinished()
+
+    def onJobEvent(self, event) -> None:
+        from CTDiffusionLib.jobs.runner import describe_progress
+
+        kind = event.get("event")
+        progressBar = {"train": self.ui.trainProgressBar, "generate": self.ui.generateProgressBar,
+                       "evaluate": self.ui.evaluateProgressBar}[self._jobKind]
+        if kind == "progress":
+            fraction = self._job.progress_fraction()
+            if fraction is not None:
+                progressBar.setValue(int(round(100 * fraction)))
+            progressBar.setFormat(describe_progress(event) or "%p%")
+            if self._jobKind == "train" and self._lossCurve is not None:
+                self._lossCurve.add(event)
+        elif kind == "checkpoint":
+            self._appendLog(_("Checkpoint at step {step}: {path}").format(step=event.get("step"), path=event.get("path")))
+        elif kind == "error":
+            self._appendLog(_("Error: {message}").format(message=event.get("message")))
+
+    def onJobFinished(self) -> None:
+        job, kind, output = self._job, self._jobKind, self._jobOutput
+        progressBar = {"train": self.ui.trainProgressBar, "generate": self.ui.generateProgressBar,
+                       "evaluate": self.ui.evaluateProgressBar}[kind]
+        self._job = None
+        self._jobKind = None
+        if job.stopped:
+            progressBar.setFormat(_("stopped"))
+            if kind == "train":
+                self._appendLog(_("Training stopped; Resume continues from the last checkpoint."))
+        elif not job.succeeded:
+            progressBar.setFormat(_("failed"))
+            slicer.util.errorDisplay(job.error_message() or _("The job failed."), windowTitle=_("CTDiffusion"))
+        else:
+            progressBar.setValue(100)
+            progressBar.setFormat(_("done"))
+            try:
+                if kind == "train":
+                    self.onTrainingCompleted(output)
+                elif kind == "generate":
+                    self.onGenerationCompleted(output)
+                elif kind == "evaluate":
+                    self.onEvaluationCompleted(output)
+            except Exception as exc:
+                logging.exception("loading results failed")
+                slicer.util.errorDisplay(_("Loading the results failed: {error}").format(error=exc))
+        self._setJobButtons()
+
+    # -------------------------------------------------------------------------------------------- training
+    def onTrainButton(self) -> None:
+        if self._jobKind == "train":
+            self._stopJob()
+            return
+        self.startTraining(resume=False)
+
+    def onResumeButton(self) -> None:
+        self.startTraining(resume=True)
+
+    def startTraining(self, resume) -> None:
+        p = self._parameterNode
+        if not self.ensureDependencies(ask=True):
+            return
+        try:
+            with slicer.util.WaitCursor():
+                command, runDir = self.logic.trainingCommand(p, self.selectedSourceNodes(), resume=resume,
+                                                             runDir=self._runFolder() if resume else None)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
+            return
+        p.lastRunFolder = str(runDir)
+        self._lossCurve = self.logic.lossCurve(reset=not resume)
+        self.logic.showLossCurve(self._lossCurve)
+        self._startJob("train", command, runDir)
+
+    def onTrainingCompleted(self, runDir) -> None:
+        self._appendLog(_("Model bundle: {path}").format(path=Path(runDir) / "model"))
+        if self._parameterNode.modelSource == "run":
+            self.updateConditionWidgets()
+
+    # ------------------------------------------------------------------------------------------ generation
+    def updateConditionWidgets(self) -> None:
+        """One combo per condition in the bundle's model.json (issue 5); hidden for unconditional models."""
+        conditions = self.logic.modelConditions(self._modelPath())
+        layout = self.ui.conditionsFormLayout
+        for combo in self._conditionCombos.values():
+            layout.removeRow(combo)
+        self._conditionCombos = {}
+        for key, values in conditions.items():
+            combo = qt.QComboBox()
+            combo.objectName = f"condition_{key}ComboBox"
+            combo.addItem(ANY_CONDITION, "")
+            for value in values:
+                combo.addItem(str(value), str(value))
+            layout.addRow(f"{key}:", combo)
+            self._conditionCombos[key] = combo
+        self.ui.conditionsGroupBox.visible = bool(conditions)
+        self.ui.guidanceScaleSliderWidget.enabled = bool(conditions)
+        self._setJobButtons()
+
+    def selectedCondition(self) -> dict:
+        return {key: combo.currentData for key, combo in self._conditionCombos.items() if combo.currentData}
+
+    def onGenerateButton(self) -> None:
+        if self._jobKind == "generate":
+            self._stopJob()
+            return
+        if not self.ensureDependencies(ask=True):
+            return
+        p = self._parameterNode
+        try:
+            command, outDir = self.logic.generationCommand(p, self._modelPath(), self.selectedCondition())
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
+            return
+        self._startJob("generate", command, outDir)
+
+    def onGenerationCompleted(self, outDir) -> None:
+        p = self._parameterNode
+        p.lastGeneratedFolder = str(outDir)
+        real = p.referenceVolume or (self.selectedSourceNodes() or [None])[0]
+        with slicer.util.WaitCursor():
+            self._syntheticNodes = self.logic.importAndCompare(outDir, real, profile=p.profile)
+        self.ui.sampleSlider.value = 0
+        self._updateSampleLabel(0)
+
+    def onSampleChanged(self, index) -> None:
+        if 0 <= index < len(self._syntheticNodes):
+            from CTDiffusionLib.scene.comparison import show_sample
+
+            show_sample(self._syntheticNodes[index])
+            self._updateSampleLabel(index)
+
+    def _updateSampleLabel(self, index) -> None:
+        count = len(self._syntheticNodes)
+        self.ui.sampleLabel.text = (f"{index + 1} / {count}: {self._syntheticNodes[index].GetName()}" if count
+                                    else _("no samples"))
+
+    # --------------------------------------------------------------------------------------------- quality
+    def onEvaluateButton(self) -> None:
+        if self._jobKind == "evaluate":
+            self._stopJob()
+            return
+        if not self.ensureDependencies(ask=True):
+            return
+        p = self._parameterNode
+        realNodes = list(self.ui.realNodesComboBox.checkedNodes())
+        generatedNodes = ([] if self.ui.useLastGenerationCheckBox.checked
+                          else list(self.ui.generatedNodesComboBox.checkedNodes()))
+        try:
+            with slicer.util.WaitCursor():
+                command, reportDir = self.logic.evaluationCommand(p, realNodes, generatedNodes,
+                                                                  useLastGeneration=self.ui.useLastGenerationCheckBox.checked)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
+            return
+        self._qualityNodes = (realNodes, generatedNodes or self._syntheticNodes)
+        self._startJob("evaluate", command, reportDir)
+
+    def onEvaluationCompleted(self, reportDir) -> None:
+        self._parameterNode.lastReportFolder = str(reportDir)
+        realNodes, generatedNodes = getattr(self, "_qualityNodes", ([], []))
+        summary, samples = self.logic.showQuality(reportDir, realNodes, generatedNodes)
+        self.ui.metricsTableView.setMRMLTableNode(summary)
+        self.ui.samplesTableView.setMRMLTableNode(samples)
+        from CTDiffusionLib.scene.plots import memorised_samples
+
+        flagged = memorised_samples(samples)
+        self.ui.qualityStatusLabel.text = (
+            _("Possibly memorised (too close to a training case): {names}").format(names=", ".join(flagged))
+            if flagged else _("No generated sample is a near-copy of a training case."))
+
+    def onOpenReport(self) -> None:
+        report = Path(self._parameterNode.lastReportFolder) / "report.html"
+        if report.is_file():
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
+
+
+def ctkPathLineEditDirs():
+    import ctk
+
+    return ctk.ctkPathLineEdit.Dirs
+
+
+#
+# Logic (thin: delegates to CTDiffusionLib)
+#
+class CTDiffusionLogic(ScriptedLoadableModuleLogic):
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return CTDiffusionParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def moduleDir() -> Path:
+        return Path(__file__).resolve().parent
+
+    def requirementsPath(self) -> Path:
+        return self.moduleDir() / "Resources" / "requirements.txt"
+
+    @staticmethod
+    def defaultRunsFolder() -> Path:
+        return Path(slicer.app.defaultScenePath) / "CTDiffusion"
+
+    # dependencies
+    def dependencyStatus(self):
+        from CTDiffusionLib.jobs import dependencies
+
+        return dependencies.check(self.requirementsPath())
+
+    def ensureDependencies(self, ask=True) -> bool:
+        """PyTorch through PyTorchUtils (CUDA-aware), then requirements.txt; one confirmation; restart offer."""
+        status = self.dependencyStatus()
+        if status.ok:
+            return True
+        settings = qt.QSettings()
+        if ask and not slicer.app.testingEnabled():
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("CTDiffusion needs Python packages that are not installed yet:\n\n{what}\n\nInstall them now? "
+                      "This can take several minutes and needs an internet connection.").format(what=status.text()),
+                    windowTitle=_("CTDiffusion: install Python packages")):
+                return False
+        settings.setValue(SETTINGS + "dependenciesConfirmed", True)
+        with slicer.util.WaitCursor():
+            if not status.torch_installed:
+                try:
+                    import PyTorchUtils
+                except ModuleNotFoundError:
+                    raise RuntimeError(_("CTDiffusion needs the PyTorch extension. Install it from the Extensions "
+                                         "Manager and restart Slicer."))
+                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+                if not torchLogic.torchInstalled():
+                    torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.4")
+                    if torch is None:
+                        raise RuntimeError(_("PyTorch could not be installed; see the PyTorch Utils module."))
+            if status.missing:
+                self._pipInstall([r.line for r in status.missing])
+        after = self.dependencyStatus()
+        if status.restart_recommended and not slicer.app.testingEnabled():
+            if slicer.util.confirmYesNoDisplay(_("Packages that were already loaded were updated. Restart Slicer "
+                                                 "now to use the new versions?")):
+                slicer.util.restart()
+        return after.ok
+
+    def _pipInstall(self, requirements) -> None:
+        try:
+            import slicer.pydeps as pydeps  # Slicer >= 5.11
+        except ImportError:
+            pydeps = getattr(slicer, "packaging", None)
+        if pydeps is not None and hasattr(pydeps, "pip_ensure") and hasattr(pydeps, "load_requirements"):
+            pydeps.pip_ensure(pydeps.load_requirements(str(self.requirementsPath())), requester="CTDiffusion")
+        else:
+            slicer.util.pip_install(requirements)
+
+    @staticmethod
+    def cudaDeviceCount() -> int:
+        """GPUs for the device selector, without importing torch (nvidia-smi when present)."""
+        import shutil
+        import subprocess
+
+        exe = shutil.which("nvidia-smi")
+        if not exe:
+            return 0
+        try:
+            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return 0
+        return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+    # commands
+    def _newRunDir(self, parameterNode) -> Path:
+        base = Path(parameterNode.runFolder or self.defaultRunsFolder())
+        return base / time.strftime(f"{parameterNode.profile}-%Y%m%d-%H%M%S")
+
+    def trainingCommand(self, p, sourceNodes, resume=False, runDir=None):
+        from CTDiffusionLib.jobs.commands import TrainSettings, build_command
+        from CTDiffusionLib.scene.nodes import export_nodes
+
+        if resume:
+            if not runDir or not self.canResume(runDir):
+                raise ValueError(_("There is no run with a checkpoint to resume."))
+            from CTDiffusionLib.jobs.commands import run_data_sources
+
+            runDir = Path(runDir)
+            data = run_data_sources(runDir)
+            if not data:
+                raise ValueError(_("The run's config.json does not say where its data is."))
+        else:
+            runDir = self._newRunDir(p)
+            if p.sourceMode == "folder":
+                if not p.sourceFolder:
+                    raise ValueError(_("Choose a data folder."))
+                data = [p.sourceFolder]
+            else:
+                if not sourceNodes:
+                    raise ValueError(_("Select the volumes or segmentations to train on."))
+                export_nodes(sourceNodes, runDir.parent / (runDir.name + "-data"), p.profile)
+                data = [str(runDir.parent / (runDir.name + "-data"))]
+        settings = TrainSettings(
+            profile=p.profile, data=data, out=str(runDir), preset=p.preset or None,
+            steps=p.length if p.lengthMode == "steps" else None, epochs=p.length if p.lengthMode == "epochs" else None,
+            batch_size=p.batchSize, lr=p.learningRate, schedule=p.schedule,
+            augment=[a for a in p.augment.split(",") if a], device=p.device,
+            conditions=("group", "phase") if (p.conditioned and p.profile == "cardiac-masks") else None,
+            resume=resume)
+        return build_command(settings), runDir
+
+    @staticmethod
+    def canResume(runDir) -> bool:
+        from CTDiffusionLib.jobs.commands import can_resume
+
+        return can_resume(runDir)
+
+    def generationCommand(self, p, modelPath, condition):
+        from CTDiffusionLib.jobs.commands import GenerateSettings, build_command
+        from CTDiffusionLib.scene.nodes import write_volume_node
+
+        if not modelPath:
+            raise ValueError(_("Train a model in this session or choose a model bundle folder."))
+        base = Path(p.lastRunFolder) if (p.modelSource == "run" and p.lastRunFolder) else Path(
+            p.runFolder or self.defaultRunsFolder())
+        outDir = base / time.strftime("generated-%Y%m%d-%H%M%S")
+        reference = None
+        if p.referenceVolume is not None:
+            storage = p.referenceVolume.GetStorageNode()
+            path = storage.GetFileName() if storage is not None else None
+            if not path or not Path(path).is_file() or p.referenceVolume.GetModifiedSinceRead():
+                path = str(write_volume_node(p.referenceVolume, outDir.parent / (outDir.name + "-reference.nii.gz")))
+            reference = path
+        settings = GenerateSettings(model=str(modelPath), num=p.numberOfSamples, out=str(outDir), sampler=p.sampler,
+                                    steps=p.samplingSteps, seed=p.seed, reference=reference, condition=condition,
+                                    guidance_scale=p.guidanceScale, device=p.device)
+        return build_command(settings), outDir
+
+    def evaluationCommand(self, p, realNodes, generatedNodes, useLastGeneration=True):
+        from CTDiffusionLib.jobs.commands import EvaluateSettings, build_command
+        from CTDiffusionLib.scene.nodes import export_nodes
+
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(p.lastRunFolder or p.runFolder or self.defaultRunsFolder())
+        if realNodes:
+            real = str(base / f"quality-{stamp}-real")
+            export_nodes(realNodes, real, p.profile)
+        elif p.sourceMode == "folder" and p.sourceFolder:
+            real = p.sourceFolder
+        else:
+            raise ValueError(_("Pick the real volumes to compare with."))
+        if useLastGeneration:
+            if not p.lastGeneratedFolder:
+                raise ValueError(_("Generate samples first, or pick generated nodes."))
+            generated = p.lastGeneratedFolder
+        else:
+            if not generatedNodes:
+                raise ValueError(_("Pick the generated nodes to evaluate."))
+            generated = str(base / f"quality-{stamp}-generated")
+            export_nodes(generatedNodes, generated, p.profile)
+        train = None
+        from CTDiffusionLib.jobs.commands import run_data_sources
+
+        sources = run_data_sources(p.lastRunFolder)
+        if len(sources) == 1:
+            train = sources[0]
+        settings = EvaluateSettings(real=real, generated=generated, out=str(base / f"quality-{stamp}"), train=train,
+                                    run=p.lastRunFolder or None, profile=p.profile, device=p.device)
+        return build_command(settings), Path(settings.out)
+
+    @staticmethod
+    def modelConditions(modelPath) -> dict:
+        from CTDiffusionLib.jobs.commands import model_conditions
+
+        return model_conditions(modelPath)
+
+    # scene
+    @staticmethod
+    def lossCurve(reset=True):
+        from CTDiffusionLib.scene.plots import LossCurve
+
+        curve = LossCurve(slicer.mrmlScene)
+        if reset:
+            curve.clear()
+        return curve
+
+    @staticmethod
+    def showLossCurve(curve) -> None:
+        from CTDiffusionLib.scene import comparison
+
+        comparison.show_comparison_layout()
+        comparison.show_chart(curve.chart)
+
+    @staticmethod
+    def importAndCompare(outDir, realNode, profile=None) -> list:
+        from CTDiffusionLib.scene import comparison, nodes
+
+        synthetic = nodes.import_generated(outDir, beside=realNode, profile=profile)
+        if synthetic:
+            comparison.setup_comparison(realNode, synthetic[0])
+        return synthetic
+
+    @staticmethod
+    def showQuality(reportDir, realNodes, generatedNodes):
+        from CTDiffusionLib.scene import comparison, plots
+
+        summary, samples = plots.metrics_tables(reportDir)
+        comparison.show_comparison_layout()
+        comparison.show_table(summary)
+        if realNodes and generatedNodes:
+            chart, _table = plots.histogram_chart(realNodes, generatedNodes)
+            comparison.show_chart(chart)
+        return summary, samples
+
+
+#
+# Test
+#
+class CTDiffusionTest(ScriptedLoadableModuleTest):
+    """Runs the same end-to-end scenario as pytest on slicer-core (CTDiffusionLib.scene.scenario), in Slicer."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CTDiffusion_scenario()
+
+    def test_CTDiffusion_scenario(self):
+        import importlib.util
+        import tempfile
+
+        self.delayDisplay("Starting the CTDiffusion scenario")
+        if importlib.util.find_spec("torch") is None or not CTDiffusionLogic().dependencyStatus().ok:
+            self.delayDisplay("PyTorch or the CTDiffusion Python packages are not installed: the training part of "
+                              "the scenario is skipped. Install them from the module's Dependencies section.")
+            return
+        from CTDiffusionLib.scene.scenario import run_selftest_scenario
+
+        with tempfile.TemporaryDirectory(prefix="CTDiffusionTest-") as work:
+            result = run_selftest_scenario(work, scene=slicer.mrmlScene, steps=4, num_generate=2,
+                                           log=lambda m: self.delayDisplay(m, 100), pump=slicer.app.processEvents)
+        self.assertEqual(len(result["synthetic_nodes"]), 2)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            from CTDiffusionLib.scene.comparison import LAYOUT_ID
+
+            self.assertEqual(layoutManager.layout, LAYOUT_ID)
+        self.delayDisplay("Test passed")

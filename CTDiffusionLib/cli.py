@@ -1,0 +1,227 @@
+"""The `ctdiffusion` command (also `python -m CTDiffusionLib`): phantoms, train, generate, evaluate, demo.
+
+Each sub-command is a thin adapter: it parses flags, opens the event stream and calls one engine function.
+Heavy packages are imported inside the handlers so `--help` and argument errors stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from CTDiffusionLib.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CTDiffusionError, InputError,
+                                   Interrupted)
+from CTDiffusionLib.events import EventWriter
+
+PROFILES = ("prostate-ct", "cardiac-masks")
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+log = logging.getLogger("ctdiffusion")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctdiffusion",
+        description="Train 3D diffusion models on prostate CT or cardiac masks, generate synthetic volumes, "
+        "and measure how realistic, diverse and novel they are.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("phantoms", help="write a synthetic data set in the on-disk layout real data uses")
+    p.add_argument("--profile", choices=PROFILES, required=True)
+    p.add_argument("--num", type=_positive_int, required=True, help="number of cases (CT volumes / ACDC patients)")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default=None,
+                   help="image size XxYxZ in voxels (default: 512x512x26 for CT, 216x256x10 for masks)")
+
+    p = sub.add_parser("train", help="train a diffusion model; writes a run folder with checkpoints and a model bundle")
+    p.add_argument("--profile", choices=PROFILES, required=True)
+    p.add_argument("--data", nargs="+", default=None,
+                   help="a folder (volumes, DICOM series or ACDC layout), several files, or a .txt list of files "
+                        "(required for a new run; a resumed run reuses its own)")
+    p.add_argument("--out", required=True, help="run folder (new, or an existing run with --resume)")
+    p.add_argument("--preset", default=None, help="network/grid preset (see docs/presets.md); default depends on profile")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive_int, default=None)
+    length.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=_non_negative_int, default=None)
+    p.add_argument("--schedule", choices=("linear", "cosine"), default=None, help="beta schedule")
+    p.add_argument("--prediction", choices=("epsilon", "v"), default=None, help="what the network predicts")
+    p.add_argument("--grid", default=None, help="training grid XxYxZ (or XxY for 2D masks); overrides the preset")
+    p.add_argument("--val-fraction", type=float, default=None, help="share of cases held out for validation (0.2)")
+    p.add_argument("--augment", default=None,
+                   help="comma list of zoom,flip,rotate or 'none' (default: the profile's augmentation)")
+    p.add_argument("--conditions", default=None,
+                   help="condition on these keys (e.g. group,phase from ACDC Info.cfg) or a CSV file with a 'file' "
+                        "column and one column per condition")
+    p.add_argument("--cond-drop", type=float, default=None,
+                   help="probability of dropping the conditions during training (classifier-free guidance, 0.15)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
+    p.add_argument("--sample-every", type=_non_negative_int, default=None, help="steps between preview samples (0: off)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default=None, help="bf16 autocast (auto: on for CUDA)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (CUDA)")
+    p.add_argument("--grad-checkpoint", action="store_true", default=None, help="trade compute for memory")
+    p.add_argument("--events", action="store_true", help="print JSON-lines events on stdout")
+
+    p = sub.add_parser("generate", help="sample new volumes from a trained model")
+    p.add_argument("--model", required=True, help="a run folder or a model bundle folder")
+    p.add_argument("--num", type=_positive_int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: 1000 ddpm, 50 ddim, 25 dpm++)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--reference", default=None, help="copy spacing/origin/direction from this volume")
+    p.add_argument("--condition", default=None, help="e.g. group=DCM,phase=ED (models trained with conditions)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance weight (default 3)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--events", action="store_true")
+
+    p = sub.add_parser("evaluate", help="quality report: realism, diversity, novelty of generated vs real volumes")
+    p.add_argument("--real", required=True, help="real (held-out) data: folder, ACDC layout or run folder")
+    p.add_argument("--generated", required=True, help="folder written by `generate`")
+    p.add_argument("--train", default=None, help="training data, for the memorisation check")
+    p.add_argument("--out", required=True, help="report folder (metrics.json, report.html, figures)")
+    p.add_argument("--profile", choices=PROFILES, default=None, help="default: read from the generated sidecars")
+    p.add_argument("--run", default=None, help="run folder, to include loss curves")
+    p.add_argument("--feature-weights", default=None,
+                   help="safetensors weights of a feature network to use instead of the self-trained one")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--events", action="store_true")
+
+    p = sub.add_parser("demo", help="phantoms -> train (tiny, CPU) -> generate -> evaluate, in a few minutes")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--profile", choices=PROFILES, default="prostate-ct")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's own)")
+    return parser
+
+
+def _created_by_us(path: str | None) -> Path | None:
+    """The output folder if this command is about to create it (so a failure can remove it again)."""
+    if not path:
+        return None
+    p = Path(path)
+    return None if p.exists() else p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    events = EventWriter(to_stdout=bool(getattr(args, "events", False)))
+    new_out = _created_by_us(getattr(args, "out", None)) if args.command != "train" or not args.resume else None
+    try:
+        return HANDLERS[args.command](args, events) or 0
+    except Interrupted as exc:  # a requested stop, not a failure: the run is resumable
+        events.emit("done", status="stopped", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+        print(f"stopped: {exc.message}\n{exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except CTDiffusionError as exc:
+        events.emit("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists():
+            shutil.rmtree(new_out, ignore_errors=True)  # nothing half-written left behind
+        return exc.exit_code
+    except KeyboardInterrupt:
+        events.emit("done", status="stopped", message="Interrupted.", hint="", exit_code=EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: keep the traceback for the log, one sentence for the event stream
+        traceback.print_exc(file=sys.stderr)
+        events.emit("error", message=f"Internal error: {type(exc).__name__}: {exc}",
+                    hint="This is a bug in CTDiffusion; the traceback is in the log.", exit_code=EXIT_FAILED)
+        return EXIT_FAILED
+
+
+def _cmd_phantoms(args, events) -> int:
+    from CTDiffusionLib.data.phantoms import write_phantom_dataset
+
+    size = _parse_size(args.size, "--size") if args.size else None
+    out = write_phantom_dataset(args.profile, args.num, args.out, seed=args.seed, size_xyz=size)
+    print(f"wrote {args.num} {args.profile} phantom cases to {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_train(args, events) -> int:
+    from CTDiffusionLib.training.trainer import train_from_args
+
+    return train_from_args(args, events)
+
+
+def _cmd_generate(args, events) -> int:
+    from CTDiffusionLib.generation import generate_from_args
+
+    return generate_from_args(args, events)
+
+
+def _cmd_evaluate(args, events) -> int:
+    from CTDiffusionLib.evaluation import evaluate_from_args
+
+    return evaluate_from_args(args, events)
+
+
+def _cmd_demo(args, events) -> int:
+    from CTDiffusionLib.demo import run_demo
+
+    return run_demo(args)
+
+
+HANDLERS = {
+    "phantoms": _cmd_phantoms,
+    "train": _cmd_train,
+    "generate": _cmd_generate,
+    "evaluate": _cmd_evaluate,
+    "demo": _cmd_demo,
+}
+
+
+def _parse_size(text: str, flag: str) -> tuple[int, ...]:
+    """'128x128x26' -> (128, 128, 26); a clear error for anything else."""
+    try:
+        parts = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) not in (2, 3) or min(parts) < 1:
+        raise InputError(f"{flag} {text!r} is not a size like 128x128x26.", "Give voxels per axis as XxYxZ.")
+    return parts
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Cases -> a prepared, cached, split training set; random batches with augmentation.
+
+Every case is read and resampled once; the result is cached on disk in the run folder (keyed by file identity and
+preprocessing settings, so --resume and a second run on the same data skip the work) and kept in CPU memory in
+compact form (CT as float16 model units, masks as uint8 labels). Only the current batch goes to the GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from CTDiffusionLib.data.augment import augment_sample
+from CTDiffusionLib.data.discovery import Case, read_case
+from CTDiffusionLib.data.preprocess import ct_grid_geometry, ct_to_grid, hu_to_unit, labels_to_unit, mask_crops
+from CTDiffusionLib.errors import InputError
+
+log = logging.getLogger("ctdiffusion")
+CACHE_VERSION = 1
+
+
+@dataclass
+class PreparedData:
+    samples: list[np.ndarray]  # compact per-sample arrays (spatial dims only)
+    sample_case: list[int]  # index into cases for each sample
+    cases: list[Case]
+    split: dict[str, list[int]]  # "train"/"val" -> case indices
+    geometry: dict  # output geometry for generated volumes: spacing, origin, direction, size
+    stats: dict = field(default_factory=dict)
+
+    def sample_indices(self, part: str) -> list[int]:
+        wanted = set(self.split[part])
+        return [i for i, c in enumerate(self.sample_case) if c in wanted]
+
+
+def _cache_key(case: Case, data_cfg: dict, profile: str) -> str:
+    path = Path(case.path)
+    stat_paths = sorted(path.iterdir()) if path.is_dir() else [path]
+    ident = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in stat_paths if p.is_file()]
+    settings = {"v": CACHE_VERSION, "profile": profile, "grid": data_cfg["grid"], "mode": data_cfg["mode"],
+                "series": case.series_uid}
+    return hashlib.sha1(json.dumps([ident, settings]).encode()).hexdigest()[:16]
+
+
+def _prepare_case(case: Case, profile: str, data_cfg: dict) -> tuple[list[np.ndarray], dict]:
+    """Read + resample one case; returns compact arrays and its geometry/statistics."""
+    if profile == "prostate-ct":
+        image = read_case(case, profile)
+        hu = ct_to_grid(image, data_cfg["grid"])
+        spacing, origin, direction = ct_grid_geometry(image, data_cfg["grid"])
+        info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(spacing),
+                "origin": list(origin), "direction": list(direction),
+                "hu": {"mean": float(hu.mean()), "std": float(hu.std()),
+                       "p1": float(np.percentile(hu, 1)), "p99": float(np.percentile(hu, 99))}}
+        return [hu_to_unit(hu).astype(np.float16)], info
+    image = read_case(case, profile)
+    crops, spacing = mask_crops(image, data_cfg["grid"], data_cfg["mode"])
+    if not crops:
+        raise InputError(f"{case.path} contains no heart labels (only background).",
+                         "Remove empty masks from the data set.")
+    counts = np.bincount(np.concatenate([c.ravel() for c in crops]), minlength=4)
+    info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(spacing),
+            "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1], "samples": len(crops),
+            "label_voxels": {"RV": int(counts[1]), "MYO": int(counts[2]), "LV": int(counts[3])}}
+    return crops, info
+
+
+def _load_or_prepare(case: Case, profile: str, data_cfg: dict, cache_dir: Path | None):
+    cache_file = cache_dir / f"{case.case_id}-{_cache_key(case, data_cfg, profile)}.npz" if cache_dir else None
+    if cache_file and cache_file.exists():
+        with np.load(cache_file, allow_pickle=False) as z:
+            arrays = [z[f"a{i}"] for i in range(int(z["n"]))]
+            info = json.loads(str(z["info"]))
+        return arrays, info
+    arrays, info = _prepare_case(case, profile, data_cfg)
+    if cache_file:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npz")
+        np.savez(tmp, n=len(arrays), info=json.dumps(info), **{f"a{i}": a for i, a in enumerate(arrays)})
+        os.replace(tmp, cache_file)
+    return arrays, info
+
+
+def _subject(case: Case, profile: str) -> str:
+    """Cases of one patient (ACDC ED + ES) must land in the same split."""
+    parent = Path(case.path).parent.name
+    return parent if profile == "cardiac-masks" and parent.startswith("patient") else case.case_id
+
+
+def split_cases(cases: list[Case], profile: str, val_fraction: float, seed: int) -> dict[str, list[int]]:
+    subjects = sorted({_subject(c, profile) for c in cases})
+    rng = np.random.default_rng(seed)
+    order = [subjects[i] for i in rng.permutation(len(subjects))]
+    n_val = int(round(val_fraction * len(subjects))) if len(subjects) > 1 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and len(subjects) > 1 else 0), len(subjects) - 1)
+    val_subjects = set(order[:n_val])
+    split = {"train": [], "val": []}
+    for i, c in enumerate(cases):
+        split["val" if _subject(c, profile) in val_subjects else "train"].append(i)
+    return split
+
+
+def prepare_dataset(cases: list[Case], profile: str, data_cfg: dict, cache_dir: Path | None, seed: int,
+                    on_case=None) -> PreparedData:
+    samples, sample_case, infos = [], [], []
+    for i, case in enumerate(cases):
+        arrays, info = _load_or_prepare(case, profile, data_cfg, cache_dir)
+        samples += arrays
+        sample_case += [i] * len(arrays)
+        infos.append(info)
+        if on_case:
+            on_case(i + 1, len(cases))
+    split = split_cases(cases, profile, data_cfg.get("val_fraction", 0.2), seed)
+    grid_spacing = np.median(np.array([inf["grid_spacing"] for inf in infos]), axis=0)
+    grid = list(data_cfg["grid"]) + ([1] if len(data_cfg["grid"]) == 2 else [])
+    geometry = {"spacing": [float(s) for s in grid_spacing],
+                "origin": [float(o) for o in np.median(np.array([inf["origin"] for inf in infos]), axis=0)],
+                "direction": [float(d) for d in infos[0]["direction"]], "size": grid}
+    stats = {"cases": [{"id": c.case_id, "path": str(c.path), "split": "val" if i in split["val"] else "train",
+                        "conditions": dict(c.conditions), **inf} for i, (c, inf) in enumerate(zip(cases, infos))],
+             "num_samples": len(samples), "num_train_samples": sum(1 for c in sample_case if c in set(split["train"])),
+             "grid": grid}
+    if profile == "prostate-ct":
+        stats["hu_mean"] = float(np.mean([inf["hu"]["mean"] for inf in infos]))
+    return PreparedData(samples, sample_case, list(cases), split, geometry, stats)
+
+
+def to_model_space(sample: np.ndarray, profile: str) -> torch.Tensor:
+    """Compact stored sample -> channels-first float tensor in [-1, 1]."""
+    if profile == "prostate-ct":
+        return torch.from_numpy(sample.astype(np.float32))[None]
+    return torch.from_numpy(labels_to_unit(sample))
+
+
+def make_batch(data: PreparedData, indices, profile: str, aug_cfg: dict | None, rng: np.random.Generator
+               ) -> torch.Tensor:
+    """Stack samples (augmented with `rng` when aug_cfg is given) into a (B, C, spatial...) float tensor."""
+    out = []
+    for i in indices:
+        sample = data.samples[i]
+        if aug_cfg:
+            sample = augment_sample(sample, aug_cfg, rng, is_label=profile != "prostate-ct")
+        out.append(to_model_space(sample, profile))
+    return torch.stack(out)

@@ -1,0 +1,102 @@
+"""Bring one case to the profile's training grid, and map intensities to model space and back.
+
+prostate-ct: the whole physical extent of the volume is resampled (anti-aliased linear) onto a fixed grid, so volumes
+of different sizes and spacings become comparable; HU are mapped linearly and invertibly to [-1, 1].
+cardiac-masks: crop around the heart, pad to a square (in mm), nearest-neighbour resize (labels are never
+interpolated); one channel per class scaled to [-1, 1]; argmax returns labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from CTDiffusionLib.presets import HU_RANGE, MASK_CLASSES
+
+CROP_MARGIN = 0.25  # fraction of the heart's in-plane extent kept around it on each side
+
+
+# ---------------------------------------------------------------- CT
+def ct_grid_geometry(image: sitk.Image, grid_xyz) -> tuple[tuple, tuple, tuple]:
+    """(spacing, origin, direction) of a grid covering the same physical extent as `image`."""
+    size, spacing = np.array(image.GetSize(), float), np.array(image.GetSpacing(), float)
+    grid = np.array(grid_xyz, float)
+    new_spacing = size * spacing / grid
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    # keep the outer edge of the field of view where it was: voxel centres move by half the spacing change
+    shift = direction @ ((new_spacing - spacing) / 2.0)
+    new_origin = np.array(image.GetOrigin()) + shift
+    return tuple(new_spacing), tuple(new_origin), tuple(image.GetDirection())
+
+
+def ct_to_grid(image: sitk.Image, grid_xyz) -> np.ndarray:
+    """float32 HU array (z, y, x) on the grid; blurs before down-sampling so small grids do not alias."""
+    spacing, origin, direction = ct_grid_geometry(image, grid_xyz)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    sigma = [max(0.0, (n - o) / 2.0) for n, o in zip(spacing, image.GetSpacing())]
+    if max(sigma) > 0:
+        image = sitk.SmoothingRecursiveGaussian(image, [max(s, 1e-3) for s in sigma])
+    out = sitk.Resample(image, [int(g) for g in grid_xyz], sitk.Transform(), sitk.sitkLinear, origin, spacing,
+                        direction, HU_RANGE[0], sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def hu_to_unit(hu: np.ndarray, hu_range=HU_RANGE) -> np.ndarray:
+    lo, hi = hu_range
+    return (np.clip(hu, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+
+
+def unit_to_hu(x: np.ndarray, hu_range=HU_RANGE) -> np.ndarray:
+    lo, hi = hu_range
+    return np.round((np.clip(x, -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.int16)
+
+
+# ---------------------------------------------------------------- masks
+def _nearest_resize(array: np.ndarray, shape) -> np.ndarray:
+    """Nearest-neighbour resize by index sampling (labels stay labels; no interpolation at all)."""
+    index = np.ix_(*[np.minimum((np.arange(n) + 0.5) * (s / n), s - 1).astype(int) for n, s in zip(shape, array.shape)])
+    return array[index]
+
+
+def mask_crops(image: sitk.Image, grid, mode: str) -> tuple[list[np.ndarray], tuple[float, float, float]]:
+    """Crops on the grid + the spacing (x, y, z) they have. Empty masks give no crops."""
+    labels = sitk.GetArrayFromImage(image).astype(np.uint8)  # (z, y, x)
+    sx, sy, sz = image.GetSpacing()
+    heart = labels > 0
+    if not heart.any():
+        return [], (sx, sy, sz)
+    zs = np.flatnonzero(heart.any(axis=(1, 2)))
+    ys = np.flatnonzero(heart.any(axis=(0, 2)))
+    xs = np.flatnonzero(heart.any(axis=(0, 1)))
+    side_mm = max((ys[-1] - ys[0] + 1) * sy, (xs[-1] - xs[0] + 1) * sx) * (1 + 2 * CROP_MARGIN)
+    cy, cx = (ys[0] + ys[-1] + 1) / 2.0, (xs[0] + xs[-1] + 1) / 2.0
+    ny, nx = int(round(side_mm / sy)), int(round(side_mm / sx))
+    y0, x0 = int(round(cy - ny / 2.0)), int(round(cx - nx / 2.0))
+    stack = labels[zs[0]: zs[-1] + 1]
+    # square crop with zero padding where it leaves the image
+    crop = np.zeros((stack.shape[0], ny, nx), np.uint8)
+    ys_src = slice(max(y0, 0), min(y0 + ny, stack.shape[1]))
+    xs_src = slice(max(x0, 0), min(x0 + nx, stack.shape[2]))
+    crop[:, ys_src.start - y0: ys_src.stop - y0, xs_src.start - x0: xs_src.stop - x0] = stack[:, ys_src, xs_src]
+    gx, gy = int(grid[0]), int(grid[1])
+    if mode == "2d":
+        slices = [_nearest_resize(s, (gy, gx)) for s in crop if s.any()]
+        return slices, (side_mm / gx, side_mm / gy, sz)
+    gz = int(grid[2])
+    return [_nearest_resize(crop, (gz, gy, gx))], (side_mm / gx, side_mm / gy, crop.shape[0] * sz / gz)
+
+
+def masks_to_grid(image: sitk.Image, grid, mode: str) -> list[np.ndarray]:
+    """uint8 label arrays on the grid: '2d' one (y, x) per heart slice, '3d' one (z, y, x) per case."""
+    return mask_crops(image, grid, mode)[0]
+
+
+def labels_to_unit(labels: np.ndarray, num_classes: int = len(MASK_CLASSES)) -> np.ndarray:
+    """(spatial...) uint8 -> (classes, spatial...) float32 in {-1, 1}."""
+    onehot = np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
+    return np.moveaxis(onehot, -1, 0) * 2.0 - 1.0
+
+
+def unit_to_labels(x: np.ndarray) -> np.ndarray:
+    """(classes, spatial...) -> uint8 labels by argmax."""
+    return np.argmax(x, axis=0).astype(np.uint8)

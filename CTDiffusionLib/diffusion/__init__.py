@@ -1,0 +1,1 @@
+"""Noise schedules, training targets and samplers (diffusers schedulers; models stay separate)."""

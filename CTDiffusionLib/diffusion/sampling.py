@@ -1,0 +1,51 @@
+"""The reverse process: noise -> sample, with per-sample seeds and optional classifier-free guidance."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+
+def initial_noise(shape: Sequence[int], seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """One CPU generator per sample: a volume's result depends on its own seed only (not on batch or device)."""
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    noise = torch.stack([torch.randn(tuple(shape), generator=g) for g in generators])
+    return noise, generators
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    scheduler,
+    shape: Sequence[int],
+    seeds: Sequence[int],
+    device: torch.device,
+    class_labels: torch.Tensor | None = None,
+    null_labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Returns x0 in model space ([-1, 1]) for len(seeds) samples of `shape` (channels first, no batch dim)."""
+    x, generators = initial_noise(shape, seeds)
+    x = x.to(device) * scheduler.init_noise_sigma
+    guided = class_labels is not None and null_labels is not None and guidance_scale != 1.0
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        inp = scheduler.scale_model_input(x, t)
+        tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if guided:
+                both = model(torch.cat([inp, inp]), torch.cat([tt, tt]),
+                             class_labels=torch.cat([class_labels, null_labels]))
+                cond, uncond = both.float().chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            elif class_labels is not None:
+                out = model(inp, tt, class_labels=class_labels).float()
+            else:
+                out = model(inp, tt).float()
+        x = scheduler.step(out, t, x, generator=generators if len(generators) > 1 else generators[0]).prev_sample
+        if on_step:
+            on_step(i + 1, len(timesteps))
+    return x

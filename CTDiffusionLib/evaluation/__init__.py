@@ -1,0 +1,65 @@
+"""Quality analysis of generated volumes: realism, diversity, novelty (memorisation) and feature-space distances.
+
+`ctdiffusion evaluate` calls `evaluate_from_args`; scripts and tests call `run_evaluation`. This file stays light:
+torch, MONAI, SciPy and matplotlib are imported inside the functions so `import CTDiffusionLib.evaluation` is cheap.
+
+Modules (one idea each):
+  inputs       find generated samples (+ sidecars), real/train cases, bring them to the generated grid
+               (with CTDiffusionLib.data discovery/preprocess: the model's own preprocessing)
+  ct_realism   HU histogram, tissue contrast, noise (radial power spectrum), GLCM texture
+  masks        anatomical plausibility checks and structure volumes for cardiac label maps
+  similarity   in-plane MS-SSIM (MONAI) for CT, foreground Dice (MONAI) for masks
+  diversity    pairwise similarity within a set (mode collapse)
+  novelty      nearest training case per sample, the held-out threshold, memorisation flags
+  features     small self-trained 3D conv autoencoder (or user weights) -> feature vectors
+  distances    Fréchet distance and MMD between feature sets
+  conditions   per-condition breakdown
+  figures      PNG figures;  report  the HTML report;  pipeline  the orchestration
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_evaluation(real, generated, out, *, train=None, profile=None, run_dir=None, feature_weights=None,
+                   device="cpu", seed=0, events=None, feature_steps=None, max_pairs=None) -> dict:
+    """Evaluate GENERATED against REAL (held-out) and optionally TRAIN; write OUT/metrics.json, report.html and
+    figures. Returns the metrics dict. `feature_steps` / `max_pairs` override cost knobs (tests, quick looks)."""
+    from CTDiffusionLib.evaluation.pipeline import run_evaluation as _run
+
+    return _run(real, generated, out, train=train, profile=profile, run_dir=run_dir,
+                feature_weights=feature_weights, device=device, seed=seed, events=events,
+                feature_steps=feature_steps, max_pairs=max_pairs)
+
+
+def evaluate_from_args(args, events) -> int:
+    """The `evaluate` sub-command: resolve the device, run the evaluation, emit start/progress/done events."""
+    import os
+    import sys
+
+    from CTDiffusionLib.evaluation.inputs import require_folder
+    from CTDiffusionLib.evaluation.pipeline import resolve_device
+
+    require_folder(args.real, "--real")
+    require_folder(args.generated, "--generated")
+    if getattr(args, "train", None):
+        require_folder(args.train, "--train")
+    if getattr(args, "run", None):
+        require_folder(args.run, "--run")
+    device = resolve_device(getattr(args, "device", "auto") or "auto")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    events.set_log_path(out / "events.jsonl")
+    events.emit("start", command="evaluate", real=str(args.real), generated=str(args.generated),
+                train=args.train, out=str(out), device=device)
+    metrics = run_evaluation(args.real, args.generated, out, train=args.train, profile=args.profile,
+                             run_dir=getattr(args, "run", None), feature_weights=getattr(args, "feature_weights", None),
+                             device=device, seed=args.seed, events=events,
+                             # quick looks and tests: fewer feature-network steps (default 200)
+                             feature_steps=int(os.environ.get("CTDIFFUSION_EVAL_FEATURE_STEPS") or 0) or None)
+    gate = metrics["memorisation"]["gate"]
+    print(f"evaluation written to {out / 'report.html'}\n{gate}", file=sys.stderr)
+    events.emit("done", report=str(out / "report.html"), metrics=str(out / "metrics.json"),
+                memorisation=metrics["memorisation"]["status"], flagged=metrics["memorisation"]["flagged"])
+    return 0

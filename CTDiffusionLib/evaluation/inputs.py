@@ -1,0 +1,167 @@
+"""Inputs of the evaluation: generated samples (+ sidecars), real and training cases, all on one grid.
+
+Generated volumes define the grid (they are what the model produces); real/train cases are brought to it with the
+project's discovery and preprocessing (CTDiffusionLib.data). Every array here is (z, y, x): float32 HU for CT, uint8 labels for masks
+(2D-slice masks are (1, y, x)).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from CTDiffusionLib.data.volume_io import image_suffix, read_image, strip_image_suffix
+from CTDiffusionLib.errors import InputError
+
+PROFILES = ("prostate-ct", "cardiac-masks")
+
+
+@dataclass
+class Sample:
+    name: str
+    array: np.ndarray
+    condition: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class GeneratedSet:
+    samples: list
+    profile: str
+    mode: str  # "3d" or "2d"
+    spacing: tuple  # (x, y, z) mm of the generated volumes
+
+    @property
+    def grid_xyz(self) -> tuple:
+        z, y, x = self.samples[0].array.shape
+        return (x, y, z)
+
+
+def require_folder(path, flag: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"{flag} {p} is not a folder.", f"Give {flag} an existing folder.")
+    return p
+
+
+def _volume_files(folder: Path) -> list:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+
+
+def _looks_like_labels(arr: np.ndarray) -> bool:
+    return np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 3
+
+
+def load_generated(folder, profile: str | None = None) -> GeneratedSet:
+    """Read every volume in FOLDER with its sidecar; the profile comes from --profile, the sidecars, or the data."""
+    folder = require_folder(folder, "--generated")
+    files = _volume_files(folder)
+    if not files:
+        raise InputError(f"--generated {folder} contains no volumes (.nii.gz, .nii, .nrrd, .mha).",
+                         "Point --generated at a folder written by `ctdiffusion generate` (synthetic_0001.nii.gz, ...).")
+    samples, spacing, sidecar_profiles, modes = [], None, set(), set()
+    for f in files:
+        img = read_image(f, what="generated volume")
+        spacing = spacing or tuple(float(s) for s in img.GetSpacing())
+        sidecar = {}
+        side = f.with_name(Path(strip_image_suffix(f)).name + ".json")
+        if side.exists():
+            try:
+                sidecar = json.loads(side.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                raise InputError(f"Sidecar {side} is not valid JSON.", "Fix or delete that file.") from None
+        if sidecar.get("profile"):
+            sidecar_profiles.add(sidecar["profile"])
+        if sidecar.get("mode"):
+            modes.add(sidecar["mode"])
+        cond = sidecar.get("condition") or None
+        samples.append(Sample(Path(strip_image_suffix(f)).name, sitk.GetArrayFromImage(img), cond if isinstance(cond, dict) else None,
+                              {k: sidecar.get(k) for k in ("seed", "sampler", "steps", "guidance_scale") if k in sidecar}))
+    shapes = {s.array.shape for s in samples}
+    if len(shapes) > 1:
+        raise InputError(f"Generated volumes in {folder} have different sizes {sorted(shapes)}.",
+                         "Evaluate the output of one `ctdiffusion generate` run at a time.")
+    if len(sidecar_profiles) > 1:
+        raise InputError(f"Generated sidecars in {folder} mix profiles {sorted(sidecar_profiles)}.",
+                         "Evaluate one profile at a time.")
+    profile = profile or (sidecar_profiles.pop() if sidecar_profiles else None)
+    if profile is None:  # no sidecars: label maps 0..3 are masks, anything else is CT
+        profile = "cardiac-masks" if all(_looks_like_labels(s.array) for s in samples) else "prostate-ct"
+    if profile not in PROFILES:
+        raise InputError(f"Unknown profile {profile!r} in the sidecars of {folder}.", f"Pass --profile {PROFILES[0]} "
+                         f"or --profile {PROFILES[1]}.")
+    for s in samples:
+        s.array = s.array.astype(np.uint8) if profile == "cardiac-masks" else s.array.astype(np.float32)
+    if profile == "cardiac-masks" and not all(s.array.max() <= 3 for s in samples):
+        raise InputError(f"Generated volumes in {folder} are not label maps 0..3 but the profile is cardiac-masks.",
+                         "Pass --profile prostate-ct, or point --generated at generated masks.")
+    mode = modes.pop() if len(modes) == 1 else ("2d" if samples[0].array.shape[0] == 1 else "3d")
+    return GeneratedSet(samples, profile, mode, spacing)
+
+
+# --------------------------------------------------------------------------------------------- real / train
+
+
+def _run_folder_split(folder: Path) -> tuple | None:
+    """A run folder given as --real: its dataset.json split -> (held-out paths, train paths), tolerant of layout."""
+    ds = folder / "dataset.json"
+    if not ds.exists():
+        return None
+    try:
+        data = json.loads(ds.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    held, train = [], []  # accepted: {"cases": [{"path", "split"}]} or {"split": {"train": [...], "val": [...]}}
+    for case in data.get("cases", []) if isinstance(data, dict) else []:
+        if isinstance(case, dict) and case.get("path"):
+            split = str(case.get("split", "")).lower()
+            (train if split == "train" else held if split in ("val", "validation", "test", "held_out") else []).append(
+                Path(case["path"]))
+    split = data.get("split") if isinstance(data, dict) else None
+    if isinstance(split, dict):
+        train += [Path(p) for p in split.get("train", []) if isinstance(p, str)]
+        held += [Path(p) for p in split.get("val", split.get("validation", [])) if isinstance(p, str)]
+    return (held, train) if held else None
+
+
+def load_cases(folder, gen: GeneratedSet, flag: str, paths: list | None = None) -> list:
+    """Cases of FOLDER (or explicit PATHS) as Samples on the generated grid; 2D masks yield one Sample per slice.
+    Discovery, reading and gridding are the project's own (the same the model was trained with)."""
+    from CTDiffusionLib.data.discovery import discover_cases, read_case
+    from CTDiffusionLib.data.preprocess import ct_to_grid, masks_to_grid
+
+    cases = discover_cases(paths if paths is not None else [str(folder)], gen.profile)
+    samples = []
+    for case in cases:
+        cond = dict(case.conditions) or None
+        img = read_case(case, gen.profile)
+        if gen.profile == "prostate-ct":
+            samples.append(Sample(case.case_id, np.asarray(ct_to_grid(img, gen.grid_xyz), np.float32), cond))
+        elif gen.mode == "2d":
+            slices = masks_to_grid(img, gen.grid_xyz[:2], "2d")
+            samples += [Sample(f"{case.case_id}_s{k:02d}", s[None].astype(np.uint8), cond) for k, s in enumerate(slices)]
+        else:
+            samples += [Sample(case.case_id, a.astype(np.uint8), cond) for a in masks_to_grid(img, gen.grid_xyz, "3d")]
+    if not samples:
+        raise InputError(f"{flag} {folder} gave no usable cases for the {gen.profile} profile (no heart labels?).",
+                         "Check that the folder holds data of the same kind as the generated volumes.")
+    return samples
+
+
+def load_reference_sets(real, train, gen: GeneratedSet) -> tuple:
+    """(real samples, train samples or None). A run folder as --real contributes its own held-out/train split."""
+    real = require_folder(real, "--real")
+    split = _run_folder_split(real)
+    if split is not None:
+        held, train_paths = split
+        real_s = load_cases(real, gen, "--real", paths=held)
+        if train is None and train_paths:
+            return real_s, load_cases(real, gen, "--real (train split)", paths=train_paths)
+    else:
+        real_s = load_cases(real, gen, "--real")
+    train_s = load_cases(require_folder(train, "--train"), gen, "--train") if train else None
+    return real_s, train_s

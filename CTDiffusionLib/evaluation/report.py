@@ -1,0 +1,101 @@
+"""report.html: plain, self-contained HTML (no scripts, no external CSS; PNGs beside it in figures/). The
+memorisation gate is the first thing on the page."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}.gate{padding:12px 16px;font-weight:bold;font-size:16px;border-radius:4px}
+.pass{background:#e3f4e3;border:2px solid #2e7d32}.flagged{background:#fde2e2;border:2px solid #c62828}
+.not_checked{background:#fff4d6;border:2px solid #b08000}.worse{color:#c62828}img{max-width:100%;margin:6px 0}
+.small{font-size:12px;color:#555}"""
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _table(header: list, rows: list) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _worse(entry: dict) -> bool:
+    g, f = entry.get("generated"), entry.get("real_floor")
+    if g is None or f is None:
+        return False
+    return g > f * 1.5 + 1e-9 if entry["better"] == "lower" else g < f - 0.1
+
+
+def summary_table(summary: dict) -> str:
+    rows = []
+    for name, e in summary.items():
+        cls = ' class="worse"' if _worse(e) else ""
+        extra = ""
+        if "generated_value" in e:
+            extra = f" (generated {_fmt(e['generated_value'])}, real {_fmt(e['real_value'])})"
+        rows.append([f"<span{cls}>{html.escape(name)}</span>", _fmt(e["generated"]), _fmt(e["real_floor"]),
+                     e["better"], html.escape(e["description"] + extra)])
+    return _table(["metric", "generated", "real floor", "better", "what it measures"], rows)
+
+
+def write_report(path: Path, m: dict) -> None:
+    memo = m["memorisation"]
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>CTDiffusion quality report</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>Quality report: {esc(m['profile'])}</h1>",
+             f"<div class='gate {esc(memo['status'])}'>Memorisation gate — {esc(memo['gate'])}</div>",
+             f"<p>{m['counts']['generated']} generated, {m['counts']['real']} real (held-out)"
+             + (f", {m['counts']['train']} training" if m['counts']['train'] else "")
+             + f" samples on the generated grid {'x'.join(map(str, m['grid_xyz']))} (x, y, z), mode {esc(m['mode'])}.</p>",
+             "<p><b>How to read:</b> every metric is shown for the generated set and for real data against real data "
+             f"(<i>real floor</i>: {esc(m['floor'])}). Generated values near the floor are as good as this data can "
+             "show; red names mark metrics clearly worse than the floor.</p>",
+             f"<p><b>Feature network</b> (Fréchet distance, MMD): {esc(m['feature_network'])}.</p>",
+             f"<p><b>Similarity</b> (diversity and novelty): {esc(m['similarity'])}.</p>"]
+    for note in m.get("notes", []):
+        parts.append(f"<p class='small'>Note: {esc(note)}</p>")
+    parts += ["<h2>Summary</h2>", summary_table(m["summary"])]
+
+    parts.append("<h2>Novelty / memorisation</h2>")
+    if memo["status"] == "not_checked":
+        parts.append("<p>Not checked: pass <code>--train DIR</code> with the training data.</p>")
+    else:
+        parts.append(f"<p>Threshold: nearest-training-case similarity above {memo['threshold']:.4f}, the "
+                     f"{memo['percentile']:.0f}th percentile of the held-out real cases' nearest-training "
+                     f"similarities. Flagged: {esc(', '.join(memo['flagged']) or 'none')}.</p>")
+    rows = []
+    for r in m["per_sample"]:
+        flag = "<b class='worse'>MEMORISED</b>" if r.get("memorised") else ""
+        extra = _fmt(r.get("plausible")) if "plausible" in r else _fmt(r.get("noise_hf_share"))
+        rows.append([esc(r["name"]), esc(_fmt(r.get("condition"))), esc(_fmt(r.get("nearest_train"))),
+                     _fmt(r.get("nearest_similarity")), flag, extra])
+    parts.append(_table(["sample", "condition", "nearest training case", "similarity", "memorised",
+                         "plausible" if m["profile"] == "cardiac-masks" else "noise share"], rows))
+
+    if m.get("per_condition"):
+        parts.append("<h2>Per condition</h2>")
+        keys = sorted({k for row in m["per_condition"].values() for k in row if k not in ("condition",)})
+        rows = [[esc(c)] + [esc(_fmt(row.get(k))) for k in keys] for c, row in m["per_condition"].items()]
+        parts.append(_table(["condition"] + keys, rows))
+
+    parts.append("<h2>Figures</h2>")
+    for fig in m.get("figures", []):
+        parts.append(f"<div><img src='{esc(fig)}' alt='{esc(Path(fig).stem)}'></div>")
+    parts.append("<p class='small'>Full numbers: metrics.json beside this file.</p></body></html>")
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(path)

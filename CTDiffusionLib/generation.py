@@ -1,0 +1,145 @@
+"""`generate`: sample N volumes from a bundle and write them with real geometry, units and a JSON sidecar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from CTDiffusionLib.data.preprocess import unit_to_hu, unit_to_labels
+from CTDiffusionLib.data.volume_io import Geometry, array_to_image, read_image, write_image
+from CTDiffusionLib.diffusion.sampling import sample
+from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, sampler
+from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
+
+log = logging.getLogger("ctdiffusion")
+DEFAULT_GUIDANCE = 3.0
+
+
+def model_input_shape(meta: dict) -> tuple[int, ...]:
+    """(channels, spatial...) in the tensor order (z, y, x) / (y, x)."""
+    grid = meta["data"]["grid"]
+    channels = meta["model"]["kwargs"]["in_channels"]
+    spatial = (grid[1], grid[0]) if meta["data"]["mode"] == "2d" else (grid[2], grid[1], grid[0])
+    return (channels, *spatial)
+
+
+def decode(x0: torch.Tensor, meta: dict) -> list[np.ndarray]:
+    """Model-space batch -> arrays in real units, (z, y, x): CT int16 HU, masks uint8 labels (2D: z = 1)."""
+    out = []
+    for x in x0.float().cpu().numpy():
+        if meta["profile"] == "prostate-ct":
+            arr = unit_to_hu(x[0], tuple(meta["intensity"]["hu_range"]))
+        else:
+            arr = unit_to_labels(x)
+        out.append(arr[None] if arr.ndim == 2 else arr)
+    return out
+
+
+def output_geometry(meta: dict, reference: str | None) -> Geometry:
+    """Training-set geometry from the bundle, or spacing/origin/direction copied from a reference volume."""
+    g = meta["geometry"]
+    if not reference:
+        return Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
+    ref = read_image(reference, what="reference volume")
+    if meta["profile"] == "prostate-ct":
+        from CTDiffusionLib.data.preprocess import ct_grid_geometry
+
+        spacing, origin, direction = ct_grid_geometry(ref, g["size"])
+        return Geometry(tuple(spacing), tuple(origin), tuple(direction))
+    return Geometry(tuple(g["spacing"]), tuple(ref.GetOrigin()), tuple(ref.GetDirection()))
+
+
+def write_volume(array: np.ndarray, geometry: Geometry, path: Path) -> Path:
+    return write_image(array_to_image(array, geometry), path)
+
+
+def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str = "dpm++",
+             steps: int | None = None, seed: int = 0, batch_size: int | None = None, reference: str | None = None,
+             condition: dict | None = None, guidance_scale: float | None = None, device: torch.device | None = None,
+             autocast_dtype=None, events=None, prefix: str = "synthetic") -> list[Path]:
+    device = device or torch.device("cpu")
+    vocab = ConditionVocabulary(meta.get("conditions"))
+    steps = steps or DEFAULT_SAMPLER_STEPS[sampler_name]
+    geometry = output_geometry(meta, reference)
+    shape = model_input_shape(meta)
+    if vocab:
+        labels_value = vocab.encode(condition)
+        guidance = DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+        guidance = 1.0 if not condition else guidance  # unconditional request: the null label alone
+    else:
+        labels_value, guidance = None, None
+    batch_size = batch_size or (8 if device.type == "cuda" else 2)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    t0 = time.time()
+    total_steps = num * steps
+    for start in range(0, num, batch_size):
+        indices = list(range(start + 1, min(num, start + batch_size) + 1))
+        seeds = [seed + i - 1 for i in indices]
+        sched = sampler(sampler_name, meta["diffusion"], steps)
+        labels = null = None
+        if vocab:
+            labels = torch.full((len(seeds),), labels_value, dtype=torch.long, device=device)
+            null = torch.full((len(seeds),), vocab.null_index, dtype=torch.long, device=device)
+
+        def on_step(i: int, n: int, done_before=start) -> None:
+            if events is None:
+                return
+            done = done_before * steps + i * len(seeds)
+            rate = done / max(time.time() - t0, 1e-6)
+            events.emit("progress", phase="sampling", step=done, total=total_steps, volume=indices[0], num=num,
+                        it_per_s=rate, eta_s=(total_steps - done) / max(rate, 1e-9))
+
+        run_seeds = seeds
+        if len(seeds) == 1 and batch_size > 1 and device.type == "cpu":
+            # batch-1 3D convolutions take a much slower CPU path; a throw-away second sample is cheaper
+            run_seeds = seeds + [seeds[0] + 1_000_003]
+            labels = labels.repeat(2) if labels is not None else None
+            null = null.repeat(2) if null is not None else None
+        x0 = sample(model, sched, shape, run_seeds, device, labels, null, guidance or 1.0, autocast_dtype, on_step)
+        for index, s, arr in zip(indices, seeds, decode(x0[: len(seeds)], meta)):
+            path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz")
+            sidecar = {"file": path.name, "index": index, "seed": s, "sampler": sampler_name, "steps": steps,
+                       "model_sha256": meta.get("sha256"), "profile": meta["profile"], "mode": meta["data"]["mode"],
+                       "condition": condition or None, "guidance_scale": guidance,
+                       "reference": str(reference) if reference else None}
+            (out / f"{prefix}_{index:04d}.json").write_text(json.dumps(sidecar, indent=2))
+            written.append(path)
+            if events is not None:
+                events.emit("sample", path=str(path), index=index, num=num)
+    return written
+
+
+def generate_from_args(args, events) -> int:
+    from CTDiffusionLib.models.bundle import load_bundle
+    from CTDiffusionLib.runtime import autocast_dtype, resolve_device
+
+    out = Path(args.out)
+    if out.exists() and any(out.glob("*.nii.gz")):
+        raise InputError(f"{out} already holds generated volumes.", "Choose an empty or new --out folder.")
+    condition = parse_condition_text(args.condition)
+    device = resolve_device(args.device)
+    model, meta = load_bundle(args.model, device)
+    ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
+    if args.reference:
+        read_image(args.reference, what="reference volume")
+    out.mkdir(parents=True, exist_ok=True)
+    events.set_log_path(out / "events.jsonl")
+    events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=args.sampler,
+                steps=args.steps or DEFAULT_SAMPLER_STEPS[args.sampler], out=str(out), device=str(device))
+    t0 = time.time()
+    paths = generate(model, meta, args.num, out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
+                     batch_size=args.batch_size, reference=args.reference, condition=condition,
+                     guidance_scale=args.guidance_scale, device=device, autocast_dtype=autocast_dtype(device, None),
+                     events=events)
+    seconds = time.time() - t0
+    events.emit("done", status="completed", outputs=[str(p) for p in paths], seconds=seconds,
+                seconds_per_volume=seconds / len(paths))
+    log.info("wrote %d volumes to %s (%.1f s per volume)", len(paths), out, seconds / len(paths))
+    return 0

@@ -1,0 +1,1 @@
+"""Denoising networks, their presets, condition vocabularies and the shareable model bundle."""

@@ -1,0 +1,26 @@
+"""Build a denoiser from its JSON spec {"type": ..., "kwargs": {...}} (configured, never subclassed)."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+
+def build_model(spec: dict, num_class_embeds: int | None = None) -> nn.Module:
+    kwargs = copy.deepcopy(spec["kwargs"])
+    if num_class_embeds:
+        kwargs["num_class_embeds"] = num_class_embeds
+    if spec["type"] == "aniso_unet":
+        from CTDiffusionLib.models.aniso_unet import AnisotropicDiffusionUNet
+
+        return AnisotropicDiffusionUNet(**kwargs)
+    if spec["type"] == "monai_unet":
+        from monai.networks.nets import DiffusionModelUNet
+
+        return DiffusionModelUNet(**kwargs)
+    raise ValueError(f"unknown model type {spec['type']!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,94 @@
+"""Named presets: training grid, network and training defaults per profile.
+
+A preset is plain data; `resolve_preset` returns a deep copy that the trainer merges with command-line overrides
+into the run's config.json. See docs/presets.md for the reasoning behind each one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from CTDiffusionLib.errors import InputError
+
+HU_RANGE = (-1024.0, 2000.0)  # covers air .. dense cortical bone; everything maps invertibly to [-1, 1]
+MASK_CLASSES = ("background", "RV", "MYO", "LV")
+
+
+def _aniso(channels, kinds, z_strides, blocks, attention, head_dim=32, groups=8, in_ch=1, out_ch=1):
+    return {"type": "aniso_unet", "kwargs": {
+        "in_channels": in_ch, "out_channels": out_ch, "channels": list(channels), "level_kinds": list(kinds),
+        "z_strides": list(z_strides), "num_res_blocks": blocks, "attention_levels": list(attention),
+        "head_dim": head_dim, "norm_groups": groups}}
+
+
+def _monai2d(channels, attention, blocks, head_channels=32, groups=16):
+    n = len(MASK_CLASSES)
+    return {"type": "monai_unet", "kwargs": {
+        "spatial_dims": 2, "in_channels": n, "out_channels": n, "channels": list(channels),
+        "attention_levels": list(attention), "num_res_blocks": blocks, "num_head_channels": head_channels,
+        "norm_num_groups": groups}}
+
+
+_CT_TRAIN = {"batch_size": 2, "lr": 1e-4, "warmup_steps": 200, "steps": 20000, "ema_decay": 0.999,
+             "checkpoint_every": 500, "sample_every": 2000}
+_CT_DATA = {"mode": "3d", "augment": {"zoom": [0.9, 1.1], "flip": True, "rotate_deg": 0.0}}
+_MASK_DATA = {"augment": {"zoom": [0.9, 1.1], "flip": False, "rotate_deg": 15.0}}
+n_mask = len(MASK_CLASSES)
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "prostate-ct": {
+        # CPU demo/tests: 32x32x8, trains in minutes on 2 cores.
+        "tiny": {"grid": [32, 32, 8], **_CT_DATA,
+                 "model": _aniso((16, 32, 64), ("2d", "3d", "3d"), (1, 2), 1, (False, False, True), 16, 8),
+                 "training": {**_CT_TRAIN, "lr": 1e-3, "warmup_steps": 20, "steps": 300, "ema_decay": 0.99,
+                              "checkpoint_every": 50, "sample_every": 100}},
+        # Recommended 256x256x26: slice-wise convolutions while pixels are much finer than slices, 3D below;
+        # z halves once (26 -> 13) at the 32x32 level, where in-plane and through-plane spacing are comparable.
+        "default": {"grid": [256, 256, 26], **_CT_DATA,
+                    "model": _aniso((32, 64, 128, 256, 384), ("2d", "2d", "3d", "3d", "3d"), (1, 1, 2, 1), 2,
+                                    (False, False, False, False, True), 64, 32),
+                    "training": {**_CT_TRAIN, "batch_size": 4}},
+        # The source thesis' 7-level design (32,64,64,128,256,512,512; two res blocks; 2D/3D interleaved; attention
+        # only at the coarsest level) with its batch > 1 bug fixed (one time embedding broadcast over all slices).
+        "thesis": {"grid": [256, 256, 26], **_CT_DATA,
+                   "model": _aniso((32, 64, 64, 128, 256, 512, 512), ("2d", "3d", "2d", "3d", "2d", "3d", "2d"),
+                                   (1, 1, 2, 1, 1, 1), 2, (False,) * 6 + (True,), 64, 32),
+                   "training": {**_CT_TRAIN, "batch_size": 1, "lr": 5e-5}},
+        # Native 512x512x26: one more slice-wise level, gradient checkpointing on.
+        "native512": {"grid": [512, 512, 26], **_CT_DATA,
+                      "model": _aniso((32, 64, 128, 256, 256, 384), ("2d", "2d", "2d", "3d", "3d", "3d"),
+                                      (1, 1, 1, 2, 1), 2, (False,) * 5 + (True,), 64, 32),
+                      "training": {**_CT_TRAIN, "batch_size": 2, "grad_checkpoint": True}},
+    },
+    "cardiac-masks": {
+        "tiny2d": {"grid": [32, 32], "mode": "2d", **_MASK_DATA,
+                   "model": _monai2d((32, 64), (False, True), 1, 32, 16),
+                   "training": {**_CT_TRAIN, "batch_size": 8, "lr": 1e-3, "warmup_steps": 20, "steps": 300,
+                                "ema_decay": 0.99, "checkpoint_every": 50, "sample_every": 100}},
+        # The source report: 2D DDPM on 64x64 masks with a cosine schedule.
+        "slice2d": {"grid": [64, 64], "mode": "2d", **_MASK_DATA, "schedule": "cosine",
+                    "model": _monai2d((64, 128, 256), (False, True, True), 2, 64, 32),
+                    "training": {**_CT_TRAIN, "batch_size": 32, "lr": 2e-4}},
+        "tiny3d": {"grid": [32, 32, 8], "mode": "3d", **_MASK_DATA,
+                   "model": _aniso((16, 32, 64), ("2d", "3d", "3d"), (1, 2), 1, (False, False, True), 16, 8,
+                                   n_mask, n_mask),
+                   "training": {**_CT_TRAIN, "lr": 1e-3, "warmup_steps": 20, "steps": 300, "ema_decay": 0.99,
+                                "checkpoint_every": 50, "sample_every": 100}},
+        # 3D stacks: ACDC slices are 5-10 mm apart, so the first two levels are slice-wise here too.
+        "stack3d": {"grid": [128, 128, 16], "mode": "3d", **_MASK_DATA, "schedule": "cosine",
+                    "model": _aniso((32, 64, 128, 256), ("2d", "2d", "3d", "3d"), (1, 2, 2), 2,
+                                    (False, False, False, True), 64, 32, n_mask, n_mask),
+                    "training": {**_CT_TRAIN, "batch_size": 4, "lr": 2e-4}},
+    },
+}
+
+DEFAULT_PRESET = {"prostate-ct": "default", "cardiac-masks": "slice2d"}
+
+
+def resolve_preset(profile: str, name: str | None) -> tuple[str, dict]:
+    name = name or DEFAULT_PRESET[profile]
+    presets = PRESETS[profile]
+    if name not in presets:
+        raise InputError(f"Unknown preset {name!r} for profile {profile}.",
+                         f"Choose one of: {', '.join(presets)}.")
+    return name, copy.deepcopy(presets[name])

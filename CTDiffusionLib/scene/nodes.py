@@ -1,0 +1,364 @@
+"""MRML nodes in and out: export selected nodes to a run folder (geometry kept) and import generated results as
+nodes of the right class, with names, display settings, segment colors and a subject-hierarchy folder.
+
+Works on Slicer and on slicer-core (see scene.core). No qt, no torch; numpy only inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import slicer
+
+from CTDiffusionLib.scene.core import get_scene, module_logic, subject_hierarchy
+
+PROFILE_CT = "prostate-ct"
+PROFILE_MASKS = "cardiac-masks"
+SYNTHETIC_FOLDER_NAME = "CTDiffusion synthetic"
+ATTRIBUTE_PREFIX = "CTDiffusion."
+
+#: label value -> (segment name, RGB 0..1); fixed so every synthetic and real mask looks the same.
+CARDIAC_SEGMENTS = {
+    1: ("RV", (0.27, 0.51, 0.93)),
+    2: ("MYO", (0.36, 0.80, 0.35)),
+    3: ("LV", (0.93, 0.30, 0.27)),
+}
+_SEGMENT_ALIASES = {
+    "rv": 1, "right ventricle": 1, "rightventricle": 1, "right ventricular cavity": 1,
+    "myo": 2, "myocardium": 2, "lv myocardium": 2, "left ventricular myocardium": 2,
+    "lv": 3, "left ventricle": 3, "leftventricle": 3, "left ventricular cavity": 3,
+}
+#: Soft-tissue window/level in HU.
+SOFT_TISSUE_WINDOW, SOFT_TISSUE_LEVEL = 400.0, 40.0
+# vtkSlicerVolumesLogic.AddArchetypeVolume loading options (bit flags)
+LOAD_LABELMAP, LOAD_SINGLE_FILE = 1, 4
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def safe_file_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return stem or "node"
+
+
+def strip_volume_suffix(name: str) -> str:
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def label_for_segment_name(name: str) -> int | None:
+    return _SEGMENT_ALIASES.get(name.strip().lower())
+
+
+def is_segmentation(node) -> bool:
+    return node is not None and node.IsA("vtkMRMLSegmentationNode")
+
+
+def is_scalar_volume(node) -> bool:
+    return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+
+
+def volume_geometry(node) -> dict:
+    """Size (IJK), spacing and origin of a volume node, or of a segmentation's reference geometry."""
+    if is_segmentation(node):
+        labelmap = _segmentation_as_labelmap(node)
+        try:
+            return volume_geometry(labelmap)
+        finally:
+            node.GetScene().RemoveNode(labelmap)
+    image = node.GetImageData()
+    dims = tuple(image.GetDimensions()) if image is not None else (0, 0, 0)
+    return {"size": dims, "spacing": tuple(round(s, 6) for s in node.GetSpacing()),
+            "origin": tuple(round(o, 6) for o in node.GetOrigin())}
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _segmentation_as_labelmap(seg_node, reference_volume=None):
+    """A temporary labelmap with label values 1 RV, 2 MYO, 3 LV (by segment name) in the segmentation's geometry."""
+    import vtk
+
+    scene = seg_node.GetScene()
+    segmentation = seg_node.GetSegmentation()
+    by_label: dict[int, str] = {}
+    others: list[str] = []
+    for i in range(segmentation.GetNumberOfSegments()):
+        seg_id = segmentation.GetNthSegmentID(i)
+        label = label_for_segment_name(segmentation.GetSegment(seg_id).GetName())
+        if label is not None and label not in by_label:
+            by_label[label] = seg_id
+        else:
+            others.append(seg_id)
+    ids = vtk.vtkStringArray()
+    order = sorted(by_label) if by_label else []
+    for label in order:
+        ids.InsertNextValue(by_label[label])
+    if not order:  # not a cardiac mask: keep the segment order
+        for seg_id in others:
+            ids.InsertNextValue(seg_id)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", seg_node.GetName() + "_labels")
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    ok = logic.ExportSegmentsToLabelmapNode(seg_node, ids, labelmap, reference_volume,
+                                            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+    if not ok:
+        scene.RemoveNode(labelmap)
+        raise RuntimeError(f"Could not export segmentation {seg_node.GetName()!r} to a labelmap.")
+    if order and order != list(range(1, len(order) + 1)):  # exported as 1..n: restore the fixed label values
+        arr = slicer.util.arrayFromVolume(labelmap)
+        remapped = arr.copy()
+        for exported, label in enumerate(order, start=1):
+            remapped[arr == exported] = label
+        arr[:] = remapped
+        slicer.util.arrayFromVolumeModified(labelmap)
+    return labelmap
+
+
+def write_volume_node(node, path: str | Path) -> Path:
+    """Write a volume node with its geometry (IJK-to-RAS becomes the file's LPS origin/spacing/direction)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = node.CreateDefaultStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(1)
+    if not storage.WriteData(node):
+        raise RuntimeError(f"Could not write {node.GetName()!r} to {path}.")
+    return path
+
+
+def export_nodes(nodes, folder: str | Path, profile: str) -> dict:
+    """Write the selected nodes as training data into `folder` and return the manifest (also manifest.json).
+
+    CT: scalar volumes as NIfTI in their own units (HU). Masks: segmentation nodes (or labelmaps) as uint8
+    label volumes with 1 RV, 2 MYO, 3 LV. File names come from node names, made unique.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    cases = []
+    for node in nodes:
+        if node is None:
+            continue
+        stem = safe_file_stem(node.GetName())
+        unique, n = stem, 2
+        while unique in used:
+            unique, n = f"{stem}_{n}", n + 1
+        used.add(unique)
+        path = folder / f"{unique}.nii.gz"
+        if is_segmentation(node):
+            labelmap = _segmentation_as_labelmap(node)
+            try:
+                write_volume_node(labelmap, path)
+                geometry = volume_geometry(labelmap)
+            finally:
+                node.GetScene().RemoveNode(labelmap)
+        else:
+            write_volume_node(node, path)
+            geometry = volume_geometry(node)
+        cases.append({"file": path.name, "node": node.GetName(), "node_id": node.GetID(),
+                      "class": node.GetClassName(), **{k: list(v) for k, v in geometry.items()}})
+    manifest = {"profile": profile, "cases": cases}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ import
+@dataclass
+class GeneratedSample:
+    path: Path
+    sidecar: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return strip_volume_suffix(self.path.name)
+
+    @property
+    def profile(self) -> str | None:
+        return self.sidecar.get("profile")
+
+
+def list_generated(folder: str | Path) -> list[GeneratedSample]:
+    """The volumes `generate` wrote (synthetic_0001.nii.gz ...) with their JSON sidecars, in index order."""
+    folder = Path(folder)
+    samples = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not path.is_file() or not path.name.lower().endswith(VOLUME_SUFFIXES):
+            continue
+        sidecar_path = folder / (strip_volume_suffix(path.name) + ".json")
+        sidecar = {}
+        if sidecar_path.is_file():
+            try:
+                sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                sidecar = {}
+        samples.append(GeneratedSample(path, sidecar))
+    samples.sort(key=lambda s: (s.sidecar.get("index", 10**9), s.path.name))
+    return samples
+
+
+def sh_item(node, scene=None) -> int:
+    """The node's subject-hierarchy item. Slicer's SH plugin logic adds one for every new node; on slicer-core
+    nothing does, so it is created here (at the scene root) when missing."""
+    sh = subject_hierarchy(scene or node.GetScene())
+    item = sh.GetItemByDataNode(node)
+    if not item:
+        item = sh.CreateItem(sh.GetSceneItemID(), node)
+    return item
+
+
+def place_in(node, parent_item: int, scene=None) -> int:
+    item = sh_item(node, scene)
+    subject_hierarchy(scene or node.GetScene()).SetItemParent(item, parent_item)
+    return item
+
+
+def synthetic_folder(scene=None, beside=None, name: str = SYNTHETIC_FOLDER_NAME) -> int:
+    """The subject-hierarchy folder for synthetic results: in the real study (the parent of `beside`), else at
+    the scene root. Reused when it already exists there."""
+    sh = subject_hierarchy(scene)
+    parent = sh.GetSceneItemID()
+    if beside is not None:
+        item = sh_item(beside, scene)
+        if item:
+            parent = sh.GetItemParent(item) or parent
+    existing = sh.GetItemChildWithName(parent, name)
+    if existing:
+        return existing
+    folder = sh.CreateFolderItem(parent, name)
+    sh.SetItemAttribute(folder, ATTRIBUTE_PREFIX + "folder", "synthetic")
+    return folder
+
+
+def _tag(node, sample: GeneratedSample | None, source: str | None = None) -> None:
+    node.SetAttribute(ATTRIBUTE_PREFIX + "synthetic", "1")
+    if sample is not None:
+        node.SetAttribute(ATTRIBUTE_PREFIX + "file", str(sample.path))
+        for key in ("seed", "sampler", "steps", "model_sha256", "profile", "mode", "guidance_scale", "index"):
+            if sample.sidecar.get(key) is not None:
+                node.SetAttribute(ATTRIBUTE_PREFIX + key, str(sample.sidecar[key]))
+        if sample.sidecar.get("condition"):
+            node.SetAttribute(ATTRIBUTE_PREFIX + "condition", json.dumps(sample.sidecar["condition"]))
+    if source:
+        node.SetAttribute(ATTRIBUTE_PREFIX + "source", source)
+
+
+def set_soft_tissue_window(volume_node, window: float = SOFT_TISSUE_WINDOW, level: float = SOFT_TISSUE_LEVEL) -> None:
+    display = volume_node.GetDisplayNode()
+    if display is None:
+        volume_node.CreateDefaultDisplayNodes()
+        display = volume_node.GetDisplayNode()
+    display.SetAutoWindowLevel(0)
+    display.SetWindowLevel(window, level)
+    if display.GetColorNodeID() is None or "Grey" not in (display.GetColorNodeID() or ""):
+        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+
+
+def load_ct_volume(path: str | Path, name: str | None = None, scene=None):
+    """A scalar volume node in HU with soft-tissue window/level."""
+    get_scene(scene)
+    path = Path(path)
+    logic = module_logic("Volumes")
+    # single file: synthetic_0001, synthetic_0002 ... must not be read as one numbered series
+    node = logic.AddArchetypeVolume(str(path), name or strip_volume_suffix(path.name), LOAD_SINGLE_FILE)
+    if node is None:
+        raise RuntimeError(f"Could not load {path} as a volume.")
+    set_soft_tissue_window(node)
+    return node
+
+
+def style_cardiac_segments(seg_node, add_missing: bool = True) -> None:
+    """Name/color segments RV, MYO, LV by their label value (or existing name) and add empty missing ones."""
+    segmentation = seg_node.GetSegmentation()
+    present = set()
+    for i in range(segmentation.GetNumberOfSegments()):
+        seg_id = segmentation.GetNthSegmentID(i)
+        segment = segmentation.GetSegment(seg_id)
+        label = label_for_segment_name(segment.GetName())
+        if label is None:
+            try:
+                label = int(segment.GetName())
+            except ValueError:
+                label = segment.GetLabelValue() if segment.GetLabelValue() in CARDIAC_SEGMENTS else None
+        if label in CARDIAC_SEGMENTS:
+            name, color = CARDIAC_SEGMENTS[label]
+            segment.SetName(name)
+            segment.SetColor(*color)
+            present.add(label)
+    if add_missing:
+        for label, (name, color) in CARDIAC_SEGMENTS.items():
+            if label not in present:
+                seg_id = segmentation.AddEmptySegment(name, name)
+                segmentation.GetSegment(seg_id).SetColor(*color)
+
+
+def load_mask_segmentation(path: str | Path, name: str | None = None, scene=None):
+    """A segmentation node with segments RV, MYO, LV (fixed colors) from a uint8 label volume."""
+    scene = get_scene(scene)
+    path = Path(path)
+    base = name or strip_volume_suffix(path.name)
+    logic = module_logic("Volumes")
+    labelmap = logic.AddArchetypeVolume(str(path), base + "_labels", LOAD_LABELMAP | LOAD_SINGLE_FILE)
+    if labelmap is None:
+        raise RuntimeError(f"Could not load {path} as a label volume.")
+    try:
+        seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", base)
+        seg_node.CreateDefaultDisplayNodes()
+        seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg_node):
+            scene.RemoveNode(seg_node)
+            raise RuntimeError(f"Could not turn {path} into a segmentation.")
+        style_cardiac_segments(seg_node)
+    finally:
+        display = labelmap.GetDisplayNode()
+        scene.RemoveNode(labelmap)
+        if display is not None and display.GetScene() is scene:
+            scene.RemoveNode(display)
+    return seg_node
+
+
+def load_result(sample: GeneratedSample, profile: str | None = None, scene=None):
+    profile = sample.profile or profile
+    if profile == PROFILE_MASKS:
+        node = load_mask_segmentation(sample.path, scene=scene)
+    elif profile == PROFILE_CT or profile is None:
+        node = load_ct_volume(sample.path, scene=scene)
+    else:
+        raise ValueError(f"unknown profile {profile!r}")
+    _tag(node, sample)
+    return node
+
+
+def import_generated(folder: str | Path, scene=None, beside=None, profile: str | None = None,
+                     folder_name: str = SYNTHETIC_FOLDER_NAME) -> list:
+    """Load every generated sample of `folder` as nodes in the synthetic SH folder (beside the real `beside`)."""
+    scene = get_scene(scene)
+    samples = list_generated(folder)
+    folder_item = synthetic_folder(scene, beside=beside, name=folder_name)
+    nodes = []
+    for sample in samples:
+        node = load_result(sample, profile=profile, scene=scene)
+        place_in(node, folder_item, scene)
+        nodes.append(node)
+    return nodes
+
+
+def synthetic_nodes(scene=None, folder_item: int | None = None) -> list:
+    """The synthetic nodes to browse: those in `folder_item` (default: every node tagged as synthetic)."""
+    scene = get_scene(scene)
+    sh = subject_hierarchy(scene)
+    if folder_item:
+        import vtk
+
+        ids = vtk.vtkIdList()
+        sh.GetItemChildren(folder_item, ids, False)
+        nodes = [sh.GetItemDataNode(ids.GetId(i)) for i in range(ids.GetNumberOfIds())]
+        return [n for n in nodes if n is not None]
+    out = []
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        if node.GetAttribute(ATTRIBUTE_PREFIX + "synthetic") == "1":
+            out.append(node)
+    return out

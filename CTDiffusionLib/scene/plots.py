@@ -1,0 +1,261 @@
+"""Table and plot nodes: the live loss curve, the quality metrics (with memorised samples flagged) and the
+intensity / label histograms of real vs generated volumes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import slicer
+
+from CTDiffusionLib.scene.core import get_scene
+from CTDiffusionLib.scene.nodes import CARDIAC_SEGMENTS, is_segmentation
+
+LOSS_TABLE_NAME = "CTDiffusion loss"
+LOSS_CHART_NAME = "CTDiffusion training loss"
+METRICS_TABLE_NAME = "CTDiffusion metrics"
+SAMPLES_TABLE_NAME = "CTDiffusion samples"
+HISTOGRAM_TABLE_NAME = "CTDiffusion histograms"
+HISTOGRAM_CHART_NAME = "CTDiffusion histograms"
+MEMORISED_FLAG = "MEMORISED"
+
+
+def _number(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+def _new_or_existing(scene, cls: str, name: str, reuse: bool = True):
+    if reuse:
+        node = scene.GetFirstNode(name, cls, False, True)
+        if node is not None:
+            return node
+    return scene.AddNewNodeByClass(cls, name)
+
+
+def _set_columns(table_node, columns: list[tuple[str, str]]) -> None:
+    """Replace the table's columns: [(name, 'double'|'string'), ...]."""
+    import vtk
+
+    table = table_node.GetTable()
+    while table.GetNumberOfColumns():
+        table.RemoveColumn(0)
+    for name, kind in columns:
+        array = vtk.vtkDoubleArray() if kind == "double" else vtk.vtkStringArray()
+        array.SetName(name)
+        table.AddColumn(array)
+
+
+def _series(scene, name: str, table_node, x: str, y: str, color, style: str = "line"):
+    series = _new_or_existing(scene, "vtkMRMLPlotSeriesNode", name)
+    series.SetAndObserveTableNodeID(table_node.GetID())
+    series.SetXColumnName(x)
+    series.SetYColumnName(y)
+    series.SetPlotType(series.PlotTypeScatterBar if style == "bar" else series.PlotTypeScatter)
+    series.SetMarkerStyle(series.MarkerStyleNone if style != "points" else series.MarkerStyleCircle)
+    series.SetLineStyle(series.LineStyleSolid if style != "points" else series.LineStyleNone)
+    series.SetColor(*color)
+    return series
+
+
+class LossCurve:
+    """Loss (and validation loss) against step, in a table node drawn by a plot chart node; `add(event)` per
+    progress event. Points without a value (validation every n steps) are NaN and are not drawn."""
+
+    def __init__(self, scene=None, name_suffix: str = ""):
+        self.scene = get_scene(scene)
+        self.table = _new_or_existing(self.scene, "vtkMRMLTableNode", LOSS_TABLE_NAME + name_suffix)
+        _set_columns(self.table, [("step", "double"), ("loss", "double"), ("val_loss", "double")])
+        self.chart = _new_or_existing(self.scene, "vtkMRMLPlotChartNode", LOSS_CHART_NAME + name_suffix)
+        self.chart.RemoveAllPlotSeriesNodeIDs()
+        self.chart.SetTitle("Training loss")
+        self.chart.SetXAxisTitle("step")
+        self.chart.SetYAxisTitle("loss")
+        self.chart.SetYAxisLogScale(False)
+        self.loss_series = _series(self.scene, "loss" + name_suffix, self.table, "step", "loss", (0.2, 0.4, 0.9))
+        self.val_series = _series(self.scene, "val_loss" + name_suffix, self.table, "step", "val_loss",
+                                  (0.9, 0.4, 0.1), style="points")
+        self.chart.AddAndObservePlotSeriesNodeID(self.loss_series.GetID())
+        self.chart.AddAndObservePlotSeriesNodeID(self.val_series.GetID())
+
+    def add(self, event: dict) -> bool:
+        """Append one progress event (phase train/validate). Returns True when a row was added."""
+        if event.get("event") not in (None, "progress") or event.get("phase") not in ("train", "validate", None):
+            return False
+        step = event.get("step")
+        loss, val = _number(event.get("loss")), _number(event.get("val_loss"))
+        if step is None or (math.isnan(loss) and math.isnan(val)):
+            return False
+        table = self.table.GetTable()
+        row = table.InsertNextBlankRow()
+        table.SetValue(row, 0, float(step))
+        table.SetValue(row, 1, loss)
+        table.SetValue(row, 2, val)
+        table.Modified()
+        self.table.Modified()
+        return True
+
+    def add_events(self, events) -> int:
+        return sum(1 for e in events if self.add(e))
+
+    def rows(self) -> int:
+        return self.table.GetTable().GetNumberOfRows()
+
+    def column(self, name: str) -> list[float]:
+        arr = self.table.GetTable().GetColumnByName(name)
+        return [arr.GetValue(i) for i in range(arr.GetNumberOfTuples())]
+
+    def clear(self) -> None:
+        _set_columns(self.table, [("step", "double"), ("loss", "double"), ("val_loss", "double")])
+        self.table.Modified()
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def load_metrics(report: str | Path | dict) -> dict:
+    """metrics.json (a report folder, the file, or the parsed dict)."""
+    if isinstance(report, dict):
+        return report
+    path = Path(report)
+    if path.is_dir():
+        path = path / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def metrics_tables(report, scene=None):
+    """Two table nodes from a quality report: summary metrics and per-sample novelty (memorised flagged).
+
+    Returns (metrics_table, samples_table). Per-condition metrics, when present, become extra summary rows.
+    """
+    scene = get_scene(scene)
+    metrics = load_metrics(report)
+    summary_node = _new_or_existing(scene, "vtkMRMLTableNode", METRICS_TABLE_NAME)
+    _set_columns(summary_node, [("Metric", "string"), ("Generated", "string"), ("Real floor", "string"),
+                                ("Better", "string"), ("Description", "string")])
+    table = summary_node.GetTable()
+
+    def add_row(values):
+        row = table.InsertNextBlankRow()
+        for col, value in enumerate(values):
+            table.SetValue(row, col, str(value))
+
+    for name, entry in (metrics.get("summary") or {}).items():
+        entry = entry if isinstance(entry, dict) else {"generated": entry}
+        add_row([name, _fmt(entry.get("generated")), _fmt(entry.get("real_floor")), entry.get("better") or "",
+                 entry.get("description") or ""])
+    for condition, entries in (metrics.get("per_condition") or {}).items():
+        if not isinstance(entries, dict):
+            continue
+        for name, entry in entries.items():
+            entry = entry if isinstance(entry, dict) else {"generated": entry}
+            add_row([f"{name} [{condition}]", _fmt(entry.get("generated")), _fmt(entry.get("real_floor")),
+                     entry.get("better") or "", entry.get("description") or ""])
+    summary_node.Modified()
+
+    samples_node = _new_or_existing(scene, "vtkMRMLTableNode", SAMPLES_TABLE_NAME)
+    _set_columns(samples_node, [("Sample", "string"), ("Nearest training case", "string"),
+                                ("Similarity", "string"), ("Memorised", "string")])
+    flagged = set((metrics.get("memorisation") or {}).get("flagged") or [])
+    st = samples_node.GetTable()
+    for sample in metrics.get("per_sample") or []:
+        row = st.InsertNextBlankRow()
+        name = str(sample.get("name", ""))
+        memorised = bool(sample.get("memorised")) or name in flagged
+        for col, value in enumerate([name, sample.get("nearest_train") or "", _fmt(sample.get("nearest_similarity")),
+                                     MEMORISED_FLAG if memorised else ""]):
+            st.SetValue(row, col, str(value))
+    samples_node.Modified()
+    summary_node.SetAttribute("CTDiffusion.report", json.dumps({"profile": metrics.get("profile"),
+                                                               "feature_network": metrics.get("feature_network")}))
+    return summary_node, samples_node
+
+
+def table_rows(table_node) -> list[list[str]]:
+    table = table_node.GetTable()
+    return [[table.GetValue(r, c).ToString() for c in range(table.GetNumberOfColumns())]
+            for r in range(table.GetNumberOfRows())]
+
+
+def memorised_samples(samples_table) -> list[str]:
+    return [row[0] for row in table_rows(samples_table) if row[-1] == MEMORISED_FLAG]
+
+
+def _voxels(node):
+    import numpy as np
+
+    if is_segmentation(node):
+        from CTDiffusionLib.scene.nodes import _segmentation_as_labelmap
+
+        labelmap = _segmentation_as_labelmap(node)
+        try:
+            return np.array(slicer.util.arrayFromVolume(labelmap))
+        finally:
+            node.GetScene().RemoveNode(labelmap)
+    return np.asarray(slicer.util.arrayFromVolume(node))
+
+
+def histogram_chart(real_nodes, generated_nodes, scene=None, hu_range=(-1024.0, 2000.0), bins: int = 64):
+    """Real vs generated histograms in one chart: HU densities for CT, class voxel fractions for masks.
+
+    Returns (chart_node, table_node)."""
+    import numpy as np
+
+    scene = get_scene(scene)
+    real_nodes = [n for n in real_nodes if n is not None]
+    generated_nodes = [n for n in generated_nodes if n is not None]
+    masks = any(is_segmentation(n) for n in real_nodes + generated_nodes)
+    table_node = _new_or_existing(scene, "vtkMRMLTableNode", HISTOGRAM_TABLE_NAME)
+    chart = _new_or_existing(scene, "vtkMRMLPlotChartNode", HISTOGRAM_CHART_NAME)
+    chart.RemoveAllPlotSeriesNodeIDs()
+    if masks:
+        def fractions(nodes):
+            counts = np.zeros(len(CARDIAC_SEGMENTS) + 1)
+            for n in nodes:
+                v = _voxels(n)
+                counts += np.bincount(v.ravel().astype(np.int64).clip(0, len(CARDIAC_SEGMENTS)),
+                                      minlength=len(CARDIAC_SEGMENTS) + 1)
+            fg = counts[1:].sum()
+            return counts[1:] / fg if fg else counts[1:]
+
+        x = np.arange(1, len(CARDIAC_SEGMENTS) + 1, dtype=float)
+        real, gen = fractions(real_nodes), fractions(generated_nodes)
+        x_name, title, x_title, y_title, style = "label", "Class share of foreground", "label (1 RV, 2 MYO, 3 LV)", \
+            "fraction", "bar"
+    else:
+        edges = np.linspace(hu_range[0], hu_range[1], bins + 1)
+
+        def density(nodes):
+            h = np.zeros(bins)
+            for n in nodes:
+                h += np.histogram(_voxels(n).ravel(), bins=edges)[0]
+            total = h.sum()
+            return h / total if total else h
+
+        x = 0.5 * (edges[1:] + edges[:-1])
+        real, gen = density(real_nodes), density(generated_nodes)
+        x_name, title, x_title, y_title, style = "HU", "Intensity histogram", "HU", "fraction of voxels", "line"
+    _set_columns(table_node, [(x_name, "double"), ("real", "double"), ("generated", "double")])
+    table = table_node.GetTable()
+    for i in range(len(x)):
+        row = table.InsertNextBlankRow()
+        table.SetValue(row, 0, float(x[i]))
+        table.SetValue(row, 1, float(real[i]))
+        table.SetValue(row, 2, float(gen[i]))
+    table_node.Modified()
+    chart.SetTitle(title)
+    chart.SetXAxisTitle(x_title)
+    chart.SetYAxisTitle(y_title)
+    for name, color in (("real", (0.2, 0.4, 0.9)), ("generated", (0.9, 0.4, 0.1))):
+        series = _series(scene, f"{name} histogram", table_node, x_name, name, color, style=style)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart, table_node

@@ -1,0 +1,1 @@
+"""Training: the run folder, atomic checkpoints, and the training loop."""

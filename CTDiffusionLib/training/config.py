@@ -1,0 +1,87 @@
+"""The run's fully resolved configuration (config.json): preset + command-line overrides, enough to reproduce."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from CTDiffusionLib.data.augment import parse_augment
+from CTDiffusionLib.diffusion.schedulers import default_diffusion_config
+from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.presets import HU_RANGE, MASK_CLASSES, resolve_preset
+
+CONFIG_FORMAT = "ctdiffusion-run/1"
+
+
+def parse_grid(text: str, mode: str) -> list[int]:
+    try:
+        grid = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        grid = []
+    want = 2 if mode == "2d" else 3
+    if len(grid) != want or min(grid) < 1:
+        raise InputError(f"--grid {text!r} does not fit this preset's {mode} mode.",
+                         "Give " + ("XxY (e.g. 64x64)." if want == 2 else "XxYxZ (e.g. 256x256x26)."))
+    return grid
+
+
+def check_grid(grid: list[int], model_spec: dict, mode: str) -> None:
+    """In-plane sizes must halve cleanly at every level, so the output grid is exactly the training grid."""
+    levels = len(model_spec["kwargs"]["channels"])
+    factor = 2 ** (levels - 1)
+    if any(g % factor for g in grid[:2]):
+        raise InputError(f"Grid {'x'.join(map(str, grid))} does not divide by {factor} in-plane, which this "
+                         f"{levels}-level network needs.", f"Use an in-plane size that is a multiple of {factor}.")
+    if model_spec["type"] == "monai_unet" and mode == "3d" and len(grid) > 2 and grid[2] % factor:
+        raise InputError(f"Grid depth {grid[2]} does not divide by {factor}.", f"Use a multiple of {factor}.")
+
+
+def build_config(args, sources: list[str]) -> dict:
+    preset_name, preset = resolve_preset(args.profile, args.preset)
+    mode = preset.get("mode", "3d")
+    grid = parse_grid(args.grid, mode) if args.grid else list(preset["grid"])
+    check_grid(grid, preset["model"], mode)
+    training = dict(preset["training"])
+    for key in ("batch_size", "lr", "warmup_steps", "checkpoint_every", "sample_every", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            training[key] = value
+    training.setdefault("seed", 0)
+    training.setdefault("grad_checkpoint", False)
+    training.update({
+        "epochs": args.epochs, "steps": args.steps or training["steps"],
+        "amp": args.amp or "auto", "compile": bool(args.compile),
+        "grad_checkpoint": bool(args.grad_checkpoint) or training["grad_checkpoint"],
+        "weight_decay": 0.0, "grad_clip": 1.0, "keep_checkpoints": 2,
+        "cond_drop": 0.15 if args.cond_drop is None else args.cond_drop,
+    })
+    if not 0.0 <= training["cond_drop"] < 1.0:
+        raise InputError(f"--cond-drop {training['cond_drop']} must be in [0, 1).", "0.1-0.2 is typical.")
+    val_fraction = 0.2 if args.val_fraction is None else args.val_fraction
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"--val-fraction {val_fraction} must be in [0, 1).", "0.2 holds out one case in five.")
+    conditions = None
+    if args.conditions:
+        conditions = (str(Path(args.conditions).resolve()) if args.conditions.lower().endswith(".csv")
+                      else [k.strip() for k in args.conditions.split(",") if k.strip()])
+    intensity = ({"kind": "hu_linear", "hu_range": list(HU_RANGE)} if args.profile == "prostate-ct"
+                 else {"kind": "onehot", "classes": list(MASK_CLASSES)})
+    return {
+        "format": CONFIG_FORMAT,
+        "profile": args.profile,
+        "preset": preset_name,
+        "data": {"sources": sources, "grid": grid, "mode": mode, "val_fraction": val_fraction,
+                 "augment": parse_augment(args.augment, preset["augment"]), "conditions": conditions},
+        "intensity": intensity,
+        "model": preset["model"],
+        "diffusion": default_diffusion_config(args.schedule or preset.get("schedule", "linear"),
+                                              args.prediction or "epsilon"),
+        "training": training,
+    }
+
+
+def total_steps(training: dict, num_train_samples: int) -> tuple[int, int]:
+    """(total optimisation steps, steps per epoch); --epochs converts via the training-set size."""
+    per_epoch = max(1, math.ceil(num_train_samples / training["batch_size"]))
+    steps = training["epochs"] * per_epoch if training.get("epochs") else training["steps"]
+    return steps, per_epoch

@@ -1,0 +1,414 @@
+"""The training loop: AdamW + warmup/cosine, EMA, bf16 on CUDA, validation, previews, atomic checkpoints, exact
+resume, clean stop on SIGINT/SIGTERM, and an error (not a saved model) when the loss stops being finite.
+
+Every random draw of a step (batch order, augmentation, noise, timesteps, condition dropout) is a pure function of
+(seed, step), so a resumed run replays exactly what an uninterrupted one would have done. With torchrun the batch
+is the global batch: every rank draws it identically and trains on its own slice, so the averaged gradient equals
+the single-process one and a checkpoint resumes on any number of GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset
+from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
+from CTDiffusionLib.diffusion.schedulers import training_scheduler, training_target
+from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
+from CTDiffusionLib.models.bundle import save_bundle
+from CTDiffusionLib.models.conditioning import ConditionVocabulary
+from CTDiffusionLib.models.factory import build_model, count_parameters
+from CTDiffusionLib.runtime import Distributed, autocast_dtype, init_distributed, resolve_device
+from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
+from CTDiffusionLib.training.config import CONFIG_FORMAT, build_config, total_steps
+
+log = logging.getLogger("ctdiffusion")
+RUN_INPUT_DIR = "input"  # a run folder may hold exported input data (the Slicer module puts it there)
+VAL_SAMPLES_MAX = 64
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, writes a checkpoint and exits with code 130."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread): no signal handling
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ---------------------------------------------------------------- run folder
+def open_run_folder(out: Path, resume: bool) -> dict | None:
+    """Checks --out against --resume; returns the stored config when resuming."""
+    config_file = out / "config.json"
+    if resume:
+        if not config_file.exists():
+            raise InputError(f"--resume: {out} holds no run (config.json is missing).",
+                             "Point --out at an existing run folder, or drop --resume to start a new run.")
+        config = json.loads(config_file.read_text())
+        if config.get("format") != CONFIG_FORMAT:
+            raise InputError(f"{config_file} is not a CTDiffusion run configuration.", "Check --out.")
+        return config
+    if config_file.exists():
+        raise InputError(f"{out} already holds a training run.",
+                         "Add --resume to continue it, or choose a new --out folder.")
+    if out.exists() and any(p.name != RUN_INPUT_DIR for p in out.iterdir()):
+        raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
+    return None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def load_cases(config: dict):
+    data_cfg = config["data"]
+    cases = discover_cases(data_cfg["sources"], config["profile"])
+    cond = data_cfg.get("conditions")
+    if isinstance(cond, str):  # CSV file
+        cases = apply_condition_csv(cases, cond)
+        keys = sorted({k for c in cases for k in c.conditions})
+    else:
+        keys = cond or []
+    vocab = ConditionVocabulary.from_conditions(keys, [dict(c.conditions) for c in cases]) if keys else None
+    return cases, vocab
+
+
+# ---------------------------------------------------------------- per-step randomness
+def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, stream])
+
+
+def step_batch_indices(train_idx: list[int], batch_size: int, seed: int, step: int, per_epoch: int) -> list[int]:
+    epoch, pos = divmod(step, per_epoch)
+    perm = step_rng(seed, epoch, 0).permutation(len(train_idx))
+    chosen = [perm[(pos * batch_size + k) % len(perm)] for k in range(batch_size)]
+    return [train_idx[i] for i in chosen]
+
+
+def condition_labels(vocab: ConditionVocabulary | None, data: PreparedData, indices, drop: float,
+                     rng: np.random.Generator) -> torch.Tensor | None:
+    """Class indices; with prob `drop` all conditions are dropped, else each key independently with prob drop/2."""
+    if not vocab:
+        return None
+    labels = []
+    for i in indices:
+        cond = dict(data.cases[data.sample_case[i]].conditions)
+        if rng.random() < drop:
+            cond = {}
+        else:
+            cond = {k: v for k, v in cond.items() if k in vocab.vocab and rng.random() >= drop / 2}
+        labels.append(vocab.encode(cond))
+    return torch.tensor(labels, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- trainer
+def runtime_model_spec(config: dict) -> dict:
+    """The network spec plus speed switches that do not change the weights (so the bundle stays the same)."""
+    spec = json.loads(json.dumps(config["model"]))
+    tr = config["training"]
+    if spec["type"] == "aniso_unet":
+        spec["kwargs"]["gradient_checkpointing"] = bool(tr.get("grad_checkpoint"))
+        spec["kwargs"]["fused_attention"] = bool(tr.get("fused_attention", True))
+    return spec
+
+
+class Trainer:
+    def __init__(self, config: dict, run_dir: Path, data: PreparedData, vocab: ConditionVocabulary | None,
+                 device: torch.device, events, dist: Distributed = Distributed()):
+        self.config, self.run_dir, self.data, self.vocab = config, run_dir, data, vocab
+        self.device, self.events, self.dist = device, events, dist
+        tr = config["training"]
+        self.seed = int(tr["seed"])
+        self.profile = config["profile"]
+        self.train_idx = data.sample_indices("train")
+        self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
+        self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
+        torch.manual_seed(self.seed)
+        self.model = build_model(runtime_model_spec(config), vocab.num_embeddings if vocab else None).to(device)
+        if device.type == "cuda" and tr.get("channels_last", True) and config["data"]["mode"] == "3d":
+            self.model = self.model.to(memory_format=torch.channels_last_3d)  # cuDNN's faster NDHWC kernels
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tr["ema_decay"]), use_buffers=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(tr["warmup_steps"], self.total // 4),
+                                                           self.total)
+        self.noise_schedule = training_scheduler(config["diffusion"])
+        self.amp_dtype = autocast_dtype(device, tr.get("amp"))
+        self.step = 0
+        self.forward = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
+                                                   else None)
+        if tr.get("compile"):
+            self.forward = torch.compile(self.forward)
+        self.stop = StopFlag()
+
+    # -- state
+    def state_dict(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                "config_preset": self.config["preset"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.step = int(state["step"])
+
+    def bundle_meta(self) -> dict:
+        c = self.config
+        return {"profile": self.profile, "preset": c["preset"], "model": c["model"], "diffusion": c["diffusion"],
+                "intensity": dict(c["intensity"]),
+                "data": {"grid": c["data"]["grid"], "mode": c["data"]["mode"]},
+                "geometry": self.data.geometry, "conditions": self.vocab.to_dict() if self.vocab else {},
+                "training": {"step": self.step, "total_steps": self.total}}
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.run_dir / "checkpoints", self.step, self.state_dict(),
+                               self.config["training"]["keep_checkpoints"])
+        save_bundle(self.run_dir / "model", self.ema.module.state_dict(), self.bundle_meta())
+        self.events.emit("checkpoint", path=str(path), step=self.step, bundle=str(self.run_dir / "model"))
+        return path
+
+    # -- one step
+    def _local(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """This rank's slice of a global-batch tensor."""
+        if t is None or not self.dist.enabled:
+            return t
+        return t.chunk(self.dist.world_size)[self.dist.rank]
+
+    def train_step(self) -> float:
+        tr = self.config["training"]
+        bs = tr["batch_size"]
+        indices = step_batch_indices(self.train_idx, bs, self.seed, self.step, self.per_epoch)
+        rng = step_rng(self.seed, self.step, 1)
+        x0 = make_batch(self.data, indices, self.profile, self.config["data"]["augment"] or None, rng)
+        labels = condition_labels(self.vocab, self.data, indices, tr["cond_drop"], rng)
+        g = torch.Generator("cpu").manual_seed(int(step_rng(self.seed, self.step, 2).integers(2**62)))
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (bs,), generator=g)
+        x0, noise, t, labels = (self._local(v) for v in (x0, noise, t, labels))
+        x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
+        labels = labels.to(self.device) if labels is not None else None
+        xt = self.noise_schedule.add_noise(x0, noise, t)
+        target = training_target(self.noise_schedule, x0, noise, t)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            pred = self.forward(xt, t, class_labels=labels) if labels is not None else self.forward(xt, t)
+        loss = F.mse_loss(pred.float(), target.float())
+        if not torch.isfinite(loss):
+            raise TrainingFailed(
+                f"The training loss became {loss.item()} at step {self.step + 1}; stopping instead of saving a "
+                "broken model.", "Lower --lr (e.g. by 10x) and --resume from the last checkpoint, or check the data "
+                "for extreme values.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr["grad_clip"])
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Loss on held-out samples with fixed noise and evenly spread timesteps: comparable across epochs."""
+        if not self.val_idx:
+            return None
+        self.model.eval()
+        g = torch.Generator("cpu").manual_seed(self.seed + 7919)
+        n_t = self.noise_schedule.config.num_train_timesteps
+        total, count = 0.0, 0
+        bs = self.config["training"]["batch_size"]
+        for start in range(0, len(self.val_idx), bs):
+            chunk = self.val_idx[start:start + bs]
+            x0 = make_batch(self.data, chunk, self.profile, None, None).to(self.device)
+            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            t = torch.tensor([(start + k) * n_t // len(self.val_idx) for k in range(len(chunk))], device=self.device)
+            labels = None
+            if self.vocab:
+                labels = torch.tensor([self.vocab.encode(dict(self.data.cases[self.data.sample_case[i]].conditions))
+                                       for i in chunk], device=self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                xt = self.noise_schedule.add_noise(x0, noise, t)
+                pred = self.model(xt, t, class_labels=labels) if labels is not None else self.model(xt, t)
+            target = training_target(self.noise_schedule, x0, noise, t)
+            total += F.mse_loss(pred.float(), target.float(), reduction="sum").item() / x0[0].numel()
+            count += len(chunk)
+        return total / count
+
+    def preview(self) -> None:
+        from CTDiffusionLib.generation import generate
+        from CTDiffusionLib.previews import save_mid_slice_png
+
+        meta = {**self.bundle_meta(), "sha256": None}
+        folder = self.run_dir / "samples"
+        paths = generate(self.ema.module.eval(), meta, 2, folder, sampler_name="ddim", steps=20, seed=self.seed,
+                         device=self.device, autocast_dtype=self.amp_dtype, prefix=f"step_{self.step:08d}")
+        png = save_mid_slice_png(paths[0], paths[0].with_suffix("").with_suffix(".png"), self.profile)
+        self.events.emit("sample", path=str(paths[0]), png=str(png), step=self.step)
+
+    def _stop_everywhere(self) -> bool:
+        if not self.dist.enabled:
+            return self.stop.requested
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=self.device)
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def fit(self) -> dict:
+        tr = self.config["training"]
+        self.stop.install()
+        main = self.dist.is_main
+        t_start, step_start = time.time(), self.step
+        last_report, last_log, rate, loss_avg = 0.0, time.time(), None, None
+        try:
+            while self.step < self.total:
+                if self._stop_everywhere():
+                    if main:
+                        self.save()
+                    raise Interrupted(f"Training stopped at step {self.step}; a checkpoint was written.",
+                                      "Run the same command with --resume to continue.")
+                t0 = time.time()
+                loss = self.train_step()
+                dt = time.time() - t0
+                rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
+                loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
+                epoch = self.step // self.per_epoch
+                end_of_epoch = self.step % self.per_epoch == 0
+                if main and (time.time() - last_report > 1.0 or self.step == self.total or end_of_epoch):
+                    last_report = time.time()
+                    self.events.emit("progress", phase="train", step=self.step, total=self.total, epoch=epoch,
+                                     loss=loss, loss_avg=loss_avg, lr=self.lr_schedule.get_last_lr()[0],
+                                     it_per_s=rate, eta_s=(self.total - self.step) / max(rate, 1e-9))
+                if main and (time.time() - last_log > 15 or self.step == self.total):
+                    last_log = time.time()
+                    log.info("step %d/%d (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, self.total, epoch,
+                             loss_avg, rate, format_seconds((self.total - self.step) / max(rate, 1e-9)))
+                if end_of_epoch and main:
+                    val = self.validation_loss()
+                    if val is not None:
+                        self.events.emit("progress", phase="validate", step=self.step, total=self.total,
+                                         epoch=epoch, val_loss=val)
+                if main and (self.step % tr["checkpoint_every"] == 0 or self.step == self.total):
+                    self.save()
+                if main and tr.get("sample_every") and self.step % tr["sample_every"] == 0:
+                    self.preview()
+        finally:
+            self.stop.restore()
+        elapsed = time.time() - t_start
+        return {"steps": self.step - step_start, "seconds": elapsed,
+                "it_per_s": (self.step - step_start) / max(elapsed, 1e-9)}
+
+
+def _barrier(dist: Distributed) -> None:
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def train_from_args(args, events) -> int:
+    out = Path(args.out)
+    dist = init_distributed(args.device)
+    if not dist.is_main:
+        events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
+    stored = open_run_folder(out, args.resume)
+    _barrier(dist)  # every rank has checked --out before rank 0 creates anything in it
+    if stored is None:
+        if not args.data:
+            raise InputError("--data is required for a new run.", "Give a folder, files or a .txt list of files.")
+        sources = [str(Path(s).resolve()) for s in args.data]
+        config = build_config(args, sources)
+    else:
+        config = stored
+        if args.profile and args.profile != config["profile"]:
+            raise InputError(f"--profile {args.profile} differs from the run's profile {config['profile']}.",
+                             "Resume with the run's own profile.")
+        if args.steps or args.epochs:  # resuming may extend (or shorten) the run, nothing else
+            config["training"]["steps"], config["training"]["epochs"] = args.steps or config["training"]["steps"], \
+                args.epochs
+    if dist.enabled and config["training"]["batch_size"] % dist.world_size:
+        raise InputError(f"--batch-size {config['training']['batch_size']} is the global batch and must divide "
+                         f"evenly over the {dist.world_size} processes.",
+                         f"Use a multiple of {dist.world_size} (each process trains on its share).")
+    device = resolve_device(args.device, dist.local_rank)
+    cases, vocab = load_cases(config)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        events.set_log_path(out / "events.jsonl")
+    else:
+        _barrier(dist)  # rank 0 fills the preprocessing cache first; the other ranks then read it (no write race)
+    data = prepare_dataset(cases, config["profile"], config["data"], out / "cache", config["training"]["seed"])
+    if dist.is_main:
+        _barrier(dist)
+    if not data.sample_indices("train"):
+        raise InputError("No training samples were found after preprocessing.", "Check --data.")
+    trainer = Trainer(config, out, data, vocab, device, events, dist)
+    resumed_from = None
+    if args.resume:
+        latest = load_latest(out / "checkpoints")
+        if latest:
+            resumed_from, state = latest
+            trainer.load_state_dict(state)
+    config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.total, trainer.per_epoch
+    if dist.is_main:
+        write_json_atomic(out / "config.json", config)
+        write_json_atomic(out / "dataset.json", {**data.stats, "split": {
+            k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "geometry": data.geometry,
+            "conditions": vocab.to_dict() if vocab else {}})
+    events.emit("start", command="train", run_dir=str(out), profile=config["profile"], preset=config["preset"],
+                step=trainer.step, total=trainer.total, steps_per_epoch=trainer.per_epoch, device=str(device),
+                world_size=dist.world_size, parameters=count_parameters(trainer.model),
+                train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
+                resumed_from=str(resumed_from) if resumed_from else None)
+    log.info("training %s/%s on %s: %d steps (%d per epoch), %d train / %d val samples, %.2fM parameters",
+             config["profile"], config["preset"], device, trainer.total, trainer.per_epoch, len(trainer.train_idx),
+             len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
+    if trainer.step >= trainer.total:
+        log.info("nothing to do: the run is already at step %d of %d", trainer.step, trainer.total)
+        if dist.is_main and not (out / "model" / "model.json").exists():
+            trainer.save()
+    result = trainer.fit()
+    events.emit("done", status="completed", step=trainer.step, total=trainer.total, run_dir=str(out),
+                bundle=str(out / "model"), **result)
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+    return 0

@@ -1,0 +1,217 @@
+"""End-to-end command line per profile (phantoms -> train -> generate) and every bad input: exit code 2, one clear
+sentence naming the file, nothing half-written."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from safetensors.torch import save_file
+
+from conftest import run_cli
+from CTDiffusionLib.errors import EXIT_BAD_INPUT
+
+
+def _read(path):
+    image = sitk.ReadImage(str(path))
+    return image, sitk.GetArrayFromImage(image)
+
+
+def test_ct_end_to_end(tiny_ct_run, ct_phantoms, tmp_path):
+    out = tmp_path / "gen"
+    assert run_cli("generate", "--model", tiny_ct_run, "--num", 3, "--out", out, "--sampler", "ddim", "--steps", 3,
+                   "--seed", 11) == 0
+    files = sorted(out.glob("synthetic_*.nii.gz"))
+    assert [f.name for f in files] == ["synthetic_0001.nii.gz", "synthetic_0002.nii.gz", "synthetic_0003.nii.gz"]
+    meta = json.loads((tiny_ct_run / "model" / "model.json").read_text())
+    for i, f in enumerate(files, start=1):
+        image, arr = _read(f)
+        assert image.GetPixelID() == sitk.sitkInt16 and image.GetSize() == (32, 32, 8)
+        np.testing.assert_allclose(image.GetSpacing(), meta["geometry"]["spacing"], rtol=1e-5)
+        assert -1024 <= arr.min() and arr.max() <= 2000
+        side = json.loads(f.with_name(f"synthetic_{i:04d}.json").read_text())
+        assert side["seed"] == 10 + i and side["sampler"] == "ddim" and side["steps"] == 3
+        assert side["model_sha256"] == meta["sha256"] and side["profile"] == "prostate-ct"
+    # the real data's field of view: 48 voxels of ~0.9-1 mm -> 32 voxels of ~1.4 mm
+    real, _ = _read(sorted(ct_phantoms.glob("*.nii.gz"))[0])
+    assert 1.2 < image.GetSpacing()[0] < 1.6 and abs(image.GetSpacing()[2] - real.GetSpacing()[2] * 12 / 8) < 0.5
+
+
+def test_generation_is_reproducible_and_reference_geometry(tiny_ct_run, ct_phantoms, tmp_path):
+    ref = sorted(ct_phantoms.glob("*.nii.gz"))[2]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert run_cli("generate", "--model", tiny_ct_run / "model", "--num", 2, "--out", out, "--sampler", "dpm++",
+                       "--steps", 3, "--seed", 5, "--reference", ref) == 0
+    for name in ("synthetic_0001.nii.gz", "synthetic_0002.nii.gz"):
+        np.testing.assert_array_equal(_read(a / name)[1], _read(b / name)[1])
+    reference = sitk.ReadImage(str(ref))
+    image, _ = _read(a / "synthetic_0001.nii.gz")
+    assert image.GetDirection() == pytest.approx(reference.GetDirection())
+    # same physical extent as the reference: size * spacing agree
+    np.testing.assert_allclose(np.multiply(image.GetSize(), image.GetSpacing()),
+                               np.multiply(reference.GetSize(), reference.GetSpacing()), rtol=1e-4)
+
+
+def test_mask_end_to_end_with_conditions(tiny_mask_run, tmp_path):
+    out = tmp_path / "gen"
+    assert run_cli("generate", "--model", tiny_mask_run, "--num", 2, "--out", out, "--steps", 3,
+                   "--condition", "group=DCM,phase=ED", "--guidance-scale", 2) == 0
+    image, arr = _read(out / "synthetic_0001.nii.gz")
+    assert image.GetPixelID() == sitk.sitkUInt8 and image.GetSize() == (32, 32, 1)
+    assert set(np.unique(arr)) <= {0, 1, 2, 3}
+    side = json.loads((out / "synthetic_0002.json").read_text())
+    assert side["condition"] == {"group": "DCM", "phase": "ED"} and side["guidance_scale"] == 2 and side["mode"] == "2d"
+    meta = json.loads((tiny_mask_run / "model" / "model.json").read_text())
+    assert meta["conditions"] == {"group": ["DCM", "HCM", "MINF", "NOR", "RV"], "phase": ["ED", "ES"]}
+
+
+def test_unknown_condition_lists_known_values(tiny_mask_run, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert run_cli("generate", "--model", tiny_mask_run, "--num", 1, "--out", out, "--condition",
+                   "group=XYZ") == EXIT_BAD_INPUT
+    assert "Known values: DCM, HCM, MINF, NOR, RV" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_condition_on_unconditional_model(tiny_ct_run, tmp_path, capsys):
+    assert run_cli("generate", "--model", tiny_ct_run, "--num", 1, "--out", tmp_path / "g", "--condition",
+                   "group=DCM") == EXIT_BAD_INPUT
+    assert "without conditions" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bad training data
+def _write(path, array, spacing=(1.0, 1.0, 2.5)):
+    image = sitk.GetImageFromArray(array)
+    if image.GetDimension() == 3:
+        image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _bad_ct_folder(tmp_path, kind):
+    folder = tmp_path / kind
+    folder.mkdir()
+    good = np.full((12, 48, 48), -1000, np.int16)
+    _write(folder / "good.nii.gz", good)
+    bad = folder / "bad.nii.gz"
+    if kind == "empty":
+        for f in folder.iterdir():
+            f.unlink()
+    elif kind == "truncated":
+        _write(bad, good)
+        bad.write_bytes(bad.read_bytes()[:200])
+    elif kind == "garbage":
+        bad.write_bytes(b"this is not an image")
+    elif kind == "2d":
+        _write(bad, np.zeros((48, 48), np.int16))
+    elif kind == "4d":
+        sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(good)] * 2), str(bad))
+    elif kind == "nan":  # NRRD keeps NaN; ITK's NIfTI reader already turns NaN into 0 before we see it
+        arr = good.astype(np.float32)
+        arr[3, 4, 5] = np.nan
+        _write(folder / "bad.nrrd", arr)
+    return folder
+
+
+@pytest.mark.parametrize("kind,phrase", [("empty", "no"), ("truncated", "bad.nii.gz"), ("garbage", "bad.nii.gz"),
+                                         ("2d", "bad.nii.gz"), ("4d", "bad.nii.gz"), ("nan", "bad.nrrd")])
+def test_bad_ct_input(tmp_path, capsys, kind, phrase):
+    data = _bad_ct_folder(tmp_path, kind)
+    out = tmp_path / "run"
+    assert run_cli("train", "--profile", "prostate-ct", "--preset", "tiny", "--data", data, "--out", out,
+                   "--steps", 1, "--events") == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    error = json.loads([l for l in captured.out.splitlines() if '"error"' in l][-1])
+    assert phrase in error["message"].lower() or phrase in error["message"]
+    assert captured.err.startswith("error: ")
+    assert not out.exists(), "nothing half-written"
+
+
+def test_labels_outside_0_to_3(mask_phantoms, tmp_path, capsys):
+    data = tmp_path / "acdc"
+    shutil.copytree(mask_phantoms, data)
+    gt = sorted(data.glob("patient003/*_gt.nii.gz"))[0]
+    image = sitk.ReadImage(str(gt))
+    arr = sitk.GetArrayFromImage(image)
+    arr[0, 0, 0] = 7
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(image)
+    sitk.WriteImage(bad, str(gt))
+    out = tmp_path / "run"
+    assert run_cli("train", "--profile", "cardiac-masks", "--preset", "tiny2d", "--data", data, "--out", out,
+                   "--steps", 1) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert gt.name in err and "7" in err
+    assert not out.exists()
+
+
+def test_acdc_without_info_cfg(mask_phantoms, tmp_path, capsys):
+    data = tmp_path / "acdc"
+    shutil.copytree(mask_phantoms, data)
+    (data / "patient002" / "Info.cfg").unlink()
+    assert run_cli("train", "--profile", "cardiac-masks", "--preset", "tiny2d", "--data", data, "--out",
+                   tmp_path / "run", "--steps", 1) == EXIT_BAD_INPUT
+    assert "Info.cfg" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ bad bundles
+@pytest.fixture
+def bundle_copy(tiny_ct_run, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_ct_run / "model", copy)
+    return copy
+
+
+def _generate(model, tmp_path):
+    return run_cli("generate", "--model", model, "--num", 1, "--out", tmp_path / "gen", "--steps", 2)
+
+
+def test_bundle_missing_weights(bundle_copy, tmp_path, capsys):
+    (bundle_copy / "model.safetensors").unlink()
+    assert _generate(bundle_copy, tmp_path) == EXIT_BAD_INPUT
+    assert "model.safetensors" in capsys.readouterr().err and not (tmp_path / "gen").exists()
+
+
+def test_bundle_missing_json(bundle_copy, tmp_path, capsys):
+    (bundle_copy / "model.json").unlink()
+    assert _generate(bundle_copy, tmp_path) == EXIT_BAD_INPUT
+    assert "model.json is missing" in capsys.readouterr().err
+
+
+def test_bundle_with_mismatched_weights(bundle_copy, tiny_mask_run, tmp_path, capsys):
+    shutil.copy(tiny_mask_run / "model" / "model.safetensors", bundle_copy / "model.safetensors")
+    assert _generate(bundle_copy, tmp_path) == EXIT_BAD_INPUT
+    assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_bundle_whose_json_lies_about_the_architecture(bundle_copy, tmp_path, capsys):
+    meta = json.loads((bundle_copy / "model.json").read_text())
+    meta["model"]["kwargs"]["channels"] = [8, 16, 32]
+    (bundle_copy / "model.json").write_text(json.dumps(meta))
+    assert _generate(bundle_copy, tmp_path) == EXIT_BAD_INPUT
+    assert "do not fit the architecture" in capsys.readouterr().err
+
+
+def test_pickled_files_are_refused(tmp_path, capsys):
+    pickled = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2), "payload": Exception("not a tensor")}, pickled)
+    assert _generate(pickled, tmp_path) == EXIT_BAD_INPUT
+    assert "pickled" in capsys.readouterr().err
+
+
+def test_checkpoint_needing_unpickling_is_refused(tiny_ct_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ct_run, run)
+    torch.save({"step": 99, "payload": Exception("not a tensor")}, run / "checkpoints" / "step_00000099.pt")
+    assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume") == EXIT_BAD_INPUT
+    assert "unpickling" in capsys.readouterr().err
+
+
+def test_safetensors_only_bundle_loads_without_pickle(tiny_ct_run):
+    from CTDiffusionLib.models.bundle import load_bundle
+
+    model, meta = load_bundle(tiny_ct_run)
+    assert meta["profile"] == "prostate-ct" and not model.training

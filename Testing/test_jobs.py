@@ -1,0 +1,267 @@
+"""Child-process jobs: command lines (checked against the real CLI parser) and the non-blocking runner,
+exercised with small fake children (python -c) that print events, trap SIGTERM and spawn grandchildren."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import stat
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from CTDiffusionLib.cli import build_parser
+from CTDiffusionLib.jobs import (
+    EXIT_INTERRUPTED,
+    FINISHED,
+    EvaluateSettings,
+    GenerateSettings,
+    JobRunner,
+    PhantomSettings,
+    TrainSettings,
+    build_command,
+    child_environment,
+    describe_progress,
+    device_choices,
+    format_eta,
+    python_launcher,
+)
+from CTDiffusionLib.jobs import commands as commands_module
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli_args(command):
+    """argv after `<python> -m CTDiffusionLib`."""
+    i = command.argv.index("-m")
+    assert command.argv[i + 1] == "CTDiffusionLib"
+    return command.argv[i + 2:]
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def test_train_command_parses_with_real_cli(tmp_path):
+    s = TrainSettings(profile="cardiac-masks", data=[str(tmp_path / "a"), str(tmp_path / "b")], out=str(tmp_path / "run"),
+                      preset="slice2d", steps=40, batch_size=2, lr=2e-4, schedule="cosine", augment=("zoom", "flip"),
+                      grid=(64, 64), conditions=("group", "phase"), checkpoint_every=10, sample_every=0, seed=3,
+                      device="cuda:1", resume=True)
+    cmd = build_command(s, in_slicer=False)
+    args = build_parser().parse_args(_cli_args(cmd))
+    assert args.command == "train" and args.profile == "cardiac-masks"
+    assert args.data == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert (args.steps, args.epochs, args.batch_size, args.lr) == (40, None, 2, 2e-4)
+    assert (args.schedule, args.augment, args.grid, args.conditions) == ("cosine", "zoom,flip", "64x64", "group,phase")
+    assert (args.checkpoint_every, args.sample_every, args.seed, args.device) == (10, 0, 3, "cuda:1")
+    assert args.resume and args.events
+    assert cmd.events_file == str(tmp_path / "run" / "events.jsonl")
+    assert cmd.argv[0] == sys.executable
+
+
+def test_train_command_minimal_and_validation(tmp_path):
+    args = TrainSettings(profile="prostate-ct", data=["d"], out="r", augment=()).arguments()
+    parsed = build_parser().parse_args(args)
+    assert parsed.augment == "none" and parsed.device == "auto" and parsed.epochs is None and not parsed.resume
+    with pytest.raises(ValueError):
+        TrainSettings(profile="prostate-ct", data=[], out="r").arguments()
+    with pytest.raises(ValueError):
+        TrainSettings(profile="prostate-ct", data=["d"], out="r", epochs=2, steps=3).arguments()
+
+
+def test_generate_evaluate_phantoms_commands_parse(tmp_path):
+    parser = build_parser()
+    g = GenerateSettings(model="run", num=2, out="gen", sampler="ddim", steps=10, seed=5, reference="ref.nrrd",
+                         condition={"group": "DCM", "phase": "ED"}, guidance_scale=2.5, device="cpu").arguments()
+    a = parser.parse_args(g)
+    assert (a.model, a.num, a.sampler, a.steps, a.seed, a.reference) == ("run", 2, "ddim", 10, 5, "ref.nrrd")
+    assert a.condition == "group=DCM,phase=ED" and a.guidance_scale == 2.5 and a.events
+    # unconditional: neither --condition nor --guidance-scale; empty combo values are left out
+    a = parser.parse_args(GenerateSettings(model="m", num=1, out="o", condition={"group": "", "phase": ""},
+                                           guidance_scale=3.0).arguments())
+    assert a.condition is None and a.guidance_scale is None
+    e = parser.parse_args(EvaluateSettings(real="r", generated="g", out="rep", train="t", run="run").arguments())
+    assert (e.real, e.generated, e.out, e.train, e.run, e.events) == ("r", "g", "rep", "t", "run", True)
+    p = parser.parse_args(PhantomSettings(profile="prostate-ct", num=3, out="ph", seed=1, size=(48, 48, 12)).arguments())
+    assert (p.num, p.size, p.seed) == (3, "48x48x12", 1)
+
+
+def test_launcher_inside_and_outside_slicer(tmp_path, monkeypatch):
+    assert python_launcher(in_slicer=False) == [sys.executable]
+    # inside Slicer: PythonSlicer from PATH, else SLICER_HOME/bin, else this interpreter
+    bindir = tmp_path / "Slicer" / "bin"
+    bindir.mkdir(parents=True)
+    launcher = bindir / "PythonSlicer"
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
+    assert python_launcher(in_slicer=True, path=str(bindir)) == [str(launcher)]
+    assert python_launcher(in_slicer=True, slicer_home=tmp_path / "Slicer", path=str(tmp_path)) == [str(launcher)]
+    assert python_launcher(in_slicer=True, path=str(tmp_path)) == [sys.executable]
+    # detection: plain Python (and slicer-core) have no slicer.app
+    assert commands_module.in_slicer_application() is False
+    fake = type(sys)("slicer")
+    fake.app = object()
+    monkeypatch.setitem(sys.modules, "slicer", fake)
+    assert commands_module.in_slicer_application() is True
+
+
+def test_child_environment_puts_library_first():
+    env = child_environment({"PYTHONPATH": os.pathsep.join(["/x", str(REPO)]), "A": "1"}, library_parent=str(REPO))
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/x"]
+    assert env["PYTHONUNBUFFERED"] == "1" and env["A"] == "1"
+    assert Path(commands_module.LIBRARY_PARENT, "CTDiffusionLib", "__init__.py").is_file()
+
+
+def test_device_choices_and_progress_text():
+    assert device_choices(0) == [("Auto (GPU if available)", "auto"), ("CPU", "cpu")]
+    assert [v for _, v in device_choices(2)] == ["auto", "cuda:0", "cuda:1", "cpu"]
+    assert format_eta(None) == "" and format_eta(12) == "12 s" and format_eta(250) == "4 min 10 s"
+    assert format_eta(3900) == "1 h 05 min"
+    text = describe_progress({"phase": "train", "step": 3, "total": 10, "loss": 0.5, "eta_s": 61})
+    assert text == "train 3/10 · loss 0.5 · ETA 1 min 01 s"
+
+
+def test_jobs_package_is_light():
+    """stdlib + psutil only: no qt, slicer or torch after importing the jobs package in a fresh interpreter."""
+    code = ("import sys, CTDiffusionLib.jobs; bad = [m for m in ('torch', 'qt', 'slicer', 'PySide6', 'monai', "
+            "'numpy') if m in sys.modules]; print(bad)")
+    out = psutil.Popen([sys.executable, "-c", code], stdout=-1, env=child_environment(), text=True).communicate()[0]
+    assert out.strip() == "[]"
+
+
+# -------------------------------------------------------------------------------------------------- runner
+FAKE_CHILD = textwrap.dedent(r'''
+    import json, os, signal, subprocess, sys, time
+    steps, ignore_term, spawn, fail = (int(a) for a in sys.argv[1:5])
+    def emit(kind, **kw):
+        print(json.dumps({"event": kind, **kw}), flush=True)
+    if spawn:  # a grandchild (like a DataLoader worker) that must die with the job
+        gc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        emit("start", grandchild=gc.pid)
+    else:
+        emit("start")
+    def on_term(signum, frame):
+        if ignore_term:
+            return
+        emit("checkpoint", path="ckpt.safetensors", step=-1)
+        emit("done", status="stopped")
+        sys.exit(130)
+    signal.signal(signal.SIGTERM, on_term)
+    print("some free text the parent must ignore", flush=True)
+    print("log line on stderr", file=sys.stderr, flush=True)
+    if fail:
+        emit("error", message="Case 3 is not a CT volume.", hint="Remove it from the data folder.", exit_code=2)
+        sys.exit(2)
+    for i in range(1, steps + 1):
+        emit("progress", phase="train", step=i, total=steps, loss=1.0 / i, eta_s=(steps - i) * 0.05)
+        time.sleep(0.05)
+    emit("done", status="completed", bundle="model")
+''')
+
+
+def _fake(steps=5, ignore_term=0, spawn=0, fail=0, **kw):
+    return JobRunner([sys.executable, "-c", FAKE_CHILD, str(steps), str(ignore_term), str(spawn), str(fail)], **kw)
+
+
+def test_runner_reads_events_without_blocking():
+    seen = []
+    r = _fake(steps=6, on_event=seen.append).start()
+    assert r.is_running and r.exit_code is None
+    events, longest = [], 0.0
+    deadline = time.monotonic() + 30
+    while r.state != FINISHED and time.monotonic() < deadline:
+        t = time.perf_counter()
+        events += r.poll()
+        longest = max(longest, time.perf_counter() - t)
+        time.sleep(0.02)
+    assert r.state == FINISHED and r.exit_code == 0 and r.succeeded and not r.stopped
+    assert longest < 0.1, f"poll() blocked for {longest:.3f} s"
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("progress") == 6
+    assert seen == events == r.events
+    assert r.last_progress["step"] == 6 and r.progress_fraction() == 1.0
+    assert r.done_event["status"] == "completed"
+    assert "log line on stderr" in r.take_log() and r.take_log() == []
+    assert r.error_message() is None
+
+
+def test_runner_cancel_stops_tree_and_reports_stopped():
+    r = _fake(steps=400, spawn=1, grace_s=10).start()
+    grandchild = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for e in r.poll():
+            if e["event"] == "start":
+                grandchild = e["grandchild"]
+        if r.last_progress:
+            break
+        time.sleep(0.02)
+    assert grandchild and psutil.pid_exists(grandchild)
+    pid = r.pid
+    t = time.perf_counter()
+    r.cancel()  # non-blocking
+    assert time.perf_counter() - t < 0.5
+    assert r.wait(timeout=20)
+    assert r.exit_code == EXIT_INTERRUPTED and r.stopped and not r.succeeded
+    assert r.done_event["status"] == "stopped" and any(e["event"] == "checkpoint" for e in r.events)
+    assert r.error_message() is None
+    for p in (pid, grandchild):
+        assert not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+
+
+def test_runner_kills_child_that_ignores_sigterm():
+    r = _fake(steps=400, ignore_term=1, spawn=1).start()
+    while not r.last_progress:
+        r.poll()
+        time.sleep(0.02)
+    pid = r.pid
+    t = time.monotonic()
+    r.cancel(block=True, grace_s=0.5)
+    assert r.state == FINISHED and time.monotonic() - t < 10
+    assert r.exit_code == -signal.SIGKILL and r.stopped
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_runner_error_event_becomes_readable_message():
+    r = _fake(fail=1).start()
+    assert r.wait(timeout=20)
+    assert r.exit_code == 2 and not r.succeeded
+    assert r.error_message() == "Case 3 is not a CT volume.\nRemove it from the data folder."
+
+
+def test_runner_without_error_event_uses_log_tail():
+    r = JobRunner([sys.executable, "-c", "import sys; print('Traceback: boom', file=sys.stderr); sys.exit(1)"]).start()
+    assert r.wait(timeout=20)
+    assert r.exit_code == 1
+    msg = r.error_message()
+    assert "exit code 1" in msg and "boom" in msg
+
+
+def test_runner_from_command(tmp_path):
+    cmd = build_command(PhantomSettings(profile="prostate-ct", num=1, out=str(tmp_path / "x")), in_slicer=False)
+    assert cmd.events_file is None and cmd.argv[:3] == [sys.executable, "-m", "CTDiffusionLib"]
+    r = JobRunner.from_command(cmd)
+    assert r.argv == cmd.argv and r.env["PYTHONPATH"].startswith(commands_module.LIBRARY_PARENT)
+
+
+# ------------------------------------------------------------------------------------- run folder facts
+def test_model_conditions_and_run_facts(tmp_path):
+    from CTDiffusionLib.jobs.commands import can_resume, model_conditions, run_data_sources
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "model.json").write_text(json.dumps(
+        {"profile": "cardiac-masks", "conditions": {"group": ["DCM", "HCM", "MINF", "NOR", "RV"], "phase": ["ED", "ES"]}}))
+    assert model_conditions(run) == {"group": ["DCM", "HCM", "MINF", "NOR", "RV"], "phase": ["ED", "ES"]}
+    assert model_conditions(run / "model") == model_conditions(run)  # bundle folder directly
+    (run / "model" / "model.json").write_text(json.dumps({"profile": "prostate-ct", "conditions": {}}))
+    assert model_conditions(run) == {} and model_conditions(None) == {} and model_conditions(tmp_path / "x") == {}
+    assert not can_resume(run) and run_data_sources(run) == []
+    (run / "config.json").write_text(json.dumps({"data": {"sources": ["/data/ct"], "grid": [32, 32, 8]}}))
+    (run / "checkpoints").mkdir()
+    assert not can_resume(run)
+    (run / "checkpoints" / "step_00000004.pt").write_bytes(b"x")
+    assert can_resume(run) and run_data_sources(run) == ["/data/ct"]

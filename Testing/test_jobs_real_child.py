@@ -1,0 +1,68 @@
+"""The job runner with the real engine as the child: a short CPU training on phantoms, events read while polling
+(never blocking), Stop (SIGTERM to the process tree -> checkpoint -> exit 130, no process left), then --resume
+continues from that checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+
+from CTDiffusionLib.jobs import EXIT_INTERRUPTED, JobRunner, PhantomSettings, TrainSettings, build_command
+
+
+def _poll_until(runner, predicate, timeout):
+    events, longest = [], 0.0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = time.perf_counter()
+        events += runner.poll()
+        longest = max(longest, time.perf_counter() - t)
+        if predicate(events):
+            return events, longest
+        time.sleep(0.05)
+    runner.kill()
+    pytest.fail(f"timed out; events so far: {[e.get('event') for e in events]}\n" + "\n".join(runner.log_tail[-20:]))
+
+
+def test_train_cancel_resume_with_real_child(tmp_path):
+    data = tmp_path / "phantoms"
+    phantoms = JobRunner.from_command(build_command(
+        PhantomSettings("prostate-ct", 3, str(data), seed=1, size=(48, 48, 12)), in_slicer=False)).start()
+    assert phantoms.wait(timeout=120) and phantoms.succeeded, phantoms.error_message()
+
+    run = tmp_path / "run"
+    settings = TrainSettings("prostate-ct", [str(data)], str(run), preset="tiny", steps=200, batch_size=2,
+                             device="cpu", checkpoint_every=100, sample_every=0)
+    runner = JobRunner.from_command(build_command(settings, in_slicer=False), grace_s=120).start()
+    events, longest = _poll_until(runner, lambda ev: any(e["event"] == "progress" and e.get("phase") == "train"
+                                                         for e in ev), timeout=300)
+    assert longest < 0.2, f"poll() blocked for {longest:.2f} s"
+    assert events[0]["event"] == "start" and events[0]["total"] == 200
+    tree = [runner.pid] + [p.pid for p in psutil.Process(runner.pid).children(recursive=True)]
+
+    runner.cancel()  # Stop
+    _poll_until(runner, lambda ev: not runner.is_running, timeout=180)
+    assert runner.exit_code == EXIT_INTERRUPTED and runner.stopped, runner.log_tail[-10:]
+    assert runner.error_message() is None
+    for pid in tree:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    checkpoints = sorted((run / "checkpoints").glob("*"))
+    assert checkpoints, "stopping did not leave a checkpoint"
+    stopped_at = max(e.get("step", 0) for e in runner.events if e["event"] == "progress")
+    # the events file holds the same events as stdout
+    from CTDiffusionLib.events import read_events
+
+    assert [e["event"] for e in read_events(run / "events.jsonl")][: len(runner.events)] == \
+        [e["event"] for e in runner.events]
+
+    # Resume: continues from the checkpoint and runs 2 more steps
+    resume = TrainSettings("prostate-ct", [str(data)], str(run), steps=stopped_at + 2, device="cpu", resume=True)
+    runner = JobRunner.from_command(build_command(resume, in_slicer=False)).start()
+    events, _ = _poll_until(runner, lambda ev: not runner.is_running, timeout=300)
+    assert runner.succeeded, runner.error_message()
+    start = next(e for e in events if e["event"] == "start")
+    assert start["resumed_from"] and start["step"] >= stopped_at
+    assert events[-1]["event"] == "done" and events[-1]["step"] == stopped_at + 2
+    assert (run / "model" / "model.json").is_file()

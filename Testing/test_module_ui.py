@@ -1,0 +1,207 @@
+"""CTDiffusion.ui in real Qt (PySide6, offscreen) against what CTDiffusion.py uses, and the module file's
+import hygiene (compiles, no heavy packages at module level)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "CTDiffusion" / "CTDiffusion.py"
+UI = REPO / "CTDiffusion" / "Resources" / "UI" / "CTDiffusion.ui"
+HEAVY = ("torch", "monai", "diffusers", "safetensors", "scipy", "matplotlib", "SimpleITK", "numpy", "psutil")
+
+# API of the CTK / qMRML classes the module calls (they are not in PySide6): methods, properties and signals.
+CUSTOM_API = {
+    "ctkCollapibleButton": set(),
+    "ctkCollapsibleButton": {"collapsed", "text", "checked", "contentsCollapsed(bool)"},
+    "ctkPathLineEdit": {"currentPath", "filters", "currentPathChanged(QString)", "addCurrentPathToHistory"},
+    "ctkSliderWidget": {"value", "minimum", "maximum", "singleStep", "decimals", "enabled", "valueChanged(double)"},
+    "qMRMLWidget": {"setMRMLScene", "mrmlScene", "mrmlSceneChanged(vtkMRMLScene*)"},
+    "qMRMLNodeComboBox": {"setMRMLScene", "currentNode", "setCurrentNode", "nodeTypes", "noneEnabled",
+                          "currentNodeChanged(vtkMRMLNode*)", "currentNodeID"},
+    "qMRMLCheckableNodeComboBox": {"setMRMLScene", "checkedNodes", "nodeTypes", "checkedNodesChanged()",
+                                   "setCheckState", "checkState", "currentNode"},
+    "qMRMLTableView": {"setMRMLTableNode", "mrmlTableNode", "setMRMLScene"},
+}
+# Widgets the module reaches through PythonQt-only attributes that every QWidget has.
+QWIDGET_COMMON = {"visible", "enabled", "toolTip", "connect", "objectName", "setEnabled", "setVisible"}
+
+
+def _module_usage():
+    """{widget name: {attributes used}} and {widget name: {signals connected}} from `self.ui.<name>...`."""
+    text = MODULE.read_text()
+    attrs: dict[str, set] = {}
+    for name, attr in re.findall(r"self\.ui\.(\w+)(?:\.(\w+))?", text):
+        attrs.setdefault(name, set())
+        if attr:
+            attrs[name].add(attr)
+    signals: dict[str, set] = {}
+    for name, signal in re.findall(r"self\.ui\.(\w+)\.connect\(\"([^\"]+)\"", text):
+        signals.setdefault(name, set()).add(signal)
+    # connections made in a loop over a tuple of widgets
+    for block, signal in re.findall(r"for \w+ in \(([^)]*)\):\s*\n\s*\w+\.connect\(\"([^\"]+)\"", text):
+        for name in re.findall(r"self\.ui\.(\w+)", block):
+            signals.setdefault(name, set()).add(signal)
+    return attrs, signals
+
+
+def _ui_classes():
+    tree = ET.parse(UI)
+    classes = {w.get("name"): w.get("class") for w in tree.iter("widget")}
+    layouts = {l.get("name"): l.get("class") for l in tree.iter("layout")}
+    custom = {c.findtext("class"): c.findtext("extends") for c in tree.iter("customwidget")}
+    return tree, classes, layouts, custom
+
+
+@pytest.fixture(scope="module")
+def loaded_ui():
+    QtWidgets = pytest.importorskip("PySide6.QtWidgets")
+    QtUiTools = pytest.importorskip("PySide6.QtUiTools")
+    from PySide6.QtCore import QFile, QIODevice
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    loader = QtUiTools.QUiLoader()
+    f = QFile(str(UI))
+    assert f.open(QIODevice.ReadOnly)
+    widget = loader.load(f)
+    f.close()
+    assert widget is not None, loader.errorString()
+    yield widget
+    widget.deleteLater()
+    app.processEvents()
+
+
+def test_ui_declares_its_custom_widgets():
+    _, classes, _, custom = _ui_classes()
+    qt_classes = {c for c in classes.values() if c.startswith("Q")}
+    for cls in set(classes.values()) - qt_classes:
+        assert cls in custom, f"{cls} is used in the .ui but not declared in <customwidgets>"
+        base = custom[cls]
+        while base in custom:  # qMRMLCheckableNodeComboBox -> qMRMLNodeComboBox -> QWidget
+            base = custom[base]
+        assert base.startswith("Q"), f"{cls} does not extend a Qt class"
+    assert classes["CTDiffusion"] == "qMRMLWidget"
+
+
+def test_every_widget_the_module_uses_exists_with_compatible_class(loaded_ui):
+    from PySide6 import QtWidgets
+
+    attrs, signals = _module_usage()
+    _, classes, layouts, custom = _ui_classes()
+    assert len(attrs) > 40
+    for name, used in sorted(attrs.items()):
+        if name in layouts:  # a layout: the module adds rows to it
+            assert used <= {"addRow", "removeRow", "rowCount"}, (name, used)
+            obj = loaded_ui.findChild(QtWidgets.QLayout, name)
+            assert obj is not None and isinstance(obj, QtWidgets.QFormLayout), name
+            continue
+        assert name in classes, f"CTDiffusion.py uses self.ui.{name}, which CTDiffusion.ui does not define"
+        cls = classes[name]
+        obj = loaded_ui.findChild(QtWidgets.QWidget, name)
+        assert obj is not None, f"{name} ({cls}) was not created by QUiLoader"
+        if cls in custom:
+            # falls back to the declared base class; the module's calls must be part of the real class's API
+            api = set().union(*(CUSTOM_API.get(c, set()) for c in _chain(cls, custom)))
+            for attr in used - QWIDGET_COMMON:
+                assert attr in api, f"self.ui.{name}.{attr}: not an API of {cls} (as far as this test knows)"
+            for sig in signals.get(name, ()):
+                assert sig in api, f"{name} ({cls}) has no signal {sig}"
+        else:
+            meta = obj.metaObject()
+            for attr in used - QWIDGET_COMMON:
+                # PythonQt exposes Qt properties as attributes (checkBox.checked), methods as in PySide
+                assert hasattr(obj, attr) or meta.indexOfProperty(attr) >= 0, f"self.ui.{name}.{attr}: {cls} has no {attr}"
+            for sig in signals.get(name, ()):
+                assert meta.indexOfSignal(sig) >= 0, f"{name} ({cls}) has no signal {sig}"
+
+
+def _chain(cls, custom):
+    out = [cls]
+    while custom.get(out[-1]) in custom:
+        out.append(custom[out[-1]])
+    return out
+
+
+def test_parameter_names_match_parameter_node_fields():
+    """Widgets bound by SlicerParameterName must name fields of CTDiffusionParameterNode (and vice versa typed)."""
+    tree, classes, _, _ = _ui_classes()
+    bound = {}
+    for w in tree.iter("widget"):
+        for p in w.findall("property"):
+            if p.get("name") == "SlicerParameterName":
+                bound[w.get("name")] = p.findtext("string")
+    module = ast.parse(MODULE.read_text())
+    fields = {}
+    for node in ast.walk(module):
+        if isinstance(node, ast.ClassDef) and node.name == "CTDiffusionParameterNode":
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign):
+                    fields[stmt.target.id] = ast.unparse(stmt.annotation)
+    assert fields, "no parameter node class found"
+    kinds = {"QSpinBox": "int", "QDoubleSpinBox": "float", "ctkSliderWidget": "float",
+             "qMRMLNodeComboBox": "slicer.vtkMRMLScalarVolumeNode", "QCheckBox": "bool"}
+    assert len(bound) >= 7
+    for widget, param in bound.items():
+        assert param in fields, f"{widget} is bound to {param!r}, which the parameter node does not have"
+        assert fields[param] == kinds[classes[widget]], (widget, param, fields[param])
+
+
+def test_condition_widgets_and_guidance_slider(loaded_ui):
+    from PySide6 import QtWidgets
+
+    group = loaded_ui.findChild(QtWidgets.QGroupBox, "conditionsGroupBox")
+    assert group is not None and not group.isVisibleTo(loaded_ui)  # hidden until a conditional model is chosen
+    assert isinstance(group.layout(), QtWidgets.QFormLayout)
+    _, classes, _, _ = _ui_classes()
+    assert classes["guidanceScaleSliderWidget"] == "ctkSliderWidget"
+
+
+def test_module_compiles_and_imports_nothing_heavy_at_module_level():
+    source = MODULE.read_text()
+    compile(source, str(MODULE), "exec")
+    tree = ast.parse(source)
+    for node in tree.body:  # module level only: imports inside functions are the lazy ones
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        for name in names:
+            assert name.split(".")[0] not in HEAVY, f"CTDiffusion.py imports {name} at module level"
+            assert not name.startswith("CTDiffusionLib.") or name.split(".")[1] not in ("training", "models",
+                                                                                       "diffusion", "evaluation")
+    # and nothing heavy hides behind the library modules it imports lazily for the panel
+    import subprocess
+
+    libs = ("CTDiffusionLib.jobs", "CTDiffusionLib.jobs.dependencies", "CTDiffusionLib.scene.nodes",
+            "CTDiffusionLib.scene.comparison", "CTDiffusionLib.scene.plots", "CTDiffusionLib.scene.sources")
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); " + "; ".join(f"import {lib}" for lib in libs)
+            + "; print([m for m in ('torch','monai','diffusers','qt','PySide6') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_module_metadata_and_credits():
+    tree = ast.parse(MODULE.read_text())
+    text = MODULE.read_text()
+    assert 'self.parent.categories = [_("Image Synthesis")]' in text
+    for needle in ("master's thesis", "28 prostate CT", "mixed 2D/3D UNet", "student report", "ACDC",
+                   "cosine noise schedule"):
+        assert needle in text, needle
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"CTDiffusion", "CTDiffusionWidget", "CTDiffusionLogic", "CTDiffusionTest",
+            "CTDiffusionParameterNode"} <= classes
+    # the self-test runs the shared scenario function
+    assert "run_selftest_scenario" in text
+    # the widget polls the child with a QTimer; it never waits on it
+    assert "qt.QTimer()" in text and ".wait(" not in text and "communicate(" not in text
