@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from CTDiffusionLib.data.preprocess import unit_to_hu, unit_to_labels
@@ -41,22 +42,28 @@ def decode(x0: torch.Tensor, meta: dict) -> list[np.ndarray]:
     return out
 
 
-def output_geometry(meta: dict, reference: str | None) -> Geometry:
-    """Training-set geometry from the bundle, or spacing/origin/direction copied from a reference volume."""
+def output_geometry(meta: dict, reference_image=None) -> Geometry:
+    """Training-set geometry from the bundle; with a reference mask volume, its origin and direction."""
     g = meta["geometry"]
-    if not reference:
+    if reference_image is None:
         return Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
-    ref = read_image(reference, what="reference volume")
-    if meta["profile"] == "prostate-ct":
+    return Geometry(tuple(g["spacing"]), tuple(reference_image.GetOrigin()), tuple(reference_image.GetDirection()))
+
+
+def write_volume(array: np.ndarray, geometry: Geometry, path: Path, reference_image=None, profile: str = "") -> Path:
+    """Write one generated volume. A CT with a reference is resampled onto the reference's exact voxel grid (size,
+    spacing, origin, direction), so it overlays the real scan voxel for voxel; the model grid covers the same field
+    of view, so this only changes the sampling."""
+    image = array_to_image(array, geometry)
+    if reference_image is not None and profile == "prostate-ct":
         from CTDiffusionLib.data.preprocess import ct_grid_geometry
 
-        spacing, origin, direction = ct_grid_geometry(ref, g["size"])
-        return Geometry(tuple(spacing), tuple(origin), tuple(direction))
-    return Geometry(tuple(g["spacing"]), tuple(ref.GetOrigin()), tuple(ref.GetDirection()))
-
-
-def write_volume(array: np.ndarray, geometry: Geometry, path: Path) -> Path:
-    return write_image(array_to_image(array, geometry), path)
+        spacing, origin, direction = ct_grid_geometry(reference_image, array.shape[::-1])
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
+        image = sitk.Resample(image, reference_image, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+    return write_image(image, path)
 
 
 def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str = "dpm++",
@@ -66,7 +73,8 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
     device = device or torch.device("cpu")
     vocab = ConditionVocabulary(meta.get("conditions"))
     steps = steps or DEFAULT_SAMPLER_STEPS[sampler_name]
-    geometry = output_geometry(meta, reference)
+    reference_image = read_image(reference, what="reference volume") if reference else None
+    geometry = output_geometry(meta, reference_image)
     shape = model_input_shape(meta)
     if vocab:
         labels_value = vocab.encode(condition)
@@ -104,7 +112,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
             null = null.repeat(2) if null is not None else None
         x0 = sample(model, sched, shape, run_seeds, device, labels, null, guidance or 1.0, autocast_dtype, on_step)
         for index, s, arr in zip(indices, seeds, decode(x0[: len(seeds)], meta)):
-            path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz")
+            path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz", reference_image, meta["profile"])
             sidecar = {"file": path.name, "index": index, "seed": s, "sampler": sampler_name, "steps": steps,
                        "model_sha256": meta.get("sha256"), "profile": meta["profile"], "mode": meta["data"]["mode"],
                        "condition": condition or None, "guidance_scale": guidance,
@@ -127,8 +135,6 @@ def generate_from_args(args, events) -> int:
     device = resolve_device(args.device)
     model, meta = load_bundle(args.model, device)
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
-    if args.reference:
-        read_image(args.reference, what="reference volume")
     out.mkdir(parents=True, exist_ok=True)
     events.set_log_path(out / "events.jsonl")
     events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=args.sampler,

@@ -48,11 +48,13 @@ def test_generation_is_reproducible_and_reference_geometry(tiny_ct_run, ct_phant
     for name in ("synthetic_0001.nii.gz", "synthetic_0002.nii.gz"):
         np.testing.assert_array_equal(_read(a / name)[1], _read(b / name)[1])
     reference = sitk.ReadImage(str(ref))
-    image, _ = _read(a / "synthetic_0001.nii.gz")
-    assert image.GetDirection() == pytest.approx(reference.GetDirection())
-    # same physical extent as the reference: size * spacing agree
-    np.testing.assert_allclose(np.multiply(image.GetSize(), image.GetSpacing()),
-                               np.multiply(reference.GetSize(), reference.GetSpacing()), rtol=1e-4)
+    image, arr = _read(a / "synthetic_0001.nii.gz")
+    # on the reference's exact voxel grid, in HU
+    assert image.GetSize() == reference.GetSize() and image.GetPixelID() == sitk.sitkInt16
+    for got, want in ((image.GetSpacing(), reference.GetSpacing()), (image.GetOrigin(), reference.GetOrigin()),
+                      (image.GetDirection(), reference.GetDirection())):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert -1024 <= arr.min() and arr.max() <= 2000
 
 
 def test_mask_end_to_end_with_conditions(tiny_mask_run, tmp_path):
@@ -215,3 +217,23 @@ def test_safetensors_only_bundle_loads_without_pickle(tiny_ct_run):
 
     model, meta = load_bundle(tiny_ct_run)
     assert meta["profile"] == "prostate-ct" and not model.training
+
+
+def test_ct_with_csv_conditions_and_3d_masks_with_conditions(ct_phantoms, mask_phantoms, tmp_path):
+    """Conditioning is one mechanism for every profile/mode: CT with labels from a CSV, 3D-stack masks from Info.cfg."""
+    csv = tmp_path / "labels.csv"
+    files = sorted(ct_phantoms.glob("*.nii.gz"))
+    csv.write_text("file,risk\n" + "".join(f"{f.name},{'high' if i % 2 else 'low'}\n" for i, f in enumerate(files)))
+    run = tmp_path / "ct"
+    assert run_cli("train", "--profile", "prostate-ct", "--preset", "tiny", "--data", ct_phantoms, "--out", run,
+                   "--steps", 2, "--batch-size", 2, "--sample-every", 0, "--conditions", csv) == 0
+    assert json.loads((run / "model" / "model.json").read_text())["conditions"] == {"risk": ["high", "low"]}
+    assert run_cli("generate", "--model", run, "--num", 2, "--out", tmp_path / "g1", "--steps", 2,
+                   "--condition", "risk=high") == 0
+    run3d = tmp_path / "m3d"
+    assert run_cli("train", "--profile", "cardiac-masks", "--preset", "tiny3d", "--data", mask_phantoms, "--out",
+                   run3d, "--steps", 2, "--batch-size", 2, "--sample-every", 0, "--conditions", "group") == 0
+    assert run_cli("generate", "--model", run3d, "--num", 2, "--out", tmp_path / "g2", "--steps", 2,
+                   "--condition", "group=HCM") == 0
+    image, arr = _read(tmp_path / "g2" / "synthetic_0001.nii.gz")
+    assert image.GetSize() == (32, 32, 8) and set(np.unique(arr)) <= {0, 1, 2, 3}

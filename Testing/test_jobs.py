@@ -265,3 +265,38 @@ def test_model_conditions_and_run_facts(tmp_path):
     assert not can_resume(run)
     (run / "checkpoints" / "step_00000004.pt").write_bytes(b"x")
     assert can_resume(run) and run_data_sources(run) == ["/data/ct"]
+
+
+def test_runner_works_without_psutil(tmp_path):
+    """Before the first-use install, Slicer may lack psutil: the panel still loads and Stop kills the group."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.modules["psutil"] = None  # import psutil -> ImportError
+        sys.path.insert(0, {str(REPO)!r})
+        from CTDiffusionLib.jobs import JobRunner, dependencies
+        from CTDiffusionLib.jobs import runner as runner_module
+        assert runner_module.psutil is None
+        r = JobRunner([sys.executable, "-c", "import time; print('{{\\"event\\": \\"start\\"}}', flush=True); time.sleep(60)"]).start()
+        while not r.events:
+            r.poll(); time.sleep(0.02)
+        r.cancel(block=True, grace_s=0.5)
+        print("state", r.state, r.exit_code)
+    """)
+    out = psutil.Popen([sys.executable, "-c", script], stdout=-1, stderr=-1, text=True).communicate(timeout=60)
+    assert "state finished" in out[0], out
+
+
+def test_dependency_check(tmp_path):
+    from CTDiffusionLib.jobs import dependencies as deps
+
+    reqs = deps.parse_requirements("# comment\nmonai>=1.4\npsutil\nnot-a-real-package-xyz>=1\nnumpy>=1\n-r other.txt\n"
+                                   "einops>=999\n")
+    assert [r.name for r in reqs] == ["monai", "psutil", "not-a-real-package-xyz", "numpy", "einops"]
+    status = deps.check(reqs, modules={"einops": object()})
+    assert [r.name for r in status.missing] == ["not-a-real-package-xyz", "einops"]  # numpy is Slicer's: skipped
+    assert status.restart_recommended  # einops is installed (too old) and already imported
+    assert status.torch_installed and not status.ok and "not-a-real-package-xyz>=1" in status.text()
+    assert deps.satisfied(deps.Requirement("x>=1.4", "x", ">=", "1.4"), "1.6.1")
+    assert not deps.satisfied(deps.Requirement("x>=1.10", "x", ">=", "1.10"), "1.9.0")
+    req_file = REPO / "CTDiffusion" / "Resources" / "requirements.txt"
+    assert deps.check(req_file).ok  # this environment has everything the module would install

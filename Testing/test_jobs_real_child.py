@@ -66,3 +66,38 @@ def test_train_cancel_resume_with_real_child(tmp_path):
     assert start["resumed_from"] and start["step"] >= stopped_at
     assert events[-1]["event"] == "done" and events[-1]["step"] == stopped_at + 2
     assert (run / "model" / "model.json").is_file()
+
+
+def test_conditional_masks_generate_and_import(tmp_path):
+    """Issue 5 end to end: a conditional tiny2d mask model -> the condition vocabulary the Generation section shows
+    (model.json) -> generate with a chosen condition and guidance -> segmentation nodes RV/MYO/LV in the scene."""
+    slicer = pytest.importorskip("slicer")
+    from CTDiffusionLib.jobs import GenerateSettings
+    from CTDiffusionLib.jobs.commands import model_conditions
+    from CTDiffusionLib.scene import core, nodes
+
+    data, run, out = tmp_path / "acdc", tmp_path / "run", tmp_path / "gen"
+    for settings in (PhantomSettings("cardiac-masks", 6, str(data), seed=2, size=(64, 64, 4)),
+                     TrainSettings("cardiac-masks", [str(data)], str(run), preset="tiny2d", steps=2, batch_size=4,
+                                   conditions=("group", "phase"), device="cpu", sample_every=0)):
+        r = JobRunner.from_command(build_command(settings, in_slicer=False)).start()
+        assert r.wait(timeout=300) and r.succeeded, r.error_message()
+    conditions = model_conditions(run)
+    assert set(conditions) == {"group", "phase"} and "ED" in conditions["phase"] and conditions["group"]
+    choice = {"group": conditions["group"][0], "phase": "ED"}
+    r = JobRunner.from_command(build_command(GenerateSettings(str(run), 2, str(out), sampler="ddim", steps=3, seed=1,
+                                                              condition=choice, guidance_scale=2.0, device="cpu"),
+                                             in_slicer=False)).start()
+    assert r.wait(timeout=300) and r.succeeded, r.error_message()
+    samples = nodes.list_generated(out)
+    assert [s.sidecar.get("condition") for s in samples] == [choice, choice]
+    app = core.boot_core_application(slicer.vtkMRMLScene())
+    try:
+        segs = nodes.import_generated(out)
+        assert len(segs) == 2 and all(s.IsA("vtkMRMLSegmentationNode") for s in segs)
+        seg = segs[0].GetSegmentation()
+        assert sorted(seg.GetSegment(seg.GetNthSegmentID(i)).GetName() for i in range(seg.GetNumberOfSegments())) \
+            == ["LV", "MYO", "RV"]
+        assert segs[0].GetAttribute("CTDiffusion.condition")
+    finally:
+        core.release_core_application()

@@ -26,7 +26,10 @@ import time
 import weakref
 from typing import Callable, Iterable, Mapping, Sequence
 
-import psutil
+try:  # psutil is one of the packages the Slicer module installs on first use; the panel must load without it
+    import psutil
+except ImportError:  # pragma: no cover - exercised only in a Slicer without the packages yet
+    psutil = None
 
 from CTDiffusionLib.events import EventReader, parse_event_line
 
@@ -38,8 +41,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 _LIVE_RUNNERS: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()
 
 
-def _process_tree(pid: int) -> list[psutil.Process]:
-    """The process and all its descendants (empty when it is already gone)."""
+def _process_tree(pid: int) -> list:
+    """The process and all its descendants (empty when it is already gone, or without psutil)."""
+    if psutil is None:
+        return []
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
@@ -47,7 +52,7 @@ def _process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+def _alive(procs: Iterable) -> list:
     out = []
     for p in procs:
         try:
@@ -58,8 +63,10 @@ def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
-def terminate_tree(pid: int, grace_s: float = 10.0, procs: Sequence[psutil.Process] | None = None) -> list[int]:
+def terminate_tree(pid: int, grace_s: float = 10.0, procs: Sequence | None = None) -> list[int]:
     """SIGTERM a process tree, wait up to `grace_s`, then SIGKILL what is left. Returns the pids it had to kill."""
+    if psutil is None:
+        raise RuntimeError("psutil is needed to stop a process tree")
     procs = list(procs) if procs is not None else _process_tree(pid)
     for p in procs:
         try:
@@ -112,7 +119,7 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._stdout_closed = threading.Event()
         self._kill_deadline: float | None = None
-        self._tree: list[psutil.Process] = []
+        self._tree: list = []
         self._log_tail: collections.deque[str] = collections.deque(maxlen=200)
         self._exited_at: float | None = None
 
@@ -215,6 +222,8 @@ class JobRunner:
         leftovers = _alive(p for p in self._tree if p.pid != self._proc.pid)
         if leftovers:  # helpers the child left behind (it is gone, so nobody else will stop them)
             terminate_tree(leftovers[0].pid, grace_s=0.5, procs=leftovers)
+        elif psutil is None and self.cancel_requested:
+            self._kill_group()
         self.state = FINISHED
         self.end_time = time.time()
         _LIVE_RUNNERS.discard(self)
@@ -299,7 +308,7 @@ class JobRunner:
         except OSError:
             pass
 
-    def _descendants(self) -> list[psutil.Process]:
+    def _descendants(self) -> list:
         """Known and current descendants of the child (not the child itself: Popen owns and reaps it)."""
         procs = [p for p in self._tree if p.pid != self._proc.pid]
         procs += [p for p in _process_tree(self._proc.pid)[1:] if p not in procs]
@@ -319,6 +328,10 @@ class JobRunner:
                 self._proc.kill()
             except OSError:
                 pass
+        if psutil is None:
+            self._kill_group()
+            self._wait_root(5)
+            return
         for p in _alive(others):
             try:
                 p.kill()
@@ -326,6 +339,14 @@ class JobRunner:
                 pass
         self._wait_root(5)
         psutil.wait_procs(others, timeout=5)  # never the child itself: psutil would reap it behind Popen's back
+
+    def _kill_group(self) -> None:
+        """Without psutil: the child leads its own session, so its process group is the whole tree (POSIX)."""
+        if os.name != "nt":
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
 
     def kill(self) -> None:
         """Immediate SIGKILL of the whole tree (no checkpoint)."""

@@ -128,9 +128,11 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
         _check(node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"),
                f"{node.GetName()} is a {node.GetClassName()}, expected a scalar volume")
         _check(node.GetImageData() is not None, f"{node.GetName()} has no image data")
-        # The reference sets the geometry: same axes and the same physical field of view (the engine samples
-        # on the model's grid, so the spacing is the reference's field of view divided by the grid size).
+        # The reference sets the geometry: the engine resamples onto the reference's exact voxel grid.
         _check(_same_axes(node, ref), f"{node.GetName()} is not oriented like the reference volume")
+        _check(node.GetImageData().GetDimensions() == ref.GetImageData().GetDimensions()
+               and all(abs(a - b) < 1e-4 for a, b in zip(node.GetSpacing(), ref.GetSpacing())),
+               f"{node.GetName()} is not on the reference's voxel grid")
         tol = max(max(node.GetSpacing()), max(ref.GetSpacing()))
         _check(_bounds_close(node, ref, tol), f"{node.GetName()} does not cover the reference's field of view: "
                                               f"{_bounds(node)} vs {_bounds(ref)}")
