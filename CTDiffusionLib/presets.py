@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "default": {"grid": [256, 256, 26], **_CT_DATA,
                     "model": _aniso((32, 64, 128, 256, 384), ("2d", "2d", "3d", "3d", "3d"), (1, 1, 2, 1), 2,
                                     (False, False, False, False, True), 64, 32),
-                    "training": {**_CT_TRAIN, "batch_size": 4}},
+                    "training": {**_CT_TRAIN, "batch_size": 2}},
         # The source thesis' 7-level design (32,64,64,128,256,512,512; two res blocks; 2D/3D interleaved; attention
         # only at the coarsest level) with its batch > 1 bug fixed (one time embedding broadcast over all slices).
         "thesis": {"grid": [256, 256, 26], **_CT_DATA,

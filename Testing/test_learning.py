@@ -13,7 +13,7 @@ from CTDiffusionLib.models.bundle import load_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model
 
-STEPS = 400
+STEPS = 300
 N = 24  # samples per setting
 
 
@@ -21,7 +21,7 @@ N = 24  # samples per setting
 def trained_conditional(mask_phantoms, tmp_path_factory):
     run = tmp_path_factory.mktemp("learn") / "run"
     assert run_cli("train", "--profile", "cardiac-masks", "--preset", "tiny2d", "--data", mask_phantoms, "--out", run,
-                   "--steps", STEPS, "--batch-size", 16, "--lr", 2e-3, "--checkpoint-every", STEPS,
+                   "--steps", STEPS, "--batch-size", 12, "--lr", 2e-3, "--checkpoint-every", STEPS,
                    "--sample-every", 0, "--conditions", "group,phase", "--cond-drop", 0.2, "--augment", "none",
                    "--val-fraction", 0.1) == 0
     return load_bundle(run)
@@ -52,10 +52,10 @@ def test_trained_model_beats_untrained(trained_conditional):
     trained_masks = _generate(model, meta)
     untrained_masks = _generate(untrained, meta)
     trained, baseline = lv_enclosed_fraction(trained_masks), lv_enclosed_fraction(untrained_masks)
-    assert trained > baseline + 0.25, (trained, baseline)
+    assert trained > baseline + 0.4, (trained, baseline)
     # and the label proportions look like a heart crop: mostly background, some of each structure
     background = (trained_masks == 0).mean()
-    assert 0.3 < background < 0.95
+    assert 0.5 < background < 0.95, background
 
 
 def test_condition_separates_dcm_from_hcm_and_guidance_strengthens_it(trained_conditional):
@@ -68,5 +68,5 @@ def test_condition_separates_dcm_from_hcm_and_guidance_strengthens_it(trained_co
         gaps[w] = (dcm, hcm)
     dcm1, hcm1 = gaps[1.0]
     dcm3, hcm3 = gaps[3.0]
-    assert dcm1 > 1.3 * hcm1, gaps
+    assert dcm1 > 1.5 * hcm1, gaps
     assert dcm3 - hcm3 > dcm1 - hcm1, gaps

@@ -12,7 +12,9 @@ PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
 DEFAULT_SAMPLER_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 25}
 
 
-def default_diffusion_config(schedule: str = "linear", prediction: str = "epsilon") -> dict:
+def default_diffusion_config(schedule: str = "linear", prediction: str = "v") -> dict:
+    """v-prediction by default: measured on tiny mask models, epsilon-prediction made the deterministic few-step
+    samplers (DDIM, DPM-Solver++) drift far from DDPM, v-prediction made all three agree (docs/engine.md)."""
     return {"num_train_timesteps": 1000, "beta_schedule": schedule, "prediction": prediction,
             "beta_start": 1e-4, "beta_end": 0.02}
 

@@ -75,7 +75,7 @@ def build_config(args, sources: list[str]) -> dict:
         "intensity": intensity,
         "model": preset["model"],
         "diffusion": default_diffusion_config(args.schedule or preset.get("schedule", "linear"),
-                                              args.prediction or "epsilon"),
+                                              args.prediction or preset.get("prediction", "v")),
         "training": training,
     }
 
