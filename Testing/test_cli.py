@@ -25,13 +25,13 @@ def test_ct_end_to_end(tiny_ct_run, ct_phantoms, tmp_path):
                    "--seed", 11) == 0
     files = sorted(out.glob("synthetic_*.nii.gz"))
     assert [f.name for f in files] == ["synthetic_0001.nii.gz", "synthetic_0002.nii.gz", "synthetic_0003.nii.gz"]
-    meta = json.loads((tiny_ct_run / "model" / "model.json").read_text())
+    meta = json.loads((tiny_ct_run / "model" / "model.json").read_text(encoding="utf-8"))
     for i, f in enumerate(files, start=1):
         image, arr = _read(f)
         assert image.GetPixelID() == sitk.sitkInt16 and image.GetSize() == (32, 32, 8)
         np.testing.assert_allclose(image.GetSpacing(), meta["geometry"]["spacing"], rtol=1e-5)
         assert -1024 <= arr.min() and arr.max() <= 2000
-        side = json.loads(f.with_name(f"synthetic_{i:04d}.json").read_text())
+        side = json.loads(f.with_name(f"synthetic_{i:04d}.json").read_text(encoding="utf-8"))
         assert side["seed"] == 10 + i and side["sampler"] == "ddim" and side["steps"] == 3
         assert side["model_sha256"] == meta["sha256"] and side["profile"] == "prostate-ct"
     # the real data's field of view: 48 voxels of ~0.9-1 mm -> 32 voxels of ~1.4 mm
@@ -64,9 +64,9 @@ def test_mask_end_to_end_with_conditions(tiny_mask_run, tmp_path):
     image, arr = _read(out / "synthetic_0001.nii.gz")
     assert image.GetPixelID() == sitk.sitkUInt8 and image.GetSize() == (32, 32, 1)
     assert set(np.unique(arr)) <= {0, 1, 2, 3}
-    side = json.loads((out / "synthetic_0002.json").read_text())
+    side = json.loads((out / "synthetic_0002.json").read_text(encoding="utf-8"))
     assert side["condition"] == {"group": "DCM", "phase": "ED"} and side["guidance_scale"] == 2 and side["mode"] == "2d"
-    meta = json.loads((tiny_mask_run / "model" / "model.json").read_text())
+    meta = json.loads((tiny_mask_run / "model" / "model.json").read_text(encoding="utf-8"))
     assert meta["conditions"] == {"group": ["DCM", "HCM", "MINF", "NOR", "RV"], "phase": ["ED", "ES"]}
 
 
@@ -190,7 +190,7 @@ def test_bundle_with_mismatched_weights(bundle_copy, tiny_mask_run, tmp_path, ca
 
 
 def test_bundle_whose_json_lies_about_the_architecture(bundle_copy, tmp_path, capsys):
-    meta = json.loads((bundle_copy / "model.json").read_text())
+    meta = json.loads((bundle_copy / "model.json").read_text(encoding="utf-8"))
     meta["model"]["kwargs"]["channels"] = [8, 16, 32]
     (bundle_copy / "model.json").write_text(json.dumps(meta))
     assert _generate(bundle_copy, tmp_path) == EXIT_BAD_INPUT
@@ -227,7 +227,7 @@ def test_ct_with_csv_conditions_and_3d_masks_with_conditions(ct_phantoms, mask_p
     run = tmp_path / "ct"
     assert run_cli("train", "--profile", "prostate-ct", "--preset", "tiny", "--data", ct_phantoms, "--out", run,
                    "--steps", 2, "--batch-size", 2, "--sample-every", 0, "--conditions", csv) == 0
-    assert json.loads((run / "model" / "model.json").read_text())["conditions"] == {"risk": ["high", "low"]}
+    assert json.loads((run / "model" / "model.json").read_text(encoding="utf-8"))["conditions"] == {"risk": ["high", "low"]}
     assert run_cli("generate", "--model", run, "--num", 2, "--out", tmp_path / "g1", "--steps", 2,
                    "--condition", "risk=high") == 0
     run3d = tmp_path / "m3d"

@@ -131,7 +131,7 @@ def test_acdc_patient_without_info(acdc):
 
 def test_acdc_info_without_group(acdc):
     info = acdc / "patient003" / "Info.cfg"
-    info.write_text("".join(line + "\n" for line in info.read_text().splitlines() if not line.startswith("Group")))
+    info.write_text("".join(line + "\n" for line in info.read_text(encoding="utf-8").splitlines() if not line.startswith("Group")))
     with pytest.raises(InputError) as excinfo:
         discover_cases([acdc], "cardiac-masks")
     assert_names(excinfo, info)

@@ -149,7 +149,7 @@ def _init_weights(run: Path) -> dict:
     from CTDiffusionLib.models.factory import build_model
     from CTDiffusionLib.training.trainer import runtime_model_spec
 
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     torch.manual_seed(int(config["training"]["seed"]))
     return {k: v.detach().clone() for k, v in build_model(runtime_model_spec(config)).state_dict().items()}
 

@@ -268,9 +268,9 @@ def test_masks_pipeline_identical_sets_and_per_condition(tmp_path, mask_data):
     row = next(iter(m["per_condition"].values()))
     assert row["n_generated"] == row["n_real"] >= 1
     assert row["pass_rate_generated"] == 1.0
-    on_disk = json.loads((out / "metrics.json").read_text())
+    on_disk = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert on_disk["per_condition"].keys() == m["per_condition"].keys()
-    assert "Per condition" in (out / "report.html").read_text()
+    assert "Per condition" in (out / "report.html").read_text(encoding="utf-8")
     # the saved feature network can be supplied back by path
     _, desc = build_feature_space(arrays[:3], "cardiac-masks", weights=out / "feature_net.safetensors")
     assert "user-supplied" in desc
@@ -294,7 +294,7 @@ def test_cli_end_to_end_flags_copies_of_training_cases(tmp_path, ct_data):
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
     assert any(e["event"] == "progress" and e["phase"] == "evaluate" for e in events)
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert sorted(m["memorisation"]["flagged"]) == ["synthetic_0001", "synthetic_0002", "synthetic_0003"]
     assert all(r["memorised"] and r["nearest_similarity"] == pytest.approx(1.0, abs=1e-5) for r in m["per_sample"])
     assert {r["nearest_train"] for r in m["per_sample"]} == {c.case_id for c in discover_cases([root / "train"],
@@ -304,7 +304,7 @@ def test_cli_end_to_end_flags_copies_of_training_cases(tmp_path, ct_data):
     for entry in m["summary"].values():
         assert {"generated", "real_floor", "better", "description"} <= set(entry)
     assert m["summary"]["hu_histogram_w1"]["real_floor"] is not None
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert "FLAGGED" in html.split("<h2>")[0]  # the gate is stated at the top
     assert "figures/loss_curves.png" in m["figures"]
     for fig in m["figures"]:

@@ -38,7 +38,7 @@ QWIDGET_COMMON = {"visible", "enabled", "toolTip", "connect", "objectName", "set
 
 def _module_usage():
     """{widget name: {attributes used}} and {widget name: {signals connected}} from `self.ui.<name>...`."""
-    text = MODULE.read_text()
+    text = MODULE.read_text(encoding="utf-8")
     attrs: dict[str, set] = {}
     for name, attr in re.findall(r"self\.ui\.(\w+)(?:\.(\w+))?", text):
         attrs.setdefault(name, set())
@@ -139,7 +139,7 @@ def test_parameter_names_match_parameter_node_fields():
         for p in w.findall("property"):
             if p.get("name") == "SlicerParameterName":
                 bound[w.get("name")] = p.findtext("string")
-    module = ast.parse(MODULE.read_text())
+    module = ast.parse(MODULE.read_text(encoding="utf-8"))
     fields = {}
     for node in ast.walk(module):
         if isinstance(node, ast.ClassDef) and node.name == "CTDiffusionParameterNode":
@@ -166,7 +166,7 @@ def test_condition_widgets_and_guidance_slider(loaded_ui):
 
 
 def test_module_compiles_and_imports_nothing_heavy_at_module_level():
-    source = MODULE.read_text()
+    source = MODULE.read_text(encoding="utf-8")
     compile(source, str(MODULE), "exec")
     tree = ast.parse(source)
     for node in tree.body:  # module level only: imports inside functions are the lazy ones
@@ -192,8 +192,8 @@ def test_module_compiles_and_imports_nothing_heavy_at_module_level():
 
 
 def test_module_metadata_and_credits():
-    tree = ast.parse(MODULE.read_text())
-    text = MODULE.read_text()
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    text = MODULE.read_text(encoding="utf-8")
     assert 'self.parent.categories = [_("Image Synthesis")]' in text
     for needle in ("master's thesis", "28 prostate CT", "mixed 2D/3D UNet", "student report", "ACDC",
                    "cosine noise schedule"):

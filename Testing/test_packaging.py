@@ -58,7 +58,7 @@ def _files(root: Path):
 
 # -------------------------------------------------------------------------------------------- listings
 def test_every_shipped_file_is_listed_in_cmake():
-    text = MODULE_CMAKE.read_text()
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
     scripts = {s.replace("${MODULE_NAME}", "CTDiffusion") for s in _cmake_set(text, "MODULE_PYTHON_SCRIPTS")}
     resources = set(_cmake_set(text, "MODULE_PYTHON_RESOURCES"))
     lib_scripts = set(_cmake_set(text, "CTDIFFUSIONLIB_SCRIPTS"))
@@ -107,7 +107,7 @@ def test_sync_script_rewrites_blocks(tmp_path):
 
 
 def test_module_cmake_macros():
-    text = _strip_comments(MODULE_CMAKE.read_text())
+    text = _strip_comments(MODULE_CMAKE.read_text(encoding="utf-8"))
     m = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S)
     assert m, "slicerMacroBuildScriptedModule missing"
     args = m.group(1).split()
@@ -120,7 +120,7 @@ def test_module_cmake_macros():
 
 # --------------------------------------------------------------------------------------------- metadata
 def _top():
-    return TOP_CMAKE.read_text()
+    return TOP_CMAKE.read_text(encoding="utf-8")
 
 
 def test_top_level_cmake_has_all_extension_metadata():
@@ -143,7 +143,7 @@ def test_top_level_cmake_has_all_extension_metadata():
 
 
 def test_catalog_entry_matches_cmake():
-    entry = json.loads(CATALOG.read_text())
+    entry = json.loads(CATALOG.read_text(encoding="utf-8"))
     assert set(entry) <= CATALOG_KEYS, f"not in schema v1.0.1: {set(entry) - CATALOG_KEYS}"
     assert entry["$schema"] == SCHEMA
     assert {"$schema", "category", "scm_url"} <= set(entry)
@@ -172,9 +172,9 @@ def _png_size(path: Path):
 def test_icons_license_requirements():
     assert _png_size(REPO / "Resources" / "CTDiffusion.png") == (128, 128)
     assert _png_size(MODULE_DIR / "Resources" / "Icons" / "CTDiffusion.png") == (128, 128)
-    license_text = (REPO / "LICENSE").read_text()
+    license_text = (REPO / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in license_text and "Version 2.0" in license_text
-    reqs = (MODULE_DIR / "Resources" / "requirements.txt").read_text().lower()
+    reqs = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8").lower()
     names = [re.split(r"[<>=~\[; ]", line.strip())[0] for line in reqs.splitlines()
              if line.strip() and not line.strip().startswith("#")]
     assert {"monai", "diffusers", "safetensors", "einops", "psutil"} <= set(names)
@@ -229,7 +229,7 @@ def test_cmake_configures_into_slicer_layout(tmp_path):
     out = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={stub}", "-G", "Ninja"
                           if shutil.which("ninja") else "Unix Makefiles"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    report = (build / "stub_report.txt").read_text()
+    report = (build / "stub_report.txt").read_text(encoding="utf-8")
     assert "module=CTDiffusion" in report and "generic_tests=TRUE" in report and "unittest=CTDiffusion.py" in report
     dest = build / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     assert (dest / "CTDiffusion.py").is_file() and (dest / "Resources" / "UI" / "CTDiffusion.ui").is_file()

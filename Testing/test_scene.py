@@ -96,7 +96,7 @@ def test_export_ct_nodes_keeps_geometry(core_app, tmp_path):
     manifest = nodes.export_nodes([a, b], tmp_path / "run" / "data", "prostate-ct")
     files = [c["file"] for c in manifest["cases"]]
     assert files == ["Patient_1_CT.nii.gz", "Patient_1_CT_2.nii.gz"]
-    assert json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())["profile"] == "prostate-ct"
+    assert json.loads((tmp_path / "run" / "data" / "manifest.json").read_text(encoding="utf-8"))["profile"] == "prostate-ct"
     original = sitk.ReadImage(str(tmp_path / "in" / "a.nii.gz"))
     exported = sitk.ReadImage(str(tmp_path / "run" / "data" / files[0]))
     assert _close(exported.GetOrigin(), original.GetOrigin()) and _close(exported.GetSpacing(), original.GetSpacing())
@@ -233,7 +233,7 @@ def test_scene_code_has_no_qt_or_torch_imports():
 
     root = Path(__file__).resolve().parents[1] / "CTDiffusionLib" / "scene"
     for path in root.glob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             names = []
             if isinstance(node, ast.Import):

@@ -75,7 +75,7 @@ def test_kill_9_then_resume(ct_phantoms, tmp_path):
     assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume") == 0
     state = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
     assert state["step"] == 8
-    json.loads((run / "model" / "model.json").read_text())
+    json.loads((run / "model" / "model.json").read_text(encoding="utf-8"))
 
 
 def test_sigterm_stops_with_a_checkpoint(ct_phantoms, tmp_path):
@@ -118,10 +118,10 @@ def test_existing_run_needs_resume_and_missing_run_cannot_resume(tiny_ct_run, ct
 
 
 def test_run_folder_contract(tiny_ct_run):
-    config = json.loads((tiny_ct_run / "config.json").read_text())
+    config = json.loads((tiny_ct_run / "config.json").read_text(encoding="utf-8"))
     assert config["profile"] == "prostate-ct" and config["training"]["steps"] == 6
     assert config["data"]["grid"] == [32, 32, 8] and config["diffusion"]["num_train_timesteps"] == 1000
-    dataset = json.loads((tiny_ct_run / "dataset.json").read_text())
+    dataset = json.loads((tiny_ct_run / "dataset.json").read_text(encoding="utf-8"))
     assert len(dataset["split"]["train"]) == 4 and len(dataset["split"]["val"]) == 1
     assert all(len(c["spacing"]) == 3 and "hu" in c for c in dataset["cases"])
     kinds = [e["event"] for e in read_events(tiny_ct_run / "events.jsonl")]
@@ -129,7 +129,7 @@ def test_run_folder_contract(tiny_ct_run):
     progress = [e for e in read_events(tiny_ct_run / "events.jsonl") if e["event"] == "progress"]
     assert {"step", "total", "epoch", "loss", "lr", "it_per_s", "eta_s"} <= set(progress[0])
     assert any("val_loss" in e for e in progress)
-    meta = json.loads((tiny_ct_run / "model" / "model.json").read_text())
+    meta = json.loads((tiny_ct_run / "model" / "model.json").read_text(encoding="utf-8"))
     assert meta["intensity"]["hu_range"] == [-1024.0, 2000.0] and len(meta["geometry"]["spacing"]) == 3
     assert set(load_file(str(tiny_ct_run / "model" / "model.safetensors")))
     assert list((tiny_ct_run / "cache").glob("*.npz"))

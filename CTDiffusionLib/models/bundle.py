@@ -68,7 +68,7 @@ def resolve_bundle_dir(path: str | os.PathLike) -> Path:
 def read_bundle_meta(path: str | os.PathLike) -> dict:
     folder = resolve_bundle_dir(path)
     try:
-        meta = json.loads((folder / META).read_text())
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{folder / META} is not valid JSON ({exc}).", "Re-copy the bundle.") from None
     if meta.get("format") != BUNDLE_FORMAT:

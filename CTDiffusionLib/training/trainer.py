@@ -72,7 +72,7 @@ def open_run_folder(out: Path, resume: bool) -> dict | None:
         if not config_file.exists():
             raise InputError(f"--resume: {out} holds no run (config.json is missing).",
                              "Point --out at an existing run folder, or drop --resume to start a new run.")
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text(encoding="utf-8"))
         if config.get("format") != CONFIG_FORMAT:
             raise InputError(f"{config_file} is not a CTDiffusion run configuration.", "Check --out.")
         return config

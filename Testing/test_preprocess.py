@@ -1,0 +1,84 @@
+"""Preprocessing: the HU map is invertible, resampling keeps the field of view, masks stay labels."""
+
+import numpy as np
+import SimpleITK as sitk
+
+from CTDiffusionLib.data.augment import augment_sample, parse_augment
+from CTDiffusionLib.data.preprocess import (ct_grid_geometry, ct_to_grid, hu_to_unit, labels_to_unit, mask_crops,
+                                            masks_to_grid, unit_to_hu, unit_to_labels)
+
+
+def test_hu_mapping_is_exact_for_every_hu_in_range():
+    hu = np.arange(-1024, 2001, dtype=np.int16)
+    unit = hu_to_unit(hu.astype(np.float32))
+    assert unit.min() == -1.0 and unit.max() == 1.0
+    np.testing.assert_array_equal(unit_to_hu(unit), hu)
+    # float16 is how the training cache stores CT; it must stay within 1 HU of the truth
+    assert np.abs(unit_to_hu(unit.astype(np.float16).astype(np.float32)) - hu).max() <= 1
+
+
+def test_ct_to_grid_keeps_the_field_of_view_and_values():
+    arr = np.full((26, 64, 64), -1000, np.int16)
+    arr[:, 16:48, 16:48] = 40  # a block of soft tissue in the middle
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.9, 0.9, 2.5))
+    image.SetOrigin((-30.0, 12.0, -100.0))
+    out = ct_to_grid(image, (32, 32, 13))
+    assert out.shape == (13, 32, 32) and out.dtype == np.float32
+    assert abs(out[6, 16, 16] - 40) < 1 and abs(out[6, 1, 1] + 1000) < 1
+    spacing, origin, _ = ct_grid_geometry(image, (32, 32, 13))
+    np.testing.assert_allclose(spacing, (1.8, 1.8, 5.0))
+    # the outer edge of the field of view stays put: origin - spacing/2 is unchanged
+    np.testing.assert_allclose(np.subtract(origin, np.divide(spacing, 2)),
+                               np.subtract(image.GetOrigin(), np.divide(image.GetSpacing(), 2)), atol=1e-6)
+
+
+def _heart(shape=(6, 80, 80)):
+    y, x = np.ogrid[: shape[1], : shape[2]]
+    r = np.hypot(y - 40, x - 36)
+    one = np.zeros(shape[1:], np.uint8)
+    one[(np.hypot(y - 40, x - 54) < 7) & (r >= 12)] = 1
+    one[r < 12] = 2
+    one[r < 8] = 3
+    labels = np.zeros(shape, np.uint8)
+    labels[1:5] = one
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing((1.5, 1.5, 10.0))
+    return image, labels
+
+
+def test_masks_to_grid_crops_the_heart_and_never_invents_labels():
+    image, labels = _heart()
+    slices = masks_to_grid(image, (32, 32), "2d")
+    assert len(slices) == 4 and all(s.shape == (32, 32) and s.dtype == np.uint8 for s in slices)
+    assert all(set(np.unique(s)) == {0, 1, 2, 3} for s in slices)
+    # margin all round: the border of every crop is background
+    assert all(s[0].max() == 0 and s[-1].max() == 0 and s[:, 0].max() == 0 and s[:, -1].max() == 0 for s in slices)
+    [stack], spacing = mask_crops(image, (32, 32, 8), "3d")
+    assert stack.shape == (8, 32, 32) and set(np.unique(stack)) <= {0, 1, 2, 3}
+    assert spacing[2] == 4 * 10.0 / 8
+    assert masks_to_grid(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.uint8)), (32, 32), "2d") == []
+
+
+def test_one_hot_round_trip():
+    labels = np.random.default_rng(0).integers(0, 4, (5, 7)).astype(np.uint8)
+    unit = labels_to_unit(labels)
+    assert unit.shape == (4, 5, 7) and set(np.unique(unit)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(unit_to_labels(unit), labels)
+
+
+def test_augmentation_keeps_shape_dtype_and_labels():
+    rng = np.random.default_rng(0)
+    _, labels = _heart()
+    cfg = parse_augment("zoom,flip,rotate", {"zoom": [0.8, 1.2], "rotate_deg": 20.0})
+    out = augment_sample(labels, cfg, rng, is_label=True)
+    assert out.shape == labels.shape and out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1, 2, 3}
+    assert not np.array_equal(out, labels)
+    ct = np.random.default_rng(1).uniform(-1, 1, (8, 32, 32)).astype(np.float16)
+    out_ct = augment_sample(ct, cfg, rng, is_label=False)
+    assert out_ct.shape == ct.shape and out_ct.dtype == np.float16
+    assert parse_augment("none", cfg) == {}
+    # same generator state -> same augmentation (what makes --resume exact)
+    a = augment_sample(labels, cfg, np.random.default_rng(5), True)
+    b = augment_sample(labels, cfg, np.random.default_rng(5), True)
+    np.testing.assert_array_equal(a, b)
