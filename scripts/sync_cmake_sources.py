@@ -4,7 +4,7 @@
 Usage: python scripts/sync_cmake_sources.py [--check]
 
 Blocks rewritten (between "# BEGIN GENERATED: <name>" and "# END GENERATED: <name>"):
-  module scripts      every .py under CTDiffusion/ (relative to CTDiffusion/; the module itself as ${MODULE_NAME}.py)
+  module scripts      every .py under CTDiffusion/ (relative to CTDiffusion/; the module file first)
   module resources    every other file under CTDiffusion/Resources/ (icons, .ui, requirements.txt, scripts)
   library scripts     every .py of the CTDiffusionLib package, all subpackages (relative to the repository root)
   library resources   every other file inside CTDiffusionLib/ (data files shipped with the package)
@@ -41,8 +41,7 @@ def _files(root: Path) -> list[Path]:
 def expected_lists() -> dict[str, list[str]]:
     module_files = _files(MODULE_DIR)
     module_scripts = [p.relative_to(MODULE_DIR).as_posix() for p in module_files if p.suffix == ".py"]
-    module_scripts = ["${MODULE_NAME}.py" if s == "CTDiffusion.py" else s for s in module_scripts]
-    module_scripts.sort(key=lambda s: (s != "${MODULE_NAME}.py", s))
+    module_scripts.sort(key=lambda s: (s != "CTDiffusion.py", s))  # the module file first
     resources_dir = MODULE_DIR / "Resources"
     module_resources = [p.relative_to(MODULE_DIR).as_posix() for p in _files(resources_dir) if p.suffix != ".py"] \
         if resources_dir.is_dir() else []
