@@ -134,6 +134,8 @@ def generate_from_args(args, events) -> int:
     condition = parse_condition_text(args.condition)
     device = resolve_device(args.device)
     model, meta = load_bundle(args.model, device)
+    if device.type == "cuda" and meta["data"]["mode"] == "3d":
+        model = model.to(memory_format=torch.channels_last_3d)  # the layout training used on CUDA
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
     out.mkdir(parents=True, exist_ok=True)
     events.set_log_path(out / "events.jsonl")
