@@ -43,26 +43,24 @@ def decode(x0: torch.Tensor, meta: dict) -> list[np.ndarray]:
 
 
 def output_geometry(meta: dict, reference_image=None) -> Geometry:
-    """Training-set geometry from the bundle; with a reference mask volume, its origin and direction."""
+    """Where the model grid lies: the training-set geometry from the bundle; with a reference, a CT grid spans the
+    reference's field of view and a mask takes the reference's origin and direction."""
     g = meta["geometry"]
     if reference_image is None:
         return Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
+    if meta["profile"] == "prostate-ct":
+        from CTDiffusionLib.data.preprocess import ct_grid_geometry
+
+        return Geometry(*(tuple(v) for v in ct_grid_geometry(reference_image, g["size"])))
     return Geometry(tuple(g["spacing"]), tuple(reference_image.GetOrigin()), tuple(reference_image.GetDirection()))
 
 
-def write_volume(array: np.ndarray, geometry: Geometry, path: Path, reference_image=None, profile: str = "") -> Path:
-    """Write one generated volume. A CT with a reference is resampled onto the reference's exact voxel grid (size,
-    spacing, origin, direction), so it overlays the real scan voxel for voxel; the model grid covers the same field
-    of view, so this only changes the sampling."""
+def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=None) -> Path:
+    """Write one generated volume; with `resample_to` (a CT reference) it goes onto that image's exact voxel grid,
+    so it overlays the real scan voxel for voxel (the model grid already spans the same field of view)."""
     image = array_to_image(array, geometry)
-    if reference_image is not None and profile == "prostate-ct":
-        from CTDiffusionLib.data.preprocess import ct_grid_geometry
-
-        spacing, origin, direction = ct_grid_geometry(reference_image, array.shape[::-1])
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        image.SetDirection(direction)
-        image = sitk.Resample(image, reference_image, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+    if resample_to is not None:
+        image = sitk.Resample(image, resample_to, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
     return write_image(image, path)
 
 
@@ -75,6 +73,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
     steps = steps or DEFAULT_SAMPLER_STEPS[sampler_name]
     reference_image = read_image(reference, what="reference volume") if reference else None
     geometry = output_geometry(meta, reference_image)
+    resample_to = reference_image if meta["profile"] == "prostate-ct" else None
     shape = model_input_shape(meta)
     if vocab:
         labels_value = vocab.encode(condition)
@@ -112,7 +111,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
             null = null.repeat(2) if null is not None else None
         x0 = sample(model, sched, shape, run_seeds, device, labels, null, guidance or 1.0, autocast_dtype, on_step)
         for index, s, arr in zip(indices, seeds, decode(x0[: len(seeds)], meta)):
-            path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz", reference_image, meta["profile"])
+            path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz", resample_to)
             sidecar = {"file": path.name, "index": index, "seed": s, "sampler": sampler_name, "steps": steps,
                        "model_sha256": meta.get("sha256"), "profile": meta["profile"], "mode": meta["data"]["mode"],
                        "condition": condition or None, "guidance_scale": guidance,
