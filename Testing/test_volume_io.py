@@ -173,15 +173,32 @@ def test_vector_image(tmp_path):
     assert "3 values per voxel" in excinfo.value.message
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii", ".nii.gz"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_voxels(tmp_path, bad):
+def test_non_finite_voxels_in_every_format(tmp_path, bad, suffix):
+    # ITK's NIfTI reader turns NaN/inf into 0, so this also checks that the file's own values are read.
     array = np.zeros((3, 6, 5), np.float32)
-    array[1, 2, 3] = bad
-    path = write_image(array_to_image(array, GEOMETRY), tmp_path / "float.nrrd")
+    array[1, 2, 3] = array[2, 0, 1] = bad
+    path = write_image(array_to_image(array, GEOMETRY), tmp_path / f"float{suffix}")
     with pytest.raises(InputError) as excinfo:
         read_image(path)
     assert_input_error_names(excinfo, path)
-    assert "NaN" in excinfo.value.message
+    assert "contains 2 NaN or infinite voxel values" in excinfo.value.message
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nifti_non_finite_count_across_read_chunks(tmp_path, monkeypatch, dtype):
+    from CTDiffusionLib.data import volume_io
+
+    monkeypatch.setattr(volume_io, "_SCAN_CHUNK", 7)  # values straddle chunk borders
+    array = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(dtype)
+    array.flat[[0, 17, 100, 209]] = [np.nan, np.inf, -np.inf, np.nan]
+    path = write_image(array_to_image(array, GEOMETRY), tmp_path / "float.nii.gz")
+    with pytest.raises(InputError, match="contains 4 NaN"):
+        read_image(path)
+    array.flat[[0, 17, 100, 209]] = 0.0
+    finite = write_image(array_to_image(array, GEOMETRY), tmp_path / "finite.nii")
+    assert read_image(finite).GetSize() == (7, 6, 5)
 
 
 def test_labels_outside_range(tmp_path):
