@@ -210,6 +210,7 @@ def read_dicom_series(folder, series_uid: str | None = None, *, what: str = "vol
         raise InputError(f"The folder {folder} holds no DICOM series with SeriesInstanceUID {series_uid}.",
                          f"Series found there: {', '.join(series_ids)}.")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    _check_slice_positions(files, folder, series_uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -220,6 +221,48 @@ def read_dicom_series(folder, series_uid: str | None = None, *, what: str = "vol
     if image.GetDimension() == 3 and len(files) == 1:
         _set_single_slice_thickness(image, files[0])
     return _checked_volume(image, folder, what)
+
+
+def _check_slice_positions(files, folder: Path, series_uid: str) -> None:
+    """Refuse a series whose slices do not stack evenly: missing slices, uneven spacing, two slices at one
+    position (mixed acquisitions) or mixed orientations. ITK would only warn and stack them as if even."""
+    if len(files) < 2:
+        return
+    positions, orientations = [], []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+            orientations.append([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+        except (RuntimeError, ValueError):
+            return  # no usable ImagePositionPatient/ImageOrientationPatient: nothing to check against
+    where = f"The DICOM series {series_uid} in {folder}"
+    hint = "Export the complete series again (every slice, one acquisition) into its own folder."
+    orientations = np.array(orientations)
+    if orientations.shape[1] != 6 or np.abs(orientations - orientations[0]).max() > 1e-3:
+        raise InputError(f"{where} mixes slices with different orientations.", hint)
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    depth = np.sort(np.array(positions) @ normal)
+    gaps = np.diff(depth)
+    if gaps.min() < 1e-3:
+        k = int(np.argmin(gaps))
+        raise InputError(f"{where} has two slices at the same position ({depth[k]:.2f} mm along the slice normal); "
+                         "it mixes several acquisitions.", hint)
+    step = float(gaps.min())
+    tolerance = max(0.05 * step, 0.01)
+    uneven = np.flatnonzero(gaps > step + tolerance)
+    if not uneven.size:
+        return
+    multiples = gaps[uneven] / step
+    first = int(uneven[0])
+    detail = f"the gap after slice {first + 1} (at {depth[first]:.2f} mm) is {gaps[first]:.2f} mm where the " \
+             f"slice spacing is {step:.2f} mm"
+    if np.all(np.abs(multiples - np.round(multiples)) * step <= tolerance):
+        missing = int(np.sum(np.round(multiples) - 1))
+        raise InputError(f"{where} is missing {missing} slice{'s' if missing != 1 else ''}: {detail}.", hint)
+    raise InputError(f"{where} has uneven slice spacing: {detail}.", hint)
 
 
 def dicom_series_ids(folder) -> tuple[str, ...]:
