@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from CTDiffusionLib.data.preprocess import unit_to_hu, unit_to_labels
 from CTDiffusionLib.data.volume_io import Geometry, array_to_image, read_image, write_image
 from CTDiffusionLib.diffusion.sampling import sample
 from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, sampler
-from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.errors import CTDiffusionError, InputError
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
 
 log = logging.getLogger("ctdiffusion")
@@ -48,6 +49,10 @@ def output_geometry(meta: dict, reference_image=None) -> Geometry:
     g = meta["geometry"]
     if reference_image is None:
         return Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
+    if meta.get("orientation"):  # the model's voxel order: place the grid on the reference seen in that order
+        from CTDiffusionLib.data.preprocess import reorient
+
+        reference_image = reorient(reference_image, meta["orientation"])
     if meta["profile"] == "prostate-ct":
         from CTDiffusionLib.data.preprocess import ct_grid_geometry
 
@@ -62,6 +67,19 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=
     if resample_to is not None:
         image = sitk.Resample(image, resample_to, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
     return write_image(image, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Temp file + rename, so a full disk never leaves half a sidecar. (To be replaced by runfolder's helper.)"""
+    from CTDiffusionLib.data.volume_io import write_failed
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc.strerror or str(exc)) from None
 
 
 def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str = "dpm++",
@@ -116,7 +134,11 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
                        "model_sha256": meta.get("sha256"), "profile": meta["profile"], "mode": meta["data"]["mode"],
                        "condition": condition or None, "guidance_scale": guidance,
                        "reference": str(reference) if reference else None}
-            (out / f"{prefix}_{index:04d}.json").write_text(json.dumps(sidecar, indent=2))
+            try:
+                _write_text_atomic(out / f"{prefix}_{index:04d}.json", json.dumps(sidecar, indent=2))
+            except CTDiffusionError:
+                path.unlink(missing_ok=True)  # a volume without its sidecar would be an incomplete output
+                raise
             written.append(path)
             if events is not None:
                 events.emit("sample", path=str(path), index=index, num=num)

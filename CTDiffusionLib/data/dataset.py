@@ -19,11 +19,12 @@ import torch
 
 from CTDiffusionLib.data.augment import augment_sample
 from CTDiffusionLib.data.discovery import Case, read_case
-from CTDiffusionLib.data.preprocess import ct_grid_geometry, ct_to_grid, hu_to_unit, labels_to_unit, mask_crops
+from CTDiffusionLib.data.preprocess import (ct_grid_geometry, ct_to_grid, hu_to_unit, labels_to_unit, mask_crops,
+                                            orientation_of, reorient)
 from CTDiffusionLib.errors import InputError
 
 log = logging.getLogger("ctdiffusion")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cases reoriented to preprocess.ORIENTATION first
 
 
 @dataclass
@@ -51,16 +52,16 @@ def _cache_key(case: Case, data_cfg: dict, profile: str) -> str:
 
 def _prepare_case(case: Case, profile: str, data_cfg: dict) -> tuple[list[np.ndarray], dict]:
     """Read + resample one case; returns compact arrays and its geometry/statistics."""
+    stored = read_case(case, profile)
+    image = reorient(stored)
     if profile == "prostate-ct":
-        image = read_case(case, profile)
         hu = ct_to_grid(image, data_cfg["grid"])
         spacing, origin, direction = ct_grid_geometry(image, data_cfg["grid"])
         info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(spacing),
-                "origin": list(origin), "direction": list(direction),
+                "origin": list(origin), "direction": list(direction), "stored_orientation": orientation_of(stored),
                 "hu": {"mean": float(hu.mean()), "std": float(hu.std()),
                        "p1": float(np.percentile(hu, 1)), "p99": float(np.percentile(hu, 99))}}
         return [hu_to_unit(hu).astype(np.float16)], info
-    image = read_case(case, profile)
     crops, spacing = mask_crops(image, data_cfg["grid"], data_cfg["mode"])
     if not crops:
         raise InputError(f"{case.path} contains no heart labels (only background).",
@@ -68,6 +69,7 @@ def _prepare_case(case: Case, profile: str, data_cfg: dict) -> tuple[list[np.nda
     counts = np.bincount(np.concatenate([c.ravel() for c in crops]), minlength=4)
     info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(spacing),
             "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1], "samples": len(crops),
+            "stored_orientation": orientation_of(stored),
             "label_voxels": {"RV": int(counts[1]), "MYO": int(counts[2]), "LV": int(counts[3])}}
     return crops, info
 
@@ -105,6 +107,39 @@ def split_cases(cases: list[Case], profile: str, val_fraction: float, seed: int)
     for i, c in enumerate(cases):
         split["val" if _subject(c, profile) in val_subjects else "train"].append(i)
     return split
+
+
+# Below this many held-out volumes the validation loss and the quality report's set distances (realism, novelty)
+# depend mostly on which few cases happened to be held out: they are shown, but flagged as indicative only.
+FEW_HELD_OUT = 5
+
+
+def split_summary(data: PreparedData) -> tuple[str, list[str]]:
+    """One line saying what the split is, plus warnings a researcher must see; InputError when nothing can train."""
+    n_train, n_val = len(data.split["train"]), len(data.split["val"])
+    train_samples, val_samples = len(data.sample_indices("train")), len(data.sample_indices("val"))
+    if not train_samples:
+        raise InputError(f"The split leaves no training volumes ({n_train} training, {n_val} validation cases, "
+                         f"{train_samples} training samples).",
+                         "Add cases, or lower --val-fraction so at least one case is trained on.")
+    summary = (f"split: {_count(n_train, 'training volume')} ({_count(train_samples, 'sample')}), "
+               f"{_count(n_val, 'validation volume')} ({_count(val_samples, 'sample')})")
+    warnings = []
+    if n_val == 0:
+        warnings.append(f"No validation volumes: with {_count(len(data.cases), 'case')} and "
+                        "this --val-fraction nothing is held out, so there is no validation loss and the quality "
+                        "report has no unseen real volumes to compare with; add cases or raise --val-fraction.")
+    elif n_val < FEW_HELD_OUT:
+        warnings.append(f"Only {_count(n_val, 'validation volume')}: the validation loss and the quality "
+                        f"report on held-out data are indicative only below {FEW_HELD_OUT} held-out volumes.")
+    if n_train < FEW_HELD_OUT:
+        warnings.append(f"Only {_count(n_train, 'training volume')}: the model will mostly learn these "
+                        "cases by heart; check the novelty section of the quality report.")
+    return summary, warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def prepare_dataset(cases: list[Case], profile: str, data_cfg: dict, cache_dir: Path | None, seed: int,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.errors import CTDiffusionError, InputError
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Header + separate data file: these cannot be written with one atomic rename of a temp file.
@@ -384,7 +384,12 @@ def write_image(image: sitk.Image, path) -> Path:
         try:
             sitk.WriteImage(image, str(tmp_file), useCompression=True)
         except RuntimeError as exc:
-            raise InputError(f"Cannot write {path}.", f"SimpleITK: {_sitk_reason(exc)}") from None
+            raise write_failed(path, _sitk_reason(exc)) from None
+        if suffix in (".nii", ".nii.gz"):
+            # ITK's NIfTI writer only prints an error when the disk fills up and leaves a short file: check it.
+            problem = _scan_nifti(tmp_file, suffix).problem
+            if problem:
+                raise write_failed(path, f"{_free_space_text(path.parent)}; the file came out short: {problem}")
         # Detached formats (.mhd/.nhdr) also wrote a data file that the header names: move it first and the
         # header last, so a reader never sees a header without its data.
         for data_file in sorted(tmp_dir.iterdir()):
@@ -394,6 +399,20 @@ def write_image(image: sitk.Image, path) -> Path:
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
+
+
+def write_failed(path, reason: str) -> CTDiffusionError:
+    """The error for an output file that could not be written (disk full, quota, permissions): nothing is left."""
+    return CTDiffusionError(f"Could not write {path}: {reason}.",
+                            "Free disk space or choose another output folder, then run again; no partial file was "
+                            "left behind.")
+
+
+def _free_space_text(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free on its disk"
+    except OSError:
+        return "the disk may be full"
 
 
 def write_dicom_series(image: sitk.Image, folder) -> Path:

@@ -9,11 +9,12 @@ import logging
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import torch
 
-from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.errors import InputError, TrainingFailed
 
 log = logging.getLogger("ctdiffusion")
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
@@ -24,16 +25,37 @@ def checkpoint_path(folder: Path, step: int) -> Path:
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Write atomically; when the disk is full (or any write fails) nothing new is left and older checkpoints stay."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:  # make the bytes durable before the rename publishes them
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # make the bytes durable before the rename publishes them
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError ("file write failed")
+        tmp.unlink(missing_ok=True)
+        previous = list_checkpoints(folder)
+        raise TrainingFailed(
+            f"Could not write the checkpoint {path} ({write_error_text(exc, folder)}).",
+            (f"The previous checkpoint {previous[-1].name} is intact: free disk space, then run the same command "
+             "with --resume to continue from it." if previous else
+             "Free disk space and start the run again.")) from None
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def write_error_text(exc: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: the OS reason when there is one, and the free space left on that disk."""
+    reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free on its disk"
+    except OSError:
+        free = "free space unknown"
+    return f"{reason}; {free}"
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

@@ -21,15 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset
+from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset, split_summary
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
+from CTDiffusionLib.data.preprocess import ORIENTATION
 from CTDiffusionLib.diffusion.schedulers import training_scheduler, training_target
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
-from CTDiffusionLib.models.bundle import save_bundle
+from CTDiffusionLib.models.bundle import bundle_is_current, save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
 from CTDiffusionLib.runtime import Distributed, autocast_dtype, init_distributed, resolve_device
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
+from CTDiffusionLib.training.crash_recovery import LOCK_NAME, RunLock, remove_temp_files, trim_events_after
 from CTDiffusionLib.training.config import CONFIG_FORMAT, build_config, total_steps
 
 log = logging.getLogger("ctdiffusion")
@@ -79,7 +81,8 @@ def open_run_folder(out: Path, resume: bool) -> dict | None:
     if config_file.exists():
         raise InputError(f"{out} already holds a training run.",
                          "Add --resume to continue it, or choose a new --out folder.")
-    if out.exists() and any(p.name != RUN_INPUT_DIR for p in out.iterdir()):
+    # A run killed before its config.json was written leaves only these behind; a new run may start over them.
+    if out.exists() and any(p.name not in (RUN_INPUT_DIR, LOCK_NAME, "events.jsonl", "cache") for p in out.iterdir()):
         raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
     return None
 
@@ -192,6 +195,7 @@ class Trainer:
     def bundle_meta(self) -> dict:
         c = self.config
         return {"profile": self.profile, "preset": c["preset"], "model": c["model"], "diffusion": c["diffusion"],
+                "orientation": ORIENTATION,
                 "intensity": dict(c["intensity"]),
                 "data": {"grid": c["data"]["grid"], "mode": c["data"]["mode"]},
                 "geometry": self.data.geometry, "conditions": self.vocab.to_dict() if self.vocab else {},
@@ -347,7 +351,16 @@ def train_from_args(args, events) -> int:
     out = Path(args.out)
     dist = init_distributed(args.device)
     if not dist.is_main:
+        return _train(args, events, out, dist)
+    with RunLock(out, create=not args.resume):  # one training per run folder; kill -9 releases it too
+        return _train(args, events, out, dist)
+
+
+def _train(args, events, out: Path, dist: Distributed) -> int:
+    if not dist.is_main:
         events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
+    elif out.is_dir():
+        remove_temp_files(out)  # half-written files of a run that was killed; we hold the folder's lock
     stored = open_run_folder(out, args.resume)
     _barrier(dist)  # every rank has checked --out before rank 0 creates anything in it
     if stored is None:
@@ -377,8 +390,11 @@ def train_from_args(args, events) -> int:
     data = prepare_dataset(cases, config["profile"], config["data"], out / "cache", config["training"]["seed"])
     if dist.is_main:
         _barrier(dist)
-    if not data.sample_indices("train"):
-        raise InputError("No training samples were found after preprocessing.", "Check --data.")
+    split_line, split_warnings = split_summary(data)  # refuses a split with nothing to train on
+    if dist.is_main:
+        log.info(split_line)
+        for warning in split_warnings:
+            log.warning(warning)
     trainer = Trainer(config, out, data, vocab, device, events, dist)
     resumed_from = None
     if args.resume:
@@ -386,17 +402,22 @@ def train_from_args(args, events) -> int:
         if latest:
             resumed_from, state = latest
             trainer.load_state_dict(state)
+        if dist.is_main:  # a crash (kill -9, full disk) may have left events past the checkpoint and a bundle
+            trim_events_after(out / "events.jsonl", trainer.step)  # newer or older than it: continue cleanly
+            if trainer.step and not bundle_is_current(out / "model", trainer.step):
+                save_bundle(out / "model", trainer.ema.module.state_dict(), trainer.bundle_meta())
     config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.total, trainer.per_epoch
     if dist.is_main:
         write_json_atomic(out / "config.json", config)
         write_json_atomic(out / "dataset.json", {**data.stats, "split": {
-            k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "geometry": data.geometry,
+            k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "split_summary": split_line,
+            "warnings": split_warnings, "geometry": data.geometry,
             "conditions": vocab.to_dict() if vocab else {}})
     events.emit("start", command="train", run_dir=str(out), profile=config["profile"], preset=config["preset"],
                 step=trainer.step, total=trainer.total, steps_per_epoch=trainer.per_epoch, device=str(device),
                 world_size=dist.world_size, parameters=count_parameters(trainer.model),
                 train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
-                resumed_from=str(resumed_from) if resumed_from else None)
+                resumed_from=str(resumed_from) if resumed_from else None, split=split_line, warnings=split_warnings)
     log.info("training %s/%s on %s: %d steps (%d per epoch), %d train / %d val samples, %.2fM parameters",
              config["profile"], config["preset"], device, trainer.total, trainer.per_epoch, len(trainer.train_idx),
              len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
