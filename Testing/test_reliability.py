@@ -26,7 +26,7 @@ from CTDiffusionLib.events import parse_event_line, read_events
 from CTDiffusionLib.generation import output_geometry
 from CTDiffusionLib.models.bundle import load_bundle
 from CTDiffusionLib.training.checkpoints import list_checkpoints, load_checkpoint
-from CTDiffusionLib.training.crash_recovery import RunFolderBusy, RunLock, trim_events_after
+from CTDiffusionLib.training.crash_recovery import RunFolderBusy, RunLock, remove_temp_files, trim_events_after
 
 TINY = ["--profile", "prostate-ct", "--preset", "tiny", "--batch-size", "2", "--sample-every", "0"]
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -204,7 +204,7 @@ def _run_child_until_killed(cmd, after_step: int | None, delay_s: float) -> tupl
 
 
 def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
-    total, every = 24, 2  # 4 training volumes, batch 2: 2 steps per epoch; a checkpoint every epoch
+    total, every = 18, 2  # 4 training volumes, batch 2: 2 steps per epoch; a checkpoint every epoch
     train_args = [*TINY, "--data", ct_phantoms, "--steps", total, "--checkpoint-every", every]
     reference = tmp_path / "reference"
     assert run_cli("train", *train_args, "--out", reference) == 0
@@ -216,13 +216,14 @@ def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
     run = tmp_path / "run"
     new_run = _cli("train", *train_args, "--out", run, "--events")
     resume = _cli("train", "--profile", "prostate-ct", "--out", run, "--resume", "--events")
-    moments = [(None, rng.uniform(0.5, 6.0))]  # 1st: anywhere from start-up on (imports, preprocessing, steps)
-    moments += [(rng.randrange(2, total - 6), rng.uniform(0.0, 0.4)) for _ in range(2)]
+    # One kill during start-up (imports, preprocessing), then three in a row while it trains: each a random
+    # time after a random step, so they land mid-step, mid-validation or mid-checkpoint.
+    moments = [(None, rng.uniform(0.5, 4.0))] + [("random step", rng.uniform(0.0, 0.5)) for _ in range(3)]
     for k, (after_step, delay) in enumerate(moments):
         cmd = resume if (run / "config.json").exists() else new_run
         before = _last_checkpoint_step(run)
         if after_step is not None:
-            after_step = max(after_step, before + 1)
+            after_step = rng.randrange(before + 1, before + 4)  # leaves >= 6 of the 18 steps for the next kill
         code, start = _run_child_until_killed(cmd, after_step, delay)
         assert code == -signal.SIGKILL, f"kill {k + 1} (seed {seed}) came too late: exit {code}"
         if start is not None:  # it continued from the newest checkpoint there was
@@ -232,6 +233,12 @@ def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
         _check_complete_files(run)
         with RunLock(run):  # the killed run left no lock behind
             pass
+
+    # What a kill in the middle of save() leaves: a cut-off checkpoint temp file, and new weights beside the old
+    # model.json (killed between the two renames). The next start must clear the first and rewrite the bundle.
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    (run / "checkpoints" / "step_00000099.pt.tmp").write_bytes(newest.read_bytes()[:1000])
+    (run / "model" / "model.safetensors").write_bytes((reference / "model" / "model.safetensors").read_bytes())
 
     # A live training holds the folder: a second one on it is refused with one sentence and removes nothing.
     before = _last_checkpoint_step(run)
@@ -277,6 +284,17 @@ def _checkpoint_step_of(path: str) -> int:
 def _last_checkpoint_step(run: Path) -> int:
     saved = list_checkpoints(run / "checkpoints")
     return _checkpoint_step_of(str(saved[-1])) if saved else 0
+
+
+def test_remove_temp_files_clears_what_atomic_writers_leave(tmp_path):
+    leftovers = ["checkpoints/step_00000004.pt.tmp", "model/model.json.tmp", "config.json.tmp",
+                 "cache/prostate_001-abc.tmp.npz", "samples/.step_2_0001.nii.gz.tmp-1a2b/step_2_0001.nii.gz"]
+    kept = ["checkpoints/step_00000002.pt", "model/model.json", "events.jsonl", "input/notes.tmp"]
+    for name in leftovers + kept:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    remove_temp_files(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
 
 
 def test_trim_events_drops_replayed_steps_and_partial_lines(tmp_path):
@@ -377,3 +395,52 @@ def test_edited_model_json_is_one_clear_sentence(tiny_ct_run, tmp_path, capsys, 
     assert f"error: {bundle / 'model.json'} does not fit its weights: " in err and words in err, err
     assert "Traceback" not in err and "state_dict" not in err
     assert not (tmp_path / "gen").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, tiny file system (tmpfs) for true 'No space left on device' errors; skipped where mount is not
+    allowed (not root, containers without CAP_SYS_ADMIN, macOS/Windows)."""
+    mounts = []
+
+    def mount(size_bytes: int) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(folder)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or result.returncode})")
+        mounts.append(folder)
+        return folder
+
+    if sys.platform != "linux" or shutil.which("mount") is None:
+        pytest.skip("tmpfs needs Linux and mount")
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_real_full_disk_checkpoint_and_volume(ct_phantoms, tiny_ct_run, tmp_path, small_disk, capsys):
+    # Room for the data cache, one checkpoint and the bundle, but not for a second checkpoint beside the first.
+    sizes = {"ckpt": list_checkpoints(tiny_ct_run / "checkpoints")[-1].stat().st_size,
+             "bundle": (tiny_ct_run / "model" / "model.safetensors").stat().st_size}
+    disk = small_disk(int(1.5 * sizes["ckpt"] + sizes["bundle"] + (1 << 20)))
+    run = disk / "run"
+    assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", run, "--steps", 4, "--checkpoint-every", 2) \
+        == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"Could not write the checkpoint {run / 'checkpoints' / 'step_00000004.pt'} (No space left on device" in err
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000002.pt"]
+    assert load_checkpoint(run / "checkpoints" / "step_00000002.pt")["step"] == 2 and not _temp_leftovers(run)
+    load_bundle(run / "model")
+
+    reference = sorted(ct_phantoms.glob("*.nii.gz"))[0]
+    args = ["generate", "--model", tiny_ct_run, "--num", 1, "--steps", 2, "--sampler", "ddim", "--device", "cpu",
+            "--reference", reference]
+    assert run_cli(*args, "--out", tmp_path / "ok") == 0
+    volume_size = (tmp_path / "ok" / "synthetic_0001.nii.gz").stat().st_size
+    out = small_disk(max(volume_size // 2, 16384)) / "gen"
+    capsys.readouterr()
+    assert run_cli(*args, "--out", out) == EXIT_FAILED
+    assert f"error: Could not write {out / 'synthetic_0001.nii.gz'}:" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["events.jsonl"]

@@ -29,13 +29,16 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
     tmp = path.with_suffix(".pt.tmp")
+    stream = None
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            stream = _WriteErrorRecorder(f)
+            torch.save(state, stream)
             f.flush()
             os.fsync(f.fileno())  # make the bytes durable before the rename publishes them
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError ("file write failed")
+    except (OSError, RuntimeError) as exc:  # torch turns a failed write into a cryptic RuntimeError
+        exc = stream.error if stream is not None and stream.error else exc
         tmp.unlink(missing_ok=True)
         previous = list_checkpoints(folder)
         raise TrainingFailed(
@@ -46,6 +49,24 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+class _WriteErrorRecorder:
+    """A binary file wrapper for torch.save that keeps the OSError (e.g. 'No space left on device') of a failed
+    write, which torch would otherwise report only as an internal position mismatch."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def write_error_text(exc: BaseException, folder: Path) -> str:
