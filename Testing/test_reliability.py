@@ -4,7 +4,6 @@ one folder, an edited bundle). docs/reliability.md lists every case with the tes
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -309,6 +308,8 @@ def test_trim_events_drops_replayed_steps_and_partial_lines(tmp_path):
 # ---------------------------------------------------------------------------------------------- full disk
 
 def _limit_file_size(limit: int):
+    import resource  # POSIX only
+
     def apply() -> None:  # in the child: writes past `limit` bytes fail (EFBIG), as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     return apply
