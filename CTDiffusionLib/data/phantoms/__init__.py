@@ -9,9 +9,7 @@ import uuid
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.profiles import PROFILES, Profile, get_profile
-
-PHANTOM_PROFILES = tuple(name for name, p in PROFILES.items() if p.phantoms)
+from CTDiffusionLib.profiles import Profile, get_profile
 
 
 def write_phantom_dataset(profile, num: int, out, seed: int = 0, size_xyz: tuple | None = None) -> Path:
