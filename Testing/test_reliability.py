@@ -24,6 +24,7 @@ from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, InputError
 from CTDiffusionLib.events import parse_event_line, read_events
 from CTDiffusionLib.generation import output_geometry
 from CTDiffusionLib.models.bundle import load_bundle
+from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.training.checkpoints import list_checkpoints, load_checkpoint
 from CTDiffusionLib.training.crash_recovery import RunFolderBusy, RunLock, remove_temp_files, trim_events_after
 
@@ -78,7 +79,7 @@ def test_every_case_is_reoriented_before_resampling(tmp_path):
     results = []
     for name, image in (("up", up), ("down", down)):
         path = write_image(image, tmp_path / f"{name}.nii.gz")
-        results.append(_prepare_case(Case(name, path), "prostate-ct", cfg))
+        results.append(_prepare_case(Case(name, path), get_profile("prostate-ct"), cfg))
     (a,), info_a = results[0]
     (b,), info_b = results[1]
     assert not np.allclose(sitk.GetArrayFromImage(up), sitk.GetArrayFromImage(down))  # stored differently

@@ -1,48 +1,36 @@
-"""Checkpoints: written atomically (temp file + rename), loaded without unpickling (weights_only=True).
+"""Checkpoints: written atomically (runfolder.atomic_write), loaded without unpickling (weights_only=True).
 
-A crash or kill -9 can leave at most a *.tmp file, which is ignored; resume takes the newest checkpoint that loads.
+A crash or kill -9 can leave at most a hidden temporary file, which is ignored; resume takes the newest checkpoint
+that loads. Names and listing are the run-folder layout's (runfolder.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import re
 import shutil
 from pathlib import Path
 
 import torch
 
 from CTDiffusionLib.errors import InputError, TrainingFailed
+from CTDiffusionLib.runfolder import atomic_write, checkpoint_name, list_checkpoints
 
 log = logging.getLogger("ctdiffusion")
-PATTERN = re.compile(r"^step_(\d{8})\.pt$")
-
-
-def checkpoint_path(folder: Path, step: int) -> Path:
-    return folder / f"step_{step:08d}.pt"
+__all__ = ["save_checkpoint", "list_checkpoints", "load_checkpoint", "load_latest"]
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Write atomically; when the disk is full (or any write fails) nothing new is left and older checkpoints stay."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(folder, step)
-    tmp = path.with_suffix(".pt.tmp")
-    stream = None
+    """Write step_XXXXXXXX.pt atomically, then drop all but the newest `keep` checkpoints. When the disk is full (or
+    any write fails) no new file is left and the older checkpoints stay."""
+    path = Path(folder) / checkpoint_name(step)
+    recorder = _WriteErrorRecorder()
     try:
-        with open(tmp, "wb") as f:
-            stream = _WriteErrorRecorder(f)
-            torch.save(state, stream)
-            f.flush()
-            os.fsync(f.fileno())  # make the bytes durable before the rename publishes them
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: recorder.save(state, tmp))
     except (OSError, RuntimeError) as exc:  # torch turns a failed write into a cryptic RuntimeError
-        exc = stream.error if stream is not None and stream.error else exc
-        tmp.unlink(missing_ok=True)
         previous = list_checkpoints(folder)
         raise TrainingFailed(
-            f"Could not write the checkpoint {path} ({write_error_text(exc, folder)}).",
+            f"Could not write the checkpoint {path} ({write_error_text(recorder.error or exc, Path(folder))}).",
             (f"The previous checkpoint {previous[-1].name} is intact: free disk space, then run the same command "
              "with --resume to continue from it." if previous else
              "Free disk space and start the run again.")) from None
@@ -55,8 +43,12 @@ class _WriteErrorRecorder:
     """A binary file wrapper for torch.save that keeps the OSError (e.g. 'No space left on device') of a failed
     write, which torch would otherwise report only as an internal position mismatch."""
 
-    def __init__(self, f):
-        self._f, self.error = f, None
+    def __init__(self):
+        self._f, self.error = None, None
+
+    def save(self, state: dict, path: Path) -> None:
+        with open(path, "wb") as self._f:
+            torch.save(state, self)
 
     def write(self, data) -> int:
         try:
@@ -77,12 +69,6 @@ def write_error_text(exc: BaseException, folder: Path) -> str:
     except OSError:
         free = "free space unknown"
     return f"{reason}; {free}"
-
-
-def list_checkpoints(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if PATTERN.match(p.name)), key=lambda p: p.name)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.events import parse_event_line
+from CTDiffusionLib.runfolder import INPUT, atomic_write
 
 log = logging.getLogger("ctdiffusion")
 LOCK_NAME = ".lock"
 STEP_EVENTS = ("progress", "checkpoint", "sample")  # events that belong to one training step
-# Temp names of the atomic writers: x.tmp, x.pt.tmp, x.tmp.npz, .x.nii.gz.tmp-<id> (write_image's folder).
+# runfolder.atomic_write's and write_image's hidden ".tmp-<id>" names, and the ".tmp" suffix of older versions.
 _TEMP_NAME = re.compile(r"\.tmp($|[.-])")
 _WINDOWS_LOCK_OFFSET = 1 << 30  # lock a byte far past the holder text, so others can still read who holds it
 
@@ -95,7 +96,7 @@ def _read_holder(fd: int) -> str:
         return "a process that is still running"
 
 
-def remove_temp_files(run_dir: Path, keep=("input",)) -> list[Path]:
+def remove_temp_files(run_dir: Path, keep=(INPUT,)) -> list[Path]:
     """Delete the temp files/folders atomic writers left when their process died (call with the lock held)."""
     removed = []
     for dirpath, dirnames, filenames in os.walk(run_dir):
@@ -130,8 +131,6 @@ def trim_events_after(events_file: Path, step: int) -> int:
         kept.append(line)
     dropped = len(lines) - len(kept)
     if dropped:
-        tmp = events_file.with_name(events_file.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, events_file)
+        atomic_write(events_file, "".join(line + "\n" for line in kept))
         log.info("events.jsonl: dropped %d events after step %d (they are replayed from the checkpoint)", dropped, step)
     return dropped
