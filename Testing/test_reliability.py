@@ -177,21 +177,28 @@ def _check_complete_files(run: Path) -> None:
         load_bundle(run / "model")
 
 
-def _run_child_until_killed(cmd, after_step: int | None, delay_s: float) -> tuple[int, dict | None]:
-    """Start a training child; kill -9 it `delay_s` after it reports a step > after_step (None: after spawn).
+def _run_child_until_killed(cmd, after_step: int | None, when: float) -> tuple[int, dict | None]:
+    """Start a training child and kill -9 it. after_step None: `when` seconds after spawn, or as soon as it starts
+    training, whichever comes first (a kill during start-up); else: once it reports a step > after_step, `when`
+    (0..1) of one step's duration later (mid-step, mid-validation or mid-checkpoint, on any machine speed).
     Returns its exit code and its start event (None when it died before training started)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
-    timer, start = threading.Timer(delay_s, proc.kill), None
+    timer, start, rate = threading.Timer(when, proc.kill), None, None
     try:
         if after_step is None:
             timer.start()
         for line in proc.stdout:
-            event = parse_event_line(line)
-            if event and event["event"] == "start":
+            event = parse_event_line(line) or {}
+            rate = event.get("it_per_s") or rate
+            if event.get("event") == "start":
                 start = event
-            if after_step is not None and event and event.get("step", -1) > after_step \
-                    and event["event"] in ("progress", "checkpoint"):
+                if after_step is None:
+                    proc.kill()
+                    break
+            if after_step is not None and event.get("event") in ("progress", "checkpoint") \
+                    and event.get("step", -1) > after_step:
+                timer = threading.Timer(when / rate if rate else when, proc.kill)
                 timer.start()
                 break
         proc.wait(timeout=600)
@@ -218,13 +225,13 @@ def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
     resume = _cli("train", "--profile", "prostate-ct", "--out", run, "--resume", "--events")
     # One kill during start-up (imports, preprocessing), then three in a row while it trains: each a random
     # time after a random step, so they land mid-step, mid-validation or mid-checkpoint.
-    moments = [(None, rng.uniform(0.5, 4.0))] + [("random step", rng.uniform(0.0, 0.5)) for _ in range(3)]
-    for k, (after_step, delay) in enumerate(moments):
+    moments = [(None, rng.uniform(0.5, 4.0))] + [("random step", rng.uniform(0.0, 1.0)) for _ in range(3)]
+    for k, (after_step, when) in enumerate(moments):
         cmd = resume if (run / "config.json").exists() else new_run
         before = _last_checkpoint_step(run)
         if after_step is not None:
             after_step = rng.randrange(before + 1, before + 4)  # leaves >= 6 of the 18 steps for the next kill
-        code, start = _run_child_until_killed(cmd, after_step, delay)
+        code, start = _run_child_until_killed(cmd, after_step, when)
         assert code == -signal.SIGKILL, f"kill {k + 1} (seed {seed}) came too late: exit {code}"
         if start is not None:  # it continued from the newest checkpoint there was
             assert start["step"] == before, f"seed {seed}"
@@ -446,3 +453,15 @@ def test_real_full_disk_checkpoint_and_volume(ct_phantoms, tiny_ct_run, tmp_path
     assert run_cli(*args, "--out", out) == EXIT_FAILED
     assert f"error: Could not write {out / 'synthetic_0001.nii.gz'}:" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["events.jsonl"]
+
+
+def test_resume_logs_a_checkpoint_whose_event_was_lost(ct_phantoms, tmp_path):
+    # kill -9 between the checkpoint's rename and its event: the log must still show the checkpoint once.
+    run = tmp_path / "run"
+    assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", run, "--steps", 2, "--checkpoint-every", 2) == 0
+    log = run / "events.jsonl"
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines()
+             if (parse_event_line(line) or {}).get("event") not in ("checkpoint", "done")]
+    log.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume", "--steps", 4) == 0
+    assert [e["step"] for e in read_events(log) if e["event"] == "checkpoint"] == [2, 4]

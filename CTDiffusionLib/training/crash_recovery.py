@@ -134,3 +134,12 @@ def trim_events_after(events_file: Path, step: int) -> int:
         atomic_write(events_file, "".join(line + "\n" for line in kept))
         log.info("events.jsonl: dropped %d events after step %d (they are replayed from the checkpoint)", dropped, step)
     return dropped
+
+
+def checkpoint_logged(events_file: Path, step: int) -> bool:
+    """Whether events.jsonl has the `checkpoint` event of `step` (a kill right after the checkpoint's rename but
+    before its event leaves a checkpoint the log does not mention)."""
+    if not events_file.is_file():
+        return False
+    lines = events_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    return any((e or {}).get("event") == "checkpoint" and e.get("step") == step for e in map(parse_event_line, lines))

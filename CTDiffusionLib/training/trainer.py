@@ -34,7 +34,8 @@ from CTDiffusionLib.runtime import Distributed, autocast_dtype, init_distributed
 from CTDiffusionLib.textformat import format_eta
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
 from CTDiffusionLib.training.config import TrainingConfig, build_config, total_steps
-from CTDiffusionLib.training.crash_recovery import LOCK_NAME, RunLock, remove_temp_files, trim_events_after
+from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, RunLock, checkpoint_logged, remove_temp_files,
+                                                   trim_events_after)
 
 log = logging.getLogger("ctdiffusion")
 VAL_SAMPLES_MAX = 64
@@ -388,6 +389,8 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
             trim_events_after(run.events, trainer.step)  # newer or older than it: continue cleanly
             if trainer.step and not bundle_is_current(run.model, trainer.step):
                 save_bundle(run.model, trainer.ema.module.state_dict(), trainer.bundle_meta())
+            if resumed_from and not checkpoint_logged(run.events, trainer.step):
+                events.emit("checkpoint", path=str(resumed_from), step=trainer.step, bundle=str(run.model))
     config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.total, trainer.per_epoch
     if dist.is_main:
         write_json(run.config, config)
