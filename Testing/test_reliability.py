@@ -244,7 +244,8 @@ def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
     # What a kill in the middle of save() leaves: a cut-off checkpoint temp file, and new weights beside the old
     # model.json (killed between the two renames). The next start must clear the first and rewrite the bundle.
     newest = list_checkpoints(run / "checkpoints")[-1]
-    (run / "checkpoints" / "step_00000099.pt.tmp").write_bytes(newest.read_bytes()[:1000])
+    (run / "checkpoints" / ".step_00000099.tmp-0123456789ab.pt").write_bytes(newest.read_bytes()[:1000])
+    (run / "checkpoints" / "step_00000098.pt.tmp").write_bytes(newest.read_bytes()[:1000])  # older versions' name
     (run / "model" / "model.safetensors").write_bytes((reference / "model" / "model.safetensors").read_bytes())
 
     # A live training holds the folder: a second one on it is refused with one sentence and removes nothing.
@@ -294,7 +295,8 @@ def _last_checkpoint_step(run: Path) -> int:
 
 
 def test_remove_temp_files_clears_what_atomic_writers_leave(tmp_path):
-    leftovers = ["checkpoints/step_00000004.pt.tmp", "model/model.json.tmp", "config.json.tmp",
+    leftovers = ["checkpoints/.step_00000004.tmp-0123456789ab.pt", "model/.model.tmp-0123456789ab.json",
+                 "checkpoints/step_00000004.pt.tmp", "model/model.json.tmp", "config.json.tmp",
                  "cache/prostate_001-abc.tmp.npz", "samples/.step_2_0001.nii.gz.tmp-1a2b/step_2_0001.nii.gz"]
     kept = ["checkpoints/step_00000002.pt", "model/model.json", "events.jsonl", "input/notes.tmp"]
     for name in leftovers + kept:
