@@ -9,11 +9,12 @@ diffusers) are never imported here: training, generation and evaluation run in a
 import logging
 import time
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -83,9 +84,9 @@ class CTDiffusionParameterNode:
     sourceFolder: str = ""
     preset: str = ""
     lengthMode: str = "steps"
-    length: int = 2000
-    batchSize: int = 2
-    learningRate: float = 0.0001
+    length: Annotated[int, WithinRange(1, 10_000_000)] = 2000
+    batchSize: Annotated[int, WithinRange(1, 256)] = 2
+    learningRate: Annotated[float, WithinRange(1e-06, 0.1)] = 0.0001
     schedule: str = "linear"
     augment: str = "zoom,flip"
     conditioned: bool = False
@@ -93,12 +94,12 @@ class CTDiffusionParameterNode:
     runFolder: str = ""
     modelSource: str = "run"
     modelPath: str = ""
-    numberOfSamples: int = 4
+    numberOfSamples: Annotated[int, WithinRange(1, 1000)] = 4
     sampler: str = "dpm++"
-    samplingSteps: int = 25
-    seed: int = 0
+    samplingSteps: Annotated[int, WithinRange(1, 1000)] = 25
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     referenceVolume: slicer.vtkMRMLScalarVolumeNode
-    guidanceScale: float = 3.0
+    guidanceScale: Annotated[float, WithinRange(0.0, 10.0)] = 3.0
     lastRunFolder: str = ""
     lastGeneratedFolder: str = ""
     lastReportFolder: str = ""

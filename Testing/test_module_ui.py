@@ -7,10 +7,12 @@ import ast
 import os
 import re
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from slicer_connector_rules import VERSIONS, check_binding, ui_widgets
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -131,28 +133,56 @@ def _chain(cls, custom):
     return out
 
 
-def test_parameter_names_match_parameter_node_fields():
-    """Widgets bound by SlicerParameterName must name fields of CTDiffusionParameterNode (and vice versa typed)."""
-    tree, classes, _, _ = _ui_classes()
-    bound = {}
-    for w in tree.iter("widget"):
-        for p in w.findall("property"):
-            if p.get("name") == "SlicerParameterName":
-                bound[w.get("name")] = p.findtext("string")
-    module = ast.parse(MODULE.read_text(encoding="utf-8"))
-    fields = {}
-    for node in ast.walk(module):
-        if isinstance(node, ast.ClassDef) and node.name == "CTDiffusionParameterNode":
-            for stmt in node.body:
-                if isinstance(stmt, ast.AnnAssign):
-                    fields[stmt.target.id] = ast.unparse(stmt.annotation)
-    assert fields, "no parameter node class found"
-    kinds = {"QSpinBox": "int", "QDoubleSpinBox": "float", "ctkSliderWidget": "float",
-             "qMRMLNodeComboBox": "slicer.vtkMRMLScalarVolumeNode", "QCheckBox": "bool"}
-    assert len(bound) >= 7
-    for widget, param in bound.items():
-        assert param in fields, f"{widget} is bound to {param!r}, which the parameter node does not have"
-        assert fields[param] == kinds[classes[widget]], (widget, param, fields[param])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_parameter_node_binds_under_slicer_rules(version):
+    """connectGui(self.ui) in Slicer 5.8/5.10 binds every widget with the range the .ui shows (rules read from
+    Slicer's guiConnectors.py, see Testing/slicer_connector_rules.py)."""
+    bound, _ = ui_widgets(UI)
+    assert len(bound) >= 8
+    assert check_binding(MODULE.read_text(encoding="utf-8"), "CTDiffusionParameterNode", UI, version) == []
+
+
+def test_connector_rules_catch_the_breaks_slicer_would_raise(tmp_path):
+    """The checker is not vacuous: the unbounded slider, an unannotated spin box, a Choice-less combo and a
+    duplicated objectName (the module's state before issue 10) are each reported."""
+    source = textwrap.dedent("""
+        @parameterNodeWrapper
+        class P:
+            guidanceScale: float = 3.0
+            length: int = 2000
+            seed: Annotated[int, Minimum(0)] = 0
+            preset: str = "tiny"
+            batchSize: Annotated[int, WithinRange(1, 8)] = 16
+    """)
+    ui = tmp_path / "p.ui"
+    ui.write_text(textwrap.dedent("""
+        <ui version="4.0"><widget class="qMRMLWidget" name="P"><layout class="QFormLayout" name="l">
+         <item row="0" column="0"><widget class="ctkSliderWidget" name="g">
+          <property name="SlicerParameterName" stdset="0"><string>guidanceScale</string></property></widget></item>
+         <item row="1" column="0"><widget class="QSpinBox" name="n">
+          <property name="minimum"><number>1</number></property>
+          <property name="SlicerParameterName" stdset="0"><string>length</string></property></widget></item>
+         <item row="2" column="0"><widget class="QSpinBox" name="s">
+          <property name="SlicerParameterName" stdset="0"><string>seed</string></property></widget></item>
+         <item row="3" column="0"><widget class="QComboBox" name="c">
+          <property name="SlicerParameterName" stdset="0"><string>preset</string></property></widget></item>
+         <item row="4" column="0"><widget class="QSpinBox" name="b">
+          <property name="SlicerParameterName" stdset="0"><string>batchSize</string></property></widget></item>
+         <item row="5" column="0"><widget class="QLabel" name="c"/></item>
+        </layout></widget></ui>"""))
+    errors = "\n".join(check_binding(source, "P", ui, "5.10"))
+    assert "Cannot have a connection to ctkSliderWidget where the float types is unbounded." in errors
+    assert "n (QSpinBox) -> length: the connector sets the minimum to -2147483648" in errors
+    assert "s (QSpinBox) -> seed: the connector sets the maximum to 2147483647" in errors
+    assert "requires the Choice annotation" in errors
+    assert "default 16 is outside [1, 8]" in errors
+    assert "objectName 'c' is used by more than one widget" in errors
+    # int on a ctkSliderWidget: Slicer 5.10 binds it, 5.8 has no connector for it
+    source_int = "class Q:\n    guidanceScale: Annotated[int, WithinRange(0, 10)] = 3\n"
+    ui_int = tmp_path / "q.ui"
+    ui_int.write_text(ui.read_text().replace('name="c"/>', 'name="x"/>'))
+    by_version = {v: [e for e in check_binding(source_int, "Q", ui_int, v) if e.startswith("g ")] for v in VERSIONS}
+    assert by_version["5.10"] == [] and "Unable to create GUI connector" in by_version["5.8"][0]
 
 
 def test_condition_widgets_and_guidance_slider(loaded_ui):
