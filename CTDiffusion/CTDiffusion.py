@@ -7,7 +7,6 @@ diffusers) are never imported here: training, generation and evaluation run in a
 """
 
 import logging
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -23,15 +22,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-PROFILES = [("Prostate CT", "prostate-ct"), ("Cardiac masks (ACDC)", "cardiac-masks")]
-PRESETS = {
-    "prostate-ct": [("tiny (CPU, minutes)", "tiny"), ("default (GPU, 256x256x26)", "default"),
-                    ("thesis (as the source thesis)", "thesis"), ("native512 (512x512x26)", "native512")],
-    "cardiac-masks": [("slice2d (64x64, as the source report)", "slice2d"), ("stack3d (16x128x128)", "stack3d"),
-                      ("tiny2d (CPU)", "tiny2d"), ("tiny3d (CPU)", "tiny3d")],
-}
-SCHEDULES = [("Linear", "linear"), ("Cosine", "cosine")]
-SAMPLERS = [("DPM-Solver++ (fast)", "dpm++"), ("DDIM", "ddim"), ("DDPM (1000 steps)", "ddpm")]
 LENGTH_MODES = [("Steps", "steps"), ("Epochs", "epochs")]
 MODEL_SOURCES = [("This session's run", "run"), ("Model bundle on disk", "bundle")]
 ANY_CONDITION = "(any)"
@@ -133,9 +123,12 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CTDiffusionLogic()
 
-        self._fillCombo(self.ui.profileComboBox, PROFILES)
-        self._fillCombo(self.ui.scheduleComboBox, SCHEDULES)
-        self._fillCombo(self.ui.samplerComboBox, SAMPLERS)
+        from CTDiffusionLib.jobs import panel
+
+        # the engine's own tables: what a combo shows is what the command sends
+        self._fillCombo(self.ui.profileComboBox, panel.profile_choices())
+        self._fillCombo(self.ui.scheduleComboBox, panel.SCHEDULES)
+        self._fillCombo(self.ui.samplerComboBox, panel.sampler_choices())
         self._fillCombo(self.ui.lengthModeComboBox, LENGTH_MODES)
         self._fillCombo(self.ui.modelSourceComboBox, MODEL_SOURCES)
         self._fillDevices()
@@ -150,9 +143,9 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # combos and lists that the parameter node wrapper does not map
         self.ui.profileComboBox.connect("currentIndexChanged(int)", self.onProfileChanged)
-        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
         self.ui.scheduleComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.samplerComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.samplerComboBox.connect("currentIndexChanged(int)", self.onSamplerChanged)
         self.ui.lengthModeComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.onModelSourceChanged)
@@ -234,6 +227,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not parameterNode.runFolder:  # a new scene starts from the user's last choices (QSettings)
             parameterNode.runFolder = str(self._setting("runsFolder", str(self.logic.defaultRunsFolder())))
             parameterNode.device = str(self._setting("device", "auto"))
+        if not parameterNode.preset:  # a new parameter node shows (and sends) the profile's default preset
+            self.logic.applyPreset(parameterNode, None)
         self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -251,9 +246,11 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._updatingGui = True
         try:
+            from CTDiffusionLib.jobs import panel
+
             self._selectData(self.ui.profileComboBox, p.profile)
-            self._fillCombo(self.ui.presetComboBox, PRESETS.get(p.profile, []))
-            self._selectData(self.ui.presetComboBox, p.preset)
+            self._fillCombo(self.ui.presetComboBox, panel.preset_choices(p.profile))
+            self._selectData(self.ui.presetComboBox, panel.preset_name(p.profile, p.preset))
             self._selectData(self.ui.scheduleComboBox, p.schedule)
             self._selectData(self.ui.samplerComboBox, p.sampler)
             self._selectData(self.ui.lengthModeComboBox, p.lengthMode)
@@ -263,15 +260,20 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.augmentZoomCheckBox.checked = "zoom" in augment
             self.ui.augmentFlipCheckBox.checked = "flip" in augment
             self.ui.augmentRotateCheckBox.checked = "rotate" in augment
-            masks = p.profile == "cardiac-masks"
-            self.ui.conditionsCheckBox.visible = masks
-            self.ui.conditionsCheckBox.checked = p.conditioned and masks
+            from CTDiffusionLib.jobs.plans import CONDITIONS
+
+            conditional = p.profile in CONDITIONS
+            self.ui.conditionsCheckBox.visible = conditional
+            self.ui.conditionsCheckBox.checked = p.conditioned and conditional
             self.ui.sourceNodesRadioButton.checked = p.sourceMode == "nodes"
             self.ui.sourceFolderRadioButton.checked = p.sourceMode == "folder"
             self.ui.sourceNodesComboBox.visible = p.sourceMode == "nodes"
             self.ui.sourceFolderPathLineEdit.visible = p.sourceMode == "folder"
-            self.ui.sourceNodesComboBox.nodeTypes = (["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"] if masks
-                                                     else ["vtkMRMLScalarVolumeNode"])
+            from CTDiffusionLib.scene.sources import source_node_types
+
+            nodeTypes, hiddenTypes = source_node_types(p.profile)
+            self.ui.sourceNodesComboBox.nodeTypes = nodeTypes
+            self.ui.sourceNodesComboBox.hideChildNodeTypes = hiddenTypes
             self.ui.modelPathLineEdit.visible = p.modelSource == "bundle"
             for lineEdit, value in ((self.ui.runFolderPathLineEdit, p.runFolder),
                                     (self.ui.sourceFolderPathLineEdit, p.sourceFolder),
@@ -291,9 +293,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         wasModified = p.StartModify()
         try:
-            p.preset = self.ui.presetComboBox.currentData or ""
             p.schedule = self.ui.scheduleComboBox.currentData or "linear"
-            p.sampler = self.ui.samplerComboBox.currentData or "dpm++"
             p.lengthMode = self.ui.lengthModeComboBox.currentData or "steps"
             p.device = self.ui.deviceComboBox.currentData or "auto"
             augment = [name for name, box in (("zoom", self.ui.augmentZoomCheckBox), ("flip", self.ui.augmentFlipCheckBox),
@@ -309,8 +309,19 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None or self._updatingGui:
             return
         self._parameterNode.profile = self.ui.profileComboBox.currentData
-        self._parameterNode.preset = ""
+        self.logic.applyPreset(self._parameterNode, None)  # the new profile's default preset, with its values
         self.updateGUIFromParameterNode()
+
+    def onPresetChanged(self, _index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self.logic.applyPreset(self._parameterNode, self.ui.presetComboBox.currentData)
+        self.updateGUIFromParameterNode()
+
+    def onSamplerChanged(self, _index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self.logic.applySampler(self._parameterNode, self.ui.samplerComboBox.currentData)
 
     def onSourceModeChanged(self, _checked) -> None:
         if self._parameterNode is None or self._updatingGui:
@@ -388,7 +399,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         kind = self._jobKind if running else None
         self.ui.trainButton.text = _("Stop") if kind == "train" else _("Start training")
         self.ui.trainButton.enabled = kind in (None, "train")
-        self.ui.resumeButton.enabled = kind is None and self.logic.canResume(self._runFolder())
+        self.ui.resumeButton.enabled = kind is None and bool(self._parameterNode) and bool(
+            self.logic.resumableRuns(self._parameterNode))
         self.ui.generateButton.text = _("Cancel") if kind == "generate" else _("Generate")
         self.ui.generateButton.enabled = kind in (None, "generate") and bool(self._modelPath())
         self.ui.evaluateButton.text = _("Cancel") if kind == "evaluate" else _("Evaluate")
@@ -397,10 +409,6 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sampleSlider.enabled = count > 1
         self.ui.sampleSlider.maximum = max(0, count - 1)
         self.ui.openReportButton.enabled = bool(self._parameterNode and self._parameterNode.lastReportFolder)
-
-    def _runFolder(self) -> str:
-        p = self._parameterNode
-        return (p.lastRunFolder or p.runFolder) if p else ""
 
     def _modelPath(self) -> str:
         p = self._parameterNode
@@ -497,16 +505,30 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startTraining(resume=False)
 
     def onResumeButton(self) -> None:
-        self.startTraining(resume=True)
+        """Resume this session's run, or pick an older resumable run from the runs folder."""
+        runs = self.logic.resumableRuns(self._parameterNode)
+        if not runs:
+            slicer.util.errorDisplay(_("There is no run with a checkpoint in {folder}.").format(
+                folder=self.logic.runsFolder(self._parameterNode)), windowTitle=_("CTDiffusion"))
+            return
+        runDir = runs[0]
+        if len(runs) > 1:
+            names = [run.name for run in runs]
+            name = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume training"), _("Run to resume:"),
+                                           names, 0, False)
+            if not name:
+                return
+            runDir = runs[names.index(name)]
+        self.startTraining(resume=True, runDir=str(runDir))
 
-    def startTraining(self, resume) -> None:
+    def startTraining(self, resume, runDir=None) -> None:
         p = self._parameterNode
         if not self.ensureDependencies(ask=True):
             return
         try:
             with slicer.util.WaitCursor():
                 command, runDir = self.logic.trainingCommand(p, self.selectedSourceNodes(), resume=resume,
-                                                             runDir=self._runFolder() if resume else None)
+                                                             runDir=runDir)
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
             return
@@ -710,43 +732,58 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             return 0
         return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
-    # commands
-    def _newRunDir(self, parameterNode) -> Path:
-        base = Path(parameterNode.runFolder or self.defaultRunsFolder())
-        return base / time.strftime(f"{parameterNode.profile}-%Y%m%d-%H%M%S")
+    # panel values (decided in CTDiffusionLib.jobs.panel)
+    @staticmethod
+    def applyPreset(p, preset) -> None:
+        """Choose `preset` (None: the profile's default) and show its own length, batch, lr, schedule, augmentation."""
+        from CTDiffusionLib.jobs import panel
+
+        name = panel.preset_name(p.profile, preset)
+        values = panel.preset_panel(p.profile, name)
+        wasModified = p.StartModify()
+        try:
+            p.preset = name
+            p.lengthMode, p.length, p.batchSize = values.length_mode, values.length, values.batch_size
+            p.learningRate, p.schedule, p.augment = values.lr, values.schedule, ",".join(values.augment)
+        finally:
+            p.EndModify(wasModified)
+
+    @staticmethod
+    def applySampler(p, sampler) -> None:
+        from CTDiffusionLib.jobs import panel
+
+        p.sampler = sampler or panel.DEFAULT_SAMPLER
+        p.samplingSteps = panel.sampler_default_steps(p.sampler)
+
+    @staticmethod
+    def trainingPanel(p):
+        from CTDiffusionLib.jobs.panel import TrainingPanel
+
+        return TrainingPanel(p.lengthMode, p.length, p.batchSize, p.learningRate, p.schedule, ()).with_augment(
+            p.augment.split(","))
+
+    # commands (what runs where: CTDiffusionLib.jobs.plans; which flags: CTDiffusionLib.jobs.panel)
+    def runsFolder(self, p) -> str:
+        return p.runFolder or str(self.defaultRunsFolder())
 
     def trainingCommand(self, p, sourceNodes, resume=False, runDir=None):
+        from CTDiffusionLib.jobs import panel, plans
         from CTDiffusionLib.jobs.commands import TrainSettings, build_command
-        from CTDiffusionLib.scene.nodes import export_nodes
 
-        if resume:
-            if not runDir or not self.canResume(runDir):
-                raise ValueError(_("There is no run with a checkpoint to resume."))
-            from CTDiffusionLib.jobs.commands import run_data_sources
-
-            runDir = Path(runDir)
-            data = run_data_sources(runDir)
-            if not data:
-                raise ValueError(_("The run's config.json does not say where its data is."))
+        source = plans.training_source(p.sourceMode, p.sourceFolder, len(sourceNodes), self.runsFolder(p), p.profile,
+                                       resume_run=(runDir or "") if resume else None)
+        if resume:  # the run continues as it was configured (its config.json), on the chosen device
+            settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+                                     resume=True)
         else:
-            runDir = self._newRunDir(p)
-            if p.sourceMode == "folder":
-                if not p.sourceFolder:
-                    raise ValueError(_("Choose a data folder."))
-                data = [p.sourceFolder]
-            else:
-                if not sourceNodes:
-                    raise ValueError(_("Select the volumes or segmentations to train on."))
-                export_nodes(sourceNodes, runDir.parent / (runDir.name + "-data"), p.profile)
-                data = [str(runDir.parent / (runDir.name + "-data"))]
-        settings = TrainSettings(
-            profile=p.profile, data=data, out=str(runDir), preset=p.preset or None,
-            steps=p.length if p.lengthMode == "steps" else None, epochs=p.length if p.lengthMode == "epochs" else None,
-            batch_size=p.batchSize, lr=p.learningRate, schedule=p.schedule,
-            augment=[a for a in p.augment.split(",") if a], device=p.device,
-            conditions=("group", "phase") if (p.conditioned and p.profile == "cardiac-masks") else None,
-            resume=resume)
-        return build_command(settings), runDir
+            if source.export_to is not None:
+                from CTDiffusionLib.scene.nodes import export_nodes
+
+                export_nodes(sourceNodes, source.export_to, p.profile)
+            settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+                                     conditions=plans.training_conditions(p.profile, p.conditioned),
+                                     **panel.training_overrides(p.profile, p.preset, self.trainingPanel(p)))
+        return build_command(settings), source.run_dir
 
     @staticmethod
     def canResume(runDir) -> bool:
@@ -754,15 +791,22 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
 
         return can_resume(runDir)
 
+    def resumableRuns(self, p) -> list:
+        from CTDiffusionLib.jobs.plans import resumable_runs
+
+        runs = resumable_runs(self.runsFolder(p))
+        if p.lastRunFolder and self.canResume(p.lastRunFolder):
+            runs = [Path(p.lastRunFolder)] + [r for r in runs if r != Path(p.lastRunFolder)]
+        return runs
+
     def generationCommand(self, p, modelPath, condition):
+        from CTDiffusionLib.jobs import panel, plans
         from CTDiffusionLib.jobs.commands import GenerateSettings, build_command
         from CTDiffusionLib.scene.nodes import write_volume_node
 
         if not modelPath:
             raise ValueError(_("Train a model in this session or choose a model bundle folder."))
-        base = Path(p.lastRunFolder) if (p.modelSource == "run" and p.lastRunFolder) else Path(
-            p.runFolder or self.defaultRunsFolder())
-        outDir = base / time.strftime("generated-%Y%m%d-%H%M%S")
+        outDir = plans.generation_folder(p.modelSource, p.lastRunFolder, self.runsFolder(p))
         reference = None
         if p.referenceVolume is not None:
             storage = p.referenceVolume.GetStorageNode()
@@ -771,18 +815,19 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                 path = str(write_volume_node(p.referenceVolume, outDir.parent / (outDir.name + "-reference.nii.gz")))
             reference = path
         settings = GenerateSettings(model=str(modelPath), num=p.numberOfSamples, out=str(outDir), sampler=p.sampler,
-                                    steps=p.samplingSteps, seed=p.seed, reference=reference, condition=condition,
-                                    guidance_scale=p.guidanceScale, device=p.device)
+                                    steps=panel.sampling_steps_override(p.sampler, p.samplingSteps), seed=p.seed,
+                                    reference=reference, condition=condition, guidance_scale=p.guidanceScale,
+                                    device=p.device)
         return build_command(settings), outDir
 
     def evaluationCommand(self, p, realNodes, generatedNodes, useLastGeneration=True):
+        from CTDiffusionLib.jobs import plans
         from CTDiffusionLib.jobs.commands import EvaluateSettings, build_command
         from CTDiffusionLib.scene.nodes import export_nodes
 
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(p.lastRunFolder or p.runFolder or self.defaultRunsFolder())
+        folders = plans.quality_folders(p.lastRunFolder, self.runsFolder(p))
         if realNodes:
-            real = str(base / f"quality-{stamp}-real")
+            real = str(folders.real_export)
             export_nodes(realNodes, real, p.profile)
         elif p.sourceMode == "folder" and p.sourceFolder:
             real = p.sourceFolder
@@ -795,17 +840,12 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         else:
             if not generatedNodes:
                 raise ValueError(_("Pick the generated nodes to evaluate."))
-            generated = str(base / f"quality-{stamp}-generated")
+            generated = str(folders.generated_export)
             export_nodes(generatedNodes, generated, p.profile)
-        train = None
-        from CTDiffusionLib.jobs.commands import run_data_sources
-
-        sources = run_data_sources(p.lastRunFolder)
-        if len(sources) == 1:
-            train = sources[0]
-        settings = EvaluateSettings(real=real, generated=generated, out=str(base / f"quality-{stamp}"), train=train,
+        settings = EvaluateSettings(real=real, generated=generated, out=str(folders.report),
+                                    train=plans.training_data_for_evaluation(p.lastRunFolder),
                                     run=p.lastRunFolder or None, profile=p.profile, device=p.device)
-        return build_command(settings), Path(settings.out)
+        return build_command(settings), folders.report
 
     @staticmethod
     def modelConditions(modelPath) -> dict:

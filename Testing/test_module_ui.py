@@ -28,7 +28,7 @@ CUSTOM_API = {
     "ctkPathLineEdit": {"currentPath", "filters", "currentPathChanged(QString)", "addCurrentPathToHistory"},
     "ctkSliderWidget": {"value", "minimum", "maximum", "singleStep", "decimals", "enabled", "valueChanged(double)"},
     "qMRMLWidget": {"setMRMLScene", "mrmlScene", "mrmlSceneChanged(vtkMRMLScene*)"},
-    "qMRMLNodeComboBox": {"setMRMLScene", "currentNode", "setCurrentNode", "nodeTypes", "noneEnabled",
+    "qMRMLNodeComboBox": {"setMRMLScene", "currentNode", "setCurrentNode", "nodeTypes", "noneEnabled", "hideChildNodeTypes",
                           "currentNodeChanged(vtkMRMLNode*)", "currentNodeID"},
     "qMRMLCheckableNodeComboBox": {"setMRMLScene", "checkedNodes", "nodeTypes", "checkedNodesChanged()",
                                    "setCheckState", "checkState", "currentNode"},

@@ -10,6 +10,19 @@ from pathlib import Path
 from CTDiffusionLib.scene.nodes import PROFILE_CT, PROFILE_MASKS, VOLUME_SUFFIXES, is_scalar_volume, is_segmentation
 
 
+#: (nodeTypes, hideChildNodeTypes) of the Data section's node combo per profile: CT lists scalar volumes but not
+#: labelmaps (a labelmap is a vtkMRMLScalarVolumeNode subclass), masks list segmentations and labelmaps.
+SOURCE_NODE_TYPES = {
+    PROFILE_CT: (["vtkMRMLScalarVolumeNode"], ["vtkMRMLLabelMapVolumeNode"]),
+    PROFILE_MASKS: (["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"], []),
+}
+
+
+def source_node_types(profile: str) -> tuple[list[str], list[str]]:
+    nodeTypes, hidden = SOURCE_NODE_TYPES[profile]
+    return list(nodeTypes), list(hidden)
+
+
 @dataclass
 class DataSummary:
     cases: int = 0
