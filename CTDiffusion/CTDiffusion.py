@@ -7,8 +7,23 @@ diffusers) are never imported here: training, generation and evaluation run in a
 """
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
+
+
+def _libraryFolder(moduleDir: Path):
+    """The folder holding CTDiffusionLib: beside this file when installed (Slicer puts that folder on sys.path),
+    or one level up in a source checkout whose CTDiffusion/ folder was added as an additional module path."""
+    for folder in (moduleDir, moduleDir.parent):
+        if (folder / "CTDiffusionLib" / "__init__.py").is_file():
+            return folder
+    return None
+
+
+_LIBRARY = _libraryFolder(Path(__file__).resolve().parent)
+if _LIBRARY is not None and str(_LIBRARY) not in sys.path:
+    sys.path.insert(0, str(_LIBRARY))
 
 import qt
 import slicer
@@ -56,12 +71,18 @@ class CTDiffusion(ScriptedLoadableModule):
 
 
 def _stopAllJobsOnQuit():
-    """Closing Slicer stops every child (SIGTERM -> checkpoint -> resumable), waiting a few seconds at most."""
-    import sys
-
+    """Closing Slicer stops every job: each writes its checkpoint (the run stays resumable) while a progress dialog
+    keeps the window alive; after the runner's grace period whatever is left is killed."""
     jobs = sys.modules.get("CTDiffusionLib.jobs.runner")
-    if jobs is not None:
-        jobs.stop_all_jobs(grace_s=10.0)
+    if jobs is None or not jobs.running_jobs():
+        return
+    dialog = slicer.util.createProgressDialog(
+        labelText=_("CTDiffusion is saving a checkpoint of the running training before Slicer closes ..."),
+        windowTitle=_("CTDiffusion"), maximum=0)
+    try:
+        jobs.stop_all_jobs(pump=slicer.app.processEvents)
+    finally:
+        dialog.close()
 
 
 #
@@ -117,6 +138,13 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        unsupported = _unsupportedSlicer()
+        if unsupported:  # Slicer 5.6/5.8 embed Python 3.9: say so instead of failing somewhere later
+            label = qt.QLabel(unsupported)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTDiffusion.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -202,9 +230,9 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self._stopJob(block=True)
         if self._timer:
             self._timer.stop()
+        self._stopJobInBackground()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -215,7 +243,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopJob(block=True)  # closing the scene stops the child; the run stays resumable
+        self._stopJobInBackground()  # the run stays resumable; its checkpoint is written while Slicer goes on
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -426,13 +454,25 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         progressBar.setValue(0)
         progressBar.setFormat(_("starting ..."))
         self._appendLog(f"$ {' '.join(command.argv)}")
+        logging.info("CTDiffusion: %s", " ".join(command.argv))
+        slicer.util.showStatusMessage(_("CTDiffusion: {kind} started").format(kind=kind), 5000)
         self._timer.start()
         self._setJobButtons()
 
-    def _stopJob(self, block=False) -> None:
+    def _stopJob(self) -> None:
         if self._job is not None and self._job.is_running:
             self._appendLog(_("Stopping (a checkpoint is written first) ..."))
-            self._job.cancel(block=block)
+            slicer.util.showStatusMessage(_("CTDiffusion: stopping, a checkpoint is written first ..."), 5000)
+            self._job.cancel()
+
+    def _stopJobInBackground(self) -> None:
+        """Scene close / module cleanup: the job stops (and saves) on a thread; the panel lets go of it."""
+        job, self._job, self._jobKind = self._job, None, None
+        if self._timer:
+            self._timer.stop()
+        if job is not None and job.is_running:
+            logging.info("CTDiffusion: stopping the running job in the background (it writes a checkpoint first)")
+            job.stop_in_background()
 
     def _appendLog(self, text) -> None:
         self.ui.logTextEdit.appendPlainText(text)
@@ -445,6 +485,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         events = job.poll()
         for line in job.take_log():
             self._appendLog(line)
+            logging.info("CTDiffusion %s: %s", self._jobKind, line)  # the child's log in Slicer's log
         for event in events:
             self.onJobEvent(event)
         if not job.is_running:
@@ -475,6 +516,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        "evaluate": self.ui.evaluateProgressBar}[kind]
         self._job = None
         self._jobKind = None
+        slicer.util.showStatusMessage(_("CTDiffusion: {kind} {result}").format(
+            kind=kind, result=_("stopped") if job.stopped else _("finished") if job.succeeded else _("failed")), 5000)
         if job.stopped:
             progressBar.setFormat(_("stopped"))
             if kind == "train":
@@ -640,6 +683,18 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
 
 
+def _unsupportedSlicer():
+    """One sentence when this Slicer is too old (decided in CTDiffusionLib.jobs.dependencies), else None."""
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    if sys.version_info < (3, 11):  # the library itself needs 3.11: say it without importing it
+        return _("CTDiffusion needs Slicer 5.10 or newer (this is Slicer {major}.{minor} with Python {py}): please "
+                 "install a current Slicer.").format(major=version[0], minor=version[1],
+                                                    py=f"{sys.version_info[0]}.{sys.version_info[1]}")
+    from CTDiffusionLib.jobs.dependencies import unsupported_slicer
+
+    return unsupported_slicer(version)
+
+
 def ctkPathLineEditDirs():
     import ctk
 
@@ -687,25 +742,33 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                 return False
         settings.setValue(SETTINGS + "dependenciesConfirmed", True)
         with slicer.util.WaitCursor():
-            if not status.torch_installed:
-                try:
-                    import PyTorchUtils
-                except ModuleNotFoundError:
-                    raise RuntimeError(_("CTDiffusion needs the PyTorch extension. Install it from the Extensions "
-                                         "Manager and restart Slicer."))
-                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                if not torchLogic.torchInstalled():
-                    torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.4")
-                    if torch is None:
-                        raise RuntimeError(_("PyTorch could not be installed; see the PyTorch Utils module."))
+            if not status.torch_installed or status.torch_too_old:
+                self._installTorch(status)
             if status.missing:
                 self._pipInstall([r.line for r in status.missing])
         after = self.dependencyStatus()
-        if status.restart_recommended and not slicer.app.testingEnabled():
+        if (status.restart_recommended or status.torch_too_old) and not slicer.app.testingEnabled():
             if slicer.util.confirmYesNoDisplay(_("Packages that were already loaded were updated. Restart Slicer "
                                                  "now to use the new versions?")):
                 slicer.util.restart()
         return after.ok
+
+    @staticmethod
+    def _installTorch(status) -> None:
+        """PyTorch through the PyTorch extension (the CUDA build that fits the GPU), as SlicerMONAIAuto3DSeg and
+        SlicerTotalSegmentator do; an installed version older than the engine needs is upgraded the same way."""
+        from CTDiffusionLib.jobs.dependencies import TORCH_MINIMUM
+
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(_("CTDiffusion needs the PyTorch extension. Install it from the Extensions Manager "
+                                 "and restart Slicer."))
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                              torchVersionRequirement=f">={TORCH_MINIMUM}")
+        if torch is None:
+            raise RuntimeError(_("PyTorch {version} or newer could not be installed; see the PyTorch Utils "
+                                 "module.").format(version=TORCH_MINIMUM))
 
     def _pipInstall(self, requirements) -> None:
         try:
@@ -896,24 +959,55 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
 # Test
 #
 class CTDiffusionTest(ScriptedLoadableModuleTest):
-    """Runs the same end-to-end scenario as pytest on slicer-core (CTDiffusionLib.scene.scenario), in Slicer."""
+    """Runs the same scenarios as pytest on slicer-core (CTDiffusionLib.scene.scenario), in Slicer: the widget is
+    built (a parameter that cannot be bound fails here), a training is stopped through the real PythonSlicer
+    launcher, and the end-to-end train -> generate -> compare scenario runs. Missing packages skip with the reason."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_CTDiffusion_widget()
+        self.test_CTDiffusion_stop()
         self.test_CTDiffusion_scenario()
 
-    def test_CTDiffusion_scenario(self):
-        import importlib.util
+    def _requireEngine(self):
+        status = CTDiffusionLogic().dependencyStatus()
+        if not status.ok:
+            self.skipTest(_("CTDiffusion's Python packages are not installed ({what}); install them from the "
+                            "module's Dependencies section.").format(what=status.text()))
+
+    def test_CTDiffusion_widget(self):
+        """Building the panel binds every parameter (connectGui raises if one widget cannot be bound)."""
+        self.delayDisplay("Building the CTDiffusion panel")
+        widget = slicer.modules.ctdiffusion.createNewWidgetRepresentation()
+        try:
+            module = widget.self()
+            self.assertIsNotNone(module._parameterNodeGuiTag, "the parameter node is not bound to the panel")
+            p = module._parameterNode
+            self.assertEqual(module.ui.presetComboBox.currentData, p.preset)
+            self.assertEqual(module.ui.lengthSpinBox.value, p.length)
+            self.assertEqual(module.ui.guidanceScaleSliderWidget.maximum, 10.0)
+        finally:
+            widget.self().cleanup()
+            widget.deleteLater()
+
+    def test_CTDiffusion_stop(self):
         import tempfile
 
+        self._requireEngine()
+        from CTDiffusionLib.scene.scenario import run_stop_scenario
+
+        with tempfile.TemporaryDirectory(prefix="CTDiffusionTest-") as work:
+            result = run_stop_scenario(work, log=lambda m: self.delayDisplay(m, 100), pump=slicer.app.processEvents)
+        self.assertGreaterEqual(result["checkpoint"]["step"], result["stopped_at"])
+
+    def test_CTDiffusion_scenario(self):
+        import tempfile
+
+        self._requireEngine()
         self.delayDisplay("Starting the CTDiffusion scenario")
-        if importlib.util.find_spec("torch") is None or not CTDiffusionLogic().dependencyStatus().ok:
-            self.delayDisplay("PyTorch or the CTDiffusion Python packages are not installed: the training part of "
-                              "the scenario is skipped. Install them from the module's Dependencies section.")
-            return
         from CTDiffusionLib.scene.scenario import run_selftest_scenario
 
         with tempfile.TemporaryDirectory(prefix="CTDiffusionTest-") as work:

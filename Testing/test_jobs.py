@@ -387,3 +387,17 @@ def test_dependency_check(tmp_path):
     assert not deps.satisfied(deps.Requirement("x>=1.10", "x", ">=", "1.10"), "1.9.0")
     req_file = REPO / "CTDiffusion" / "Resources" / "requirements.txt"
     assert deps.check(req_file).ok  # this environment has everything the module would install
+
+
+def test_torch_version_and_slicer_version_checks(monkeypatch):
+    from CTDiffusionLib.jobs import dependencies as deps
+
+    status = deps.DependencyStatus(torch_installed=True, torch_version="2.1.2+cu118")
+    assert status.torch_too_old and not status.ok and "PyTorch 2.4 or newer (installed: 2.1.2+cu118" in status.text()
+    assert deps.DependencyStatus(torch_installed=True, torch_version="2.13.0").ok
+    assert not deps.DependencyStatus(torch_installed=False).ok
+    assert deps.check([]).torch_version  # this environment's torch, read from metadata without importing it
+    assert deps.unsupported_slicer((5, 10), (3, 12)) is None and deps.unsupported_slicer((5, 12), (3, 12)) is None
+    sentence = deps.unsupported_slicer((5, 8), (3, 9))
+    assert sentence.startswith("CTDiffusion needs Slicer 5.10 or newer (this is Slicer 5.8 with Python 3.9")
+    assert deps.unsupported_slicer((5, 6), (3, 9)) and sentence.count(".") >= 3

@@ -162,3 +162,14 @@ def test_stop_and_blocking_stop_through_the_launcher_leave_checkpoints(tmp_path,
         for pid in tree:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
         assert any((run / "checkpoints").glob(f"*{checkpoint['step']:08d}*")), sorted((run / "checkpoints").iterdir())
+
+
+def test_stop_scenario_of_the_self_test_through_the_launcher(tmp_path, monkeypatch):
+    """The function Slicer's self-test runs to stop a training, here through the PythonSlicer stand-in."""
+    from CTDiffusionLib.scene.scenario import run_stop_scenario
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    home = _python_slicer(tmp_path)
+    result = run_stop_scenario(tmp_path / "work", in_slicer=True, slicer_home=str(home), log=lambda m: None)
+    assert result["runner"].argv[0] == str(home / "bin" / "PythonSlicer")
+    assert result["checkpoint"]["step"] >= result["stopped_at"] > 0

@@ -235,3 +235,39 @@ def test_module_metadata_and_credits():
     assert "run_selftest_scenario" in text
     # the widget polls the child with a QTimer; it never waits on it
     assert "qt.QTimer()" in text and ".wait(" not in text and "communicate(" not in text
+
+
+def _module_function(name):
+    """A top-level function of CTDiffusion.py, compiled on its own (the module imports qt/slicer)."""
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    namespace = {"Path": Path}
+    exec(compile(ast.Module([fn], []), str(MODULE), "exec"), namespace)
+    return namespace[name]
+
+
+def test_module_finds_the_library_installed_and_from_a_source_checkout(tmp_path):
+    """Slicer puts only the module's own folder on sys.path; a source checkout's CTDiffusion/ folder added as an
+    additional module path has CTDiffusionLib one level up."""
+    library_folder = _module_function("_libraryFolder")
+    assert library_folder(MODULE.parent) == REPO  # source checkout
+    installed = tmp_path / "qt-scripted-modules"
+    (installed / "CTDiffusionLib").mkdir(parents=True)
+    (installed / "CTDiffusionLib" / "__init__.py").write_text("")
+    assert library_folder(installed) == installed  # installed extension: side by side
+    assert library_folder(tmp_path / "elsewhere" / "x") is None
+    text = MODULE.read_text(encoding="utf-8")
+    # the path is fixed before anything imports CTDiffusionLib
+    assert text.index("sys.path.insert(0, str(_LIBRARY))") < text.index("from CTDiffusionLib")
+
+
+def test_self_test_skips_with_reason_builds_widget_and_stops_through_launcher():
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CTDiffusionTest")
+    source = ast.unparse(test_class)
+    assert "self.skipTest(" in source and "return" not in source.split("def _requireEngine")[1].split("def ")[0]
+    assert "createNewWidgetRepresentation()" in source and "_parameterNodeGuiTag" in source
+    assert "run_stop_scenario(" in source and "run_selftest_scenario(" in source
+    run_test = next(n for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    called = {c.func.attr for c in ast.walk(run_test) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
+    assert {"test_CTDiffusion_widget", "test_CTDiffusion_stop", "test_CTDiffusion_scenario"} <= called

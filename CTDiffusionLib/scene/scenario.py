@@ -154,3 +154,47 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
                   synthetic_folder=folder)
     log("Scenario passed.")
     return result
+
+
+def run_stop_scenario(work_dir: str | Path, in_slicer: bool | None = None, slicer_home: str | None = None,
+                      timeout_s: float = 600, log: Callable[[str], None] = print,
+                      pump: Callable[[], None] | None = None) -> dict:
+    """Stop a running training the way the module does (inside Slicer: through the PythonSlicer launcher, which
+    does not forward signals) and check the trainer saved a checkpoint at the step where it stopped and that no
+    process of the job is left."""
+    work = Path(work_dir)
+    data, run_dir = work / "stop-phantoms", work / "stop-run"
+    log("Writing phantom CT volumes for the stop test ...")
+    run_job(build_command(PhantomSettings(PROFILE_CT, 2, str(data), seed=3, size=(48, 48, 12)), in_slicer=in_slicer,
+                          slicer_home=slicer_home), timeout_s, pump)
+    log("Starting a long training and stopping it ...")
+    train = build_command(TrainSettings(PROFILE_CT, [str(data)], str(run_dir), preset="tiny", steps=100000,
+                                        batch_size=2, device="cpu", checkpoint_every=100000, sample_every=0),
+                          in_slicer=in_slicer, slicer_home=slicer_home)
+    runner = JobRunner.from_command(train).start()
+    deadline = time.monotonic() + timeout_s
+    while runner.is_running and sum(e.get("event") == "progress" for e in runner.events) < 2:
+        runner.poll()
+        if pump is not None:
+            pump()
+        if time.monotonic() > deadline:
+            runner.kill()
+            raise ScenarioError("the training did not report progress in time:\n" + "\n".join(runner.log_tail[-20:]))
+        time.sleep(0.05)
+    _check(runner.is_running, "the training ended before it could be stopped:\n" + "\n".join(runner.log_tail[-20:]))
+    _check(runner.worker_pid is not None, "the engine did not report its process id in its start event")
+    stopped_at = max(e.get("step") or 0 for e in runner.events if e.get("event") == "progress")
+    pids = {runner.pid, runner.worker_pid}
+    runner.cancel(block=True, pump=pump)
+    _check(runner.stopped and runner.exit_code == 130,
+           f"the training did not stop cleanly (exit code {runner.exit_code}):\n" + "\n".join(runner.log_tail[-20:]))
+    checkpoints = [e for e in runner.events if e.get("event") == "checkpoint"]
+    _check(checkpoints and checkpoints[-1].get("step", -1) >= stopped_at,
+           f"no checkpoint at the step where the training stopped ({stopped_at})")
+    _check(Path(checkpoints[-1]["path"]).is_file(), f"{checkpoints[-1]['path']} was reported but is not on disk")
+    from CTDiffusionLib.jobs.runner import _pid_alive
+
+    left = [pid for pid in pids if pid and _pid_alive(pid)]
+    _check(not left, f"processes left behind after stopping: {left}")
+    log(f"Stopped at step {stopped_at}; checkpoint {checkpoints[-1]['path']}.")
+    return {"runner": runner, "stopped_at": stopped_at, "checkpoint": checkpoints[-1], "run_dir": run_dir}
