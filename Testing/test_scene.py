@@ -243,3 +243,28 @@ def test_scene_code_has_no_qt_or_torch_imports():
             for name in names:
                 top = name.split(".")[0]
                 assert top not in ("qt", "ctk", "PythonQt", "PySide6", "torch", "monai", "diffusers"), (path, name)
+
+
+def test_generated_names_stay_unique_and_no_temporary_labelmap(core_app, tmp_path):
+    """Two generations import as synthetic_0001 and synthetic_0001_1; loading masks never adds a labelmap node
+    to the scene (a temporary node would flicker in the module's node combos)."""
+    from slicer_fixtures import write_generated
+
+    added = []
+    scene = core_app.scene
+    scene.AddObserver(scene.NodeAddedEvent, lambda caller, event: added.append(caller.GetNthNode(
+        caller.GetNumberOfNodes() - 1).GetClassName()))
+    first = nodes.import_generated(write_generated(tmp_path / "g1", "cardiac-masks", n=1), profile="cardiac-masks")
+    second = nodes.import_generated(write_generated(tmp_path / "g2", "cardiac-masks", n=1), profile="cardiac-masks")
+    assert [n.GetName() for n in first + second] == ["synthetic_0001", "synthetic_0001_1"]
+    assert "vtkMRMLLabelMapVolumeNode" not in added and scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+    ct = nodes.import_generated(write_generated(tmp_path / "g3", "prostate-ct", n=1), profile="prostate-ct")
+    assert ct[0].GetName() == "synthetic_0001_2"
+
+
+def test_source_combo_lists_no_labelmap_as_ct():
+    from CTDiffusionLib.scene.sources import source_node_types
+
+    assert source_node_types("prostate-ct") == (["vtkMRMLScalarVolumeNode"], ["vtkMRMLLabelMapVolumeNode"])
+    types, hidden = source_node_types("cardiac-masks")
+    assert "vtkMRMLLabelMapVolumeNode" in types and hidden == []

@@ -295,36 +295,46 @@ def style_cardiac_segments(seg_node, add_missing: bool = True) -> None:
 
 
 def load_mask_segmentation(path: str | Path, name: str | None = None, scene=None):
-    """A segmentation node with segments RV, MYO, LV (fixed colors) from a uint8 label volume."""
+    """A segmentation node with segments RV, MYO, LV (fixed colors) from a uint8 label volume.
+
+    The label volume is read into a labelmap node that never enters the scene, so no temporary node shows up
+    (and flickers) in the node combos while the segmentation is built."""
     scene = get_scene(scene)
     path = Path(path)
-    base = name or strip_volume_suffix(path.name)
-    logic = module_logic("Volumes")
-    labelmap = logic.AddArchetypeVolume(str(path), base + "_labels", LOAD_LABELMAP | LOAD_SINGLE_FILE)
-    if labelmap is None:
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetSingleFile(1)
+    if not storage.ReadData(labelmap) or labelmap.GetImageData() is None:
         raise RuntimeError(f"Could not load {path} as a label volume.")
-    try:
-        seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", base)
-        seg_node.CreateDefaultDisplayNodes()
-        seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg_node):
-            scene.RemoveNode(seg_node)
-            raise RuntimeError(f"Could not turn {path} into a segmentation.")
-        style_cardiac_segments(seg_node)
-    finally:
-        display = labelmap.GetDisplayNode()
-        scene.RemoveNode(labelmap)
-        if display is not None and display.GetScene() is scene:
-            scene.RemoveNode(display)
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or strip_volume_suffix(path.name))
+    seg_node.CreateDefaultDisplayNodes()
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg_node):
+        scene.RemoveNode(seg_node)
+        raise RuntimeError(f"Could not turn {path} into a segmentation.")
+    style_cardiac_segments(seg_node)
     return seg_node
+
+
+def unique_node_name(base: str, scene=None) -> str:
+    """`base`, or base_1, base_2 ... when a node of that name is already in the scene."""
+    scene = get_scene(scene)
+    name, n = base, 0
+    while scene.GetFirstNodeByName(name) is not None:
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 
 def load_result(sample: GeneratedSample, profile: str | None = None, scene=None):
     profile = sample.profile or profile
+    # synthetic_0001 of the second generation becomes synthetic_0001_1: names stay unique across runs
+    name = unique_node_name(strip_volume_suffix(sample.path.name), scene)
     if profile == PROFILE_MASKS:
-        node = load_mask_segmentation(sample.path, scene=scene)
+        node = load_mask_segmentation(sample.path, name=name, scene=scene)
     elif profile == PROFILE_CT or profile is None:
-        node = load_ct_volume(sample.path, scene=scene)
+        node = load_ct_volume(sample.path, name=name, scene=scene)
     else:
         raise ValueError(f"unknown profile {profile!r}")
     _tag(node, sample)
