@@ -198,6 +198,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.initializeParameterNode()
         self.updateDependencyStatus()
         self._setJobButtons()
@@ -235,9 +236,12 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._stopJobInBackground()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:  # None: this Slicer is not supported (setup() said why)
+            self.initializeParameterNode()
 
     def exit(self) -> None:
+        if self.logic is not None:
+            self.logic.restoreLayout()  # give the user's layout and view links back
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -247,8 +251,17 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._syntheticNodes = []
+        self.logic.viewState = None  # that layout belonged to the closed scene
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self._setJobButtons()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A loaded scene brings its synthetic nodes (tagged): the browse list is rebuilt from them."""
+        self._syntheticNodes = self.logic.syntheticNodes()
+        self._setJobButtons()
+        self._updateSampleLabel(0)
 
     def initializeParameterNode(self) -> None:
         parameterNode = self.logic.getParameterNode()
@@ -640,8 +653,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateSampleLabel(self, index) -> None:
         count = len(self._syntheticNodes)
-        self.ui.sampleLabel.text = (f"{index + 1} / {count}: {self._syntheticNodes[index].GetName()}" if count
-                                    else _("no samples"))
+        self.ui.sampleLabel.text = (f"{index + 1} / {count}: {self._syntheticNodes[index].GetName()}"
+                                    if 0 <= index < count else _("no samples"))
 
     # --------------------------------------------------------------------------------------------- quality
     def onEvaluateButton(self) -> None:
@@ -707,6 +720,7 @@ def ctkPathLineEditDirs():
 class CTDiffusionLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.viewState = None  # the user's layout and view links while the comparison layout is shown
 
     def getParameterNode(self):
         return CTDiffusionParameterNode(super().getParameterNode())
@@ -926,26 +940,45 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             curve.clear()
         return curve
 
-    @staticmethod
-    def showLossCurve(curve) -> None:
+    def _takeOverLayout(self) -> None:
+        """Remember the user's layout and view links once, before the comparison layout replaces them."""
         from CTDiffusionLib.scene import comparison
 
+        if self.viewState is None and comparison.layout_node().GetViewArrangement() != comparison.LAYOUT_ID:
+            self.viewState = comparison.remember_view_state()
+
+    def restoreLayout(self) -> None:
+        from CTDiffusionLib.scene import comparison
+
+        comparison.restore_view_state(self.viewState)
+        self.viewState = None
+
+    @staticmethod
+    def syntheticNodes() -> list:
+        from CTDiffusionLib.scene.nodes import synthetic_nodes
+
+        return synthetic_nodes()
+
+    def showLossCurve(self, curve) -> None:
+        from CTDiffusionLib.scene import comparison
+
+        self._takeOverLayout()
         comparison.show_comparison_layout()
         comparison.show_chart(curve.chart)
 
-    @staticmethod
-    def importAndCompare(outDir, realNode, profile=None) -> list:
+    def importAndCompare(self, outDir, realNode, profile=None) -> list:
         from CTDiffusionLib.scene import comparison, nodes
 
+        self._takeOverLayout()
         synthetic = nodes.import_generated(outDir, beside=realNode, profile=profile)
         if synthetic:
             comparison.setup_comparison(realNode, synthetic[0])
         return synthetic
 
-    @staticmethod
-    def showQuality(reportDir, realNodes, generatedNodes):
+    def showQuality(self, reportDir, realNodes, generatedNodes):
         from CTDiffusionLib.scene import comparison, plots
 
+        self._takeOverLayout()
         summary, samples = plots.metrics_tables(reportDir)
         comparison.show_comparison_layout()
         comparison.show_table(summary)

@@ -271,3 +271,83 @@ def test_self_test_skips_with_reason_builds_widget_and_stops_through_launcher():
     run_test = next(n for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
     called = {c.func.attr for c in ast.walk(run_test) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
     assert {"test_CTDiffusion_widget", "test_CTDiffusion_stop", "test_CTDiffusion_scenario"} <= called
+
+
+def _import_module_with_stubs(monkeypatch, tmp_path):
+    """CTDiffusion.py imported with stand-ins for Slicer's Python packages (qt, slicer, ...), so the Logic's code
+    paths run here: the module-level code, every name the Logic uses, the calls into CTDiffusionLib."""
+    import importlib.util
+    import types
+    from unittest import mock
+
+    def _base(name):
+        return type(name, (), {"__init__": lambda self, *args, **kwargs: None})
+
+    slicer_stub = types.ModuleType("slicer")
+    slicer_stub.app = mock.MagicMock(defaultScenePath=str(tmp_path), majorVersion=5, minorVersion=10)
+    slicer_stub.vtkMRMLScalarVolumeNode = type("vtkMRMLScalarVolumeNode", (), {})
+    slicer_stub.util = types.SimpleNamespace(VTKObservationMixin=_base("VTKObservationMixin"))
+    modules = {
+        "qt": mock.MagicMock(), "ctk": mock.MagicMock(), "slicer": slicer_stub,
+        "slicer.i18n": types.SimpleNamespace(tr=lambda text: text),
+        "slicer.parameterNodeWrapper": types.SimpleNamespace(WithinRange=lambda lo, hi: ("WithinRange", lo, hi),
+                                                             parameterNodeWrapper=lambda cls: cls),
+        "slicer.ScriptedLoadableModule": types.SimpleNamespace(
+            **{name: _base(name) for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic",
+                                              "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest")}),
+        "slicer.util": slicer_stub.util,
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("CTDiffusion_under_test", MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Params:
+    """The parameter node's fields with their defaults (what the wrapper would hold)."""
+
+    def __init__(self, module):
+        for name, value in vars(module.CTDiffusionParameterNode).items():
+            if not name.startswith("_"):
+                setattr(self, name, value)
+        self.referenceVolume = None
+
+    def StartModify(self):
+        return 0
+
+    def EndModify(self, _):
+        pass
+
+
+def test_logic_builds_the_commands_the_panel_shows(monkeypatch, tmp_path):
+    from CTDiffusionLib.cli import build_parser
+    from CTDiffusionLib.jobs import panel
+
+    module = _import_module_with_stubs(monkeypatch, tmp_path)
+    logic = module.CTDiffusionLogic()
+    p = _Params(module)
+    p.runFolder, p.sourceMode, p.sourceFolder, p.profile = str(tmp_path / "runs"), "folder", "/data/acdc", "cardiac-masks"
+    logic.applyPreset(p, None)
+    assert p.preset == panel.default_preset("cardiac-masks")
+    assert (p.length, p.batchSize) == (panel.preset_panel("cardiac-masks", p.preset).length,
+                                       panel.preset_panel("cardiac-masks", p.preset).batch_size)
+    logic.applyPreset(p, "tiny2d")
+    p.batchSize, p.conditioned = 3, True
+    command, run_dir = logic.trainingCommand(p, [])
+    args = build_parser().parse_args(command.argv[command.argv.index("-m") + 2:])
+    assert (args.preset, args.batch_size, args.steps, args.lr, args.conditions) == ("tiny2d", 3, None, None,
+                                                                                   "group,phase")
+    assert run_dir.parent == tmp_path / "runs" and args.out == str(run_dir)
+    logic.applySampler(p, "ddpm")
+    assert p.samplingSteps == 1000
+    command, out = logic.generationCommand(p, str(tmp_path / "model"), {"group": "DCM"})
+    args = build_parser().parse_args(command.argv[command.argv.index("-m") + 2:])
+    assert (args.sampler, args.steps, args.condition, args.guidance_scale) == ("ddpm", None, "group=DCM", 3.0)
+    p.lastGeneratedFolder = str(out)
+    command, report = logic.evaluationCommand(p, [], [])
+    args = build_parser().parse_args(command.argv[command.argv.index("-m") + 2:])
+    assert (args.real, args.generated, args.out) == ("/data/acdc", str(out), str(report))
+    assert logic.resumableRuns(p) == []
+    assert module._unsupportedSlicer() is None
