@@ -301,9 +301,9 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.augmentZoomCheckBox.checked = "zoom" in augment
             self.ui.augmentFlipCheckBox.checked = "flip" in augment
             self.ui.augmentRotateCheckBox.checked = "rotate" in augment
-            from CTDiffusionLib.jobs.plans import CONDITIONS
+            from CTDiffusionLib.profiles import get_profile
 
-            conditional = p.profile in CONDITIONS
+            conditional = bool(get_profile(p.profile).condition_keys)
             self.ui.conditionsCheckBox.visible = conditional
             self.ui.conditionsCheckBox.checked = p.conditioned and conditional
             self.ui.sourceNodesRadioButton.checked = p.sourceMode == "nodes"
@@ -680,7 +680,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onEvaluationCompleted(self, reportDir) -> None:
         self._parameterNode.lastReportFolder = str(reportDir)
         realNodes, generatedNodes = getattr(self, "_qualityNodes", ([], []))
-        summary, samples = self.logic.showQuality(reportDir, realNodes, generatedNodes)
+        summary, samples = self.logic.showQuality(reportDir, realNodes, generatedNodes, self._parameterNode.profile)
         self.ui.metricsTableView.setMRMLTableNode(summary)
         self.ui.samplesTableView.setMRMLTableNode(samples)
         from CTDiffusionLib.scene.plots import memorised_samples
@@ -975,7 +975,7 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             comparison.setup_comparison(realNode, synthetic[0])
         return synthetic
 
-    def showQuality(self, reportDir, realNodes, generatedNodes):
+    def showQuality(self, reportDir, realNodes, generatedNodes, profile=None):
         from CTDiffusionLib.scene import comparison, plots
 
         self._takeOverLayout()
@@ -983,7 +983,7 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         comparison.show_comparison_layout()
         comparison.show_table(summary)
         if realNodes and generatedNodes:
-            chart, _table = plots.histogram_chart(realNodes, generatedNodes)
+            chart, _table = plots.histogram_chart(realNodes, generatedNodes, profile=profile)
             comparison.show_chart(chart)
         return summary, samples
 

@@ -15,6 +15,7 @@ from slicer_fixtures import ORIGIN, SPACING, core_app, write_ct, write_generated
 
 slicer = pytest.importorskip("slicer")
 
+from CTDiffusionLib.profiles import CARDIAC_MASKS  # noqa: E402
 from CTDiffusionLib.scene import comparison, nodes, plots, sources  # noqa: E402
 
 RAS_ORIGIN = (-ORIGIN[0], -ORIGIN[1], ORIGIN[2])  # LPS file origin -> RAS node origin
@@ -72,7 +73,7 @@ def test_import_generated_masks_as_segmentations(core_app, tmp_path):
         names = {seg.GetSegment(seg.GetNthSegmentID(i)).GetName(): seg.GetSegment(seg.GetNthSegmentID(i)).GetColor()
                  for i in range(seg.GetNumberOfSegments())}
         assert set(names) == {"RV", "MYO", "LV"}
-        for label, (name, color) in nodes.CARDIAC_SEGMENTS.items():
+        for name, color in ((c.name, c.color) for c in CARDIAC_MASKS.foreground_classes):
             assert _close(names[name], color)
     # no leftover label map nodes
     assert core_app.scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from slicer_fixtures import core_app, write_ct, write_mask  # noqa: E402,F401
 
+from CTDiffusionLib.profiles import CARDIAC_MASKS  # noqa: E402
 from CTDiffusionLib.scene import comparison, nodes, render  # noqa: E402
 
 SIZE = 192
@@ -62,10 +63,10 @@ def test_mask_comparison_shows_segments_in_their_colours(core_app, tmp_path):
     comparison.setup_comparison(real, synth)
     picture = render.render_comparison(tmp_path / "masks.png", SIZE)
     left, right = _view_pixels(picture, "real"), _view_pixels(picture, "synthetic")
-    for label, (name, colour) in nodes.CARDIAC_SEGMENTS.items():
+    for name, colour in ((c.name, c.color) for c in CARDIAC_MASKS.foreground_classes):
         assert _has_colour(left, colour), f"{name} is not drawn in its colour in the real view"
-    assert _has_colour(right, nodes.CARDIAC_SEGMENTS[3][1]) and _has_colour(right, nodes.CARDIAC_SEGMENTS[2][1])
-    assert not _has_colour(right, nodes.CARDIAC_SEGMENTS[1][1]), "the synthetic view shows the real RV"
+    assert _has_colour(right, CARDIAC_MASKS.classes[3].color) and _has_colour(right, CARDIAC_MASKS.classes[2].color)
+    assert not _has_colour(right, CARDIAC_MASKS.classes[1].color), "the synthetic view shows the real RV"
 
 
 def test_leaving_the_comparison_restores_layout_links_and_labels(core_app, tmp_path):

@@ -1,7 +1,7 @@
 """What the Slicer module's Training and Generation panels offer and send, decided from the engine's own tables.
 
-- The profile, preset and sampler combos are filled from CTDiffusionLib.presets (PRESETS, DEFAULT_PRESET) and the
-  sampler table here, never from a hand copy in the GUI.
+- The profile, preset and sampler combos are filled from CTDiffusionLib.profiles (labels, default
+  preset), CTDiffusionLib.presets (PRESETS) and the sampler table here, never from a hand copy in the GUI.
 - Choosing a preset puts that preset's own length, batch size, learning rate, noise schedule and augmentation
   into the panel (`preset_panel`), so what the panel shows is what the engine will use.
 - The command sends the preset by name and, on top of it, only the values the user changed
@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from CTDiffusionLib.presets import DEFAULT_PRESET, PRESETS
+from CTDiffusionLib.presets import PRESETS
+from CTDiffusionLib.profiles import PROFILES, get_profile
 
-PROFILE_LABELS = {"prostate-ct": "Prostate CT", "cardiac-masks": "Cardiac masks (ACDC)"}
 AUGMENTATIONS = ("zoom", "flip", "rotate")
 SCHEDULES = (("Linear", "linear"), ("Cosine", "cosine"))
 #: Default sampling steps per sampler; the same numbers as CTDiffusionLib.diffusion.schedulers.DEFAULT_SAMPLER_STEPS
@@ -29,12 +29,12 @@ DEFAULT_SAMPLER = "dpm++"
 
 
 def profile_choices() -> list[tuple[str, str]]:
-    """(label, profile) for every profile the engine has presets for."""
-    return [(PROFILE_LABELS.get(name, name), name) for name in PRESETS]
+    """(label, profile) for every profile the engine has presets for, in the profiles' order."""
+    return [(profile.label, name) for name, profile in PROFILES.items() if name in PRESETS]
 
 
 def default_preset(profile: str) -> str:
-    return DEFAULT_PRESET[profile]
+    return get_profile(profile).default_preset
 
 
 def preset_name(profile: str, name: str | None) -> str:

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from CTDiffusionLib.jobs.commands import can_resume, run_data_sources
-
-#: Conditions a conditional model of each profile learns (ACDC's Info.cfg: pathology group, cardiac phase).
-CONDITIONS = {"cardiac-masks": ("group", "phase")}
+from CTDiffusionLib.profiles import get_profile
 
 
 def _stamp(now: float | None = None) -> str:
@@ -40,8 +38,9 @@ def exported_data_folder(run_dir: str | Path) -> Path:
 
 
 def training_conditions(profile: str, conditioned: bool) -> tuple[str, ...] | None:
-    """--conditions for a training: the profile's conditions when the user asked for a conditional model."""
-    return CONDITIONS.get(profile) if conditioned else None
+    """--conditions for a training: the conditions the profile's data provides (ACDC Info.cfg: pathology group,
+    cardiac phase) when the user asked for a conditional model."""
+    return (get_profile(profile).condition_keys or None) if conditioned else None
 
 
 @dataclass(frozen=True)

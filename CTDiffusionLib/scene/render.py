@@ -119,22 +119,24 @@ def _main(argv=None) -> int:
     """Build the comparison from generated output with the module's own scene code and render it."""
     import argparse
 
+    from CTDiffusionLib.profiles import PROFILE_NAMES, get_profile
     from CTDiffusionLib.scene import comparison, nodes
 
     parser = argparse.ArgumentParser(prog="python -m CTDiffusionLib.scene.render", description=__doc__.split("\n")[0])
     parser.add_argument("--real", required=True, help="a real volume (CT) or label volume (masks)")
     parser.add_argument("--generated", required=True, help="a `generate` output folder")
-    parser.add_argument("--profile", choices=("prostate-ct", "cardiac-masks"), required=True)
+    parser.add_argument("--profile", choices=PROFILE_NAMES, required=True)
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--size", type=int, default=384)
     args = parser.parse_args(argv)
     scene = slicer.vtkMRMLScene()
     core.boot_core_application(scene)
     try:
-        if args.profile == "prostate-ct":
-            real = nodes.load_ct_volume(args.real, name="real", scene=scene)
+        profile = get_profile(args.profile)
+        if profile.is_label_map:
+            real = nodes.load_mask_segmentation(args.real, name="real", scene=scene, profile=profile)
         else:
-            real = nodes.load_mask_segmentation(args.real, name="real", scene=scene)
+            real = nodes.load_ct_volume(args.real, name="real", scene=scene, profile=profile)
         synthetic = nodes.import_generated(args.generated, scene=scene, beside=real, profile=args.profile)
         comparison.setup_comparison(real, synthetic[0], scene=scene)
         render_comparison(args.out, args.size, scene)
