@@ -269,3 +269,27 @@ def test_source_combo_lists_no_labelmap_as_ct():
     assert source_node_types("prostate-ct") == (["vtkMRMLScalarVolumeNode"], ["vtkMRMLLabelMapVolumeNode"])
     types, hidden = source_node_types("cardiac-masks")
     assert "vtkMRMLLabelMapVolumeNode" in types and hidden == []
+
+
+def test_temporary_labelmaps_are_hidden_from_node_combos(core_app, tmp_path):
+    """Exporting a segmentation needs a labelmap in the scene for a moment: it is hidden from editors (node combos)
+    before it is added, and removed afterwards."""
+    seg = nodes.load_mask_segmentation(write_mask(tmp_path / "m.nii.gz"))
+    shown = []
+
+    def on_added(caller, event, calldata):
+        shown.append((calldata.GetClassName(), calldata.GetHideFromEditors()))
+
+    import vtk
+
+    on_added.CallDataType = vtk.VTK_OBJECT
+    core_app.scene.AddObserver(core_app.scene.NodeAddedEvent, on_added)
+    manifest = nodes.export_nodes([seg], tmp_path / "out", "cardiac-masks")
+    plots.histogram_chart([seg], [seg], profile="cardiac-masks")
+    labelmaps = [hidden for cls, hidden in shown if cls == "vtkMRMLLabelMapVolumeNode"]
+    assert labelmaps and all(labelmaps)
+    assert core_app.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+    import SimpleITK as sitk
+
+    labels = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / manifest["cases"][0]["file"]))))
+    assert list(labels) == [0, 1, 2, 3]

@@ -62,7 +62,8 @@ def volume_geometry(node) -> dict:
 # ------------------------------------------------------------------------------------------------ export
 def _segmentation_as_labelmap(seg_node, profile: Profile | None = None, reference_volume=None):
     """A temporary labelmap with the profile's label values (by segment name, e.g. 1 RV, 2 MYO, 3 LV) in the
-    segmentation's geometry; without a profile the segments keep their order (1..n)."""
+    segmentation's geometry; without a profile the segments keep their order (1..n). The caller removes it from
+    the scene; it is hidden from editors before it is added, so it never shows (flickers) in node combos."""
     import vtk
 
     scene = seg_node.GetScene()
@@ -83,7 +84,10 @@ def _segmentation_as_labelmap(seg_node, profile: Profile | None = None, referenc
     if not order:  # no segment named after a class: keep the segment order
         for seg_id in others:
             ids.InsertNextValue(seg_id)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", seg_node.GetName() + "_labels")
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()  # the export needs it in the scene
+    labelmap.SetName(seg_node.GetName() + "_labels")
+    labelmap.SetHideFromEditors(1)
+    labelmap = scene.AddNode(labelmap)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     ok = logic.ExportSegmentsToLabelmapNode(seg_node, ids, labelmap, reference_volume,
                                             slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)

@@ -115,6 +115,18 @@ def write_png(rgb, path: str | Path) -> Path:
     return Path(path)
 
 
+def read_png(path: str | Path):
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    image = reader.GetOutput()
+    w, h, _ = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3]
+
+
 def _main(argv=None) -> int:
     """Build the comparison from generated output with the module's own scene code and render it."""
     import argparse
@@ -128,6 +140,7 @@ def _main(argv=None) -> int:
     parser.add_argument("--profile", choices=PROFILE_NAMES, required=True)
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--below", help="a PNG of the same width to put above this rendering (one picture)")
     args = parser.parse_args(argv)
     scene = slicer.vtkMRMLScene()
     core.boot_core_application(scene)
@@ -139,7 +152,13 @@ def _main(argv=None) -> int:
             real = nodes.load_ct_volume(args.real, name="real", scene=scene, profile=profile)
         synthetic = nodes.import_generated(args.generated, scene=scene, beside=real, profile=args.profile)
         comparison.setup_comparison(real, synthetic[0], scene=scene)
-        render_comparison(args.out, args.size, scene)
+        picture = render_comparison(None, args.size, scene)
+        if args.below:
+            import numpy as np
+
+            above = read_png(args.below)
+            picture = np.concatenate([above, np.full((4, picture.shape[1], 3), 40, np.uint8), picture], axis=0)
+        write_png(picture, args.out)
     finally:
         core.release_core_application()
     print(args.out)
