@@ -12,7 +12,7 @@ import pytest
 
 from CTDiffusionLib.cli import SAMPLERS, build_parser
 from CTDiffusionLib.jobs import GenerateSettings, TrainSettings, build_command, panel, plans
-from CTDiffusionLib.presets import DEFAULT_PRESET, PRESETS
+from CTDiffusionLib.presets import PRESETS
 from CTDiffusionLib.profiles import PROFILES
 from CTDiffusionLib.training.config import build_config
 
@@ -66,13 +66,13 @@ def test_changed_values_are_sent_and_trained():
 def test_no_preset_means_the_profile_default_and_combos_come_from_the_table():
     for profile in PRESETS:
         names = [name for _, name in panel.preset_choices(profile)]
-        assert sorted(names) == sorted(PRESETS[profile]) and names[0] == DEFAULT_PRESET[profile]
-        assert panel.preset_name(profile, "") == DEFAULT_PRESET[profile]
-        assert panel.preset_name(profile, "not-a-preset") == DEFAULT_PRESET[profile]
+        assert sorted(names) == sorted(PRESETS[profile]) and names[0] == PROFILES[profile].default_preset
+        assert panel.preset_name(profile, "") == PROFILES[profile].default_preset
+        assert panel.preset_name(profile, "not-a-preset") == PROFILES[profile].default_preset
         # the combo's default is sent explicitly, so the engine cannot pick another one
-        assert _train(profile, "", panel.preset_panel(profile, None)).preset == DEFAULT_PRESET[profile]
+        assert _train(profile, "", panel.preset_panel(profile, None)).preset == PROFILES[profile].default_preset
     assert panel.profile_choices() == [(p.label, p.name) for p in PROFILES.values()]
-    assert all(PROFILES[name].default_preset == DEFAULT_PRESET[name] for name in PRESETS)
+    assert all(PROFILES[name].default_preset in PRESETS[name] for name in PRESETS)
     label = dict((n, l) for l, n in panel.preset_choices("prostate-ct"))["tiny"]
     t = PRESETS["prostate-ct"]["tiny"]
     assert f"{t['training']['steps']} steps" in label and "32x32x8" in label
