@@ -18,6 +18,21 @@ from CTDiffusionLib.scene import comparison, nodes, render  # noqa: E402
 SIZE = 192
 
 
+@pytest.fixture(scope="module", autouse=True)
+def offscreen_opengl():
+    """Rendering needs an offscreen OpenGL window (Mesa's EGL here); probed in a child so a machine without one
+    skips with the reason instead of crashing the test run."""
+    import subprocess
+    import sys
+
+    probe = ("import vtk; w = vtk.vtkRenderWindow(); w.SetOffScreenRendering(1); w.SetSize(8, 8); "
+             "w.AddRenderer(vtk.vtkRenderer()); w.Render(); print(w.GetClassName())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        pytest.skip(f"no offscreen OpenGL window ({os.environ['VTK_DEFAULT_OPENGL_WINDOW']}): install Mesa's EGL "
+                    f"(libegl1) to render slice views; {out.stderr.strip()[-200:]}")
+
+
 def _view_pixels(picture, side):
     left, right = picture[:, :SIZE], picture[:, -SIZE:]
     body = slice(SIZE // 8, None)  # below the view label
