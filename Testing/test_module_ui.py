@@ -134,11 +134,18 @@ def _chain(cls, custom):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_parameter_node_binds_under_slicer_rules(version):
+def test_parameter_node_binds_under_slicer_rules(version, loaded_ui):
     """connectGui(self.ui) in Slicer 5.8/5.10 binds every widget with the range the .ui shows (rules read from
     Slicer's guiConnectors.py, see Testing/slicer_connector_rules.py)."""
+    from PySide6 import QtWidgets
+
     bound, _ = ui_widgets(UI)
     assert len(bound) >= 8
+    for widget in bound:  # what connectGui reads: the dynamic property on the widget Qt actually built
+        obj = loaded_ui.findChild(QtWidgets.QWidget, widget.object_name)
+        assert obj is not None and obj.property("SlicerParameterName") == widget.parameter, widget.object_name
+        if widget.widget_class.startswith("Q"):  # the exact class Slicer's connectors compare with type(widget)
+            assert obj.metaObject().className() == widget.widget_class
     assert check_binding(MODULE.read_text(encoding="utf-8"), "CTDiffusionParameterNode", UI, version) == []
 
 
