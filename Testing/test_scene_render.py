@@ -10,7 +10,7 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offs
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from slicer_fixtures import core_app, write_ct, write_mask  # noqa: E402,F401
+from slicer_fixtures import ORIGIN, core_app, write_ct, write_mask  # noqa: E402,F401
 
 from CTDiffusionLib.profiles import CARDIAC_MASKS  # noqa: E402
 from CTDiffusionLib.scene import comparison, nodes, render  # noqa: E402
@@ -74,8 +74,11 @@ def test_ct_comparison_shows_both_volumes_at_the_same_slice(core_app, tmp_path):
 
 def test_mask_comparison_shows_segments_in_their_colours(core_app, tmp_path):
     real = nodes.load_mask_segmentation(write_mask(tmp_path / "real.nii.gz", size=(40, 36, 4)))
-    synth = nodes.load_mask_segmentation(write_mask(tmp_path / "synth.nii.gz", size=(40, 36, 4), labels=(3, 2)))
+    # a 2D model's sample: one slice, inside the real stack (its first slice)
+    synth = nodes.load_mask_segmentation(write_mask(tmp_path / "synth.nii.gz", size=(40, 36, 1), labels=(3, 2)))
     comparison.setup_comparison(real, synth)
+    for view in (comparison.REAL_VIEW, comparison.SYNTHETIC_VIEW):  # both at the slice the sample has
+        assert comparison.slice_node(None, view).GetSliceOffset() == pytest.approx(ORIGIN[2])
     picture = render.render_comparison(tmp_path / "masks.png", SIZE)
     left, right = _view_pixels(picture, "real"), _view_pixels(picture, "synthetic")
     for name, colour in ((c.name, c.color) for c in CARDIAC_MASKS.foreground_classes):

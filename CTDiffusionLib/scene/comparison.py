@@ -205,7 +205,8 @@ def _ras_bounds(node) -> list[float] | None:
 
 def fit_views(nodes, views=(REAL_VIEW, SYNTHETIC_VIEW), scene=None) -> list[float] | None:
     """Fit the axial views to what they show: field of view around the union of the nodes' bounds (volumes or
-    segmentations) and the same slice through its centre in every view, so both sides show the same position."""
+    segmentations) and the same slice position in every view: the middle of the slab all nodes cover (a single
+    generated 2D slice included), or of the union when they do not overlap."""
     scene = get_scene(scene)
     bounds = [b for b in (_ras_bounds(n) for n in nodes) if b is not None]
     if not bounds:
@@ -213,6 +214,9 @@ def fit_views(nodes, views=(REAL_VIEW, SYNTHETIC_VIEW), scene=None) -> list[floa
     union = [min(b[0] for b in bounds), max(b[1] for b in bounds), min(b[2] for b in bounds),
              max(b[3] for b in bounds), min(b[4] for b in bounds), max(b[5] for b in bounds)]
     center = [(union[0] + union[1]) / 2, (union[2] + union[3]) / 2, (union[4] + union[5]) / 2]
+    low, high = max(b[4] for b in bounds), min(b[5] for b in bounds)
+    if low <= high:
+        center[2] = (low + high) / 2
     for name in views:
         node = slice_node(scene, name)
         dims = node.GetDimensions()
