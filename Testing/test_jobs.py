@@ -401,3 +401,13 @@ def test_torch_version_and_slicer_version_checks(monkeypatch):
     sentence = deps.unsupported_slicer((5, 8), (3, 9))
     assert sentence.startswith("CTDiffusion needs Slicer 5.10 or newer (this is Slicer 5.8 with Python 3.9")
     assert deps.unsupported_slicer((5, 6), (3, 9)) and sentence.count(".") >= 3
+
+
+def test_engine_start_event_names_its_process(tmp_path):
+    """The runner stops THIS pid (a launcher in between does not forward signals)."""
+    from CTDiffusionLib.events import EventWriter, read_events
+
+    writer = EventWriter(tmp_path / "events.jsonl")
+    assert writer.emit("start", command="train")["pid"] == os.getpid()
+    assert "pid" not in writer.emit("progress", step=1)
+    assert next(read_events(tmp_path / "events.jsonl"))["pid"] == os.getpid()
