@@ -131,6 +131,8 @@ def resolve_inputs(folder=None, *, real=None, generated=None, report=None, profi
             raise InputError(f"The folder {base} holds no run (config.json), volumes or report (metrics.json).",
                              _WHAT_FOLDER)
 
+    if generated is not None and not list_volumes(generated_dir):
+        raise InputError(f"The --generated folder {generated_dir} holds no volumes.", _WHAT_FOLDER)
     config = _read_json(run_dir / RUN_MARKER) if run_dir else {}
     if real_dir is not None:
         real_sources = [real_dir]
@@ -149,6 +151,4 @@ def resolve_inputs(folder=None, *, real=None, generated=None, report=None, profi
     inputs = ViewerInputs(get_profile(found).name, real_sources, generated_dir, report_dir, run_dir)
     if real_dir is not None and not inputs.real_volumes():  # discovery raises for unreadable layouts
         raise InputError(f"The --real folder {real_dir} holds no volumes.", _WHAT_FOLDER)
-    if generated is not None and not inputs.generated_volumes():
-        raise InputError(f"The --generated folder {generated_dir} holds no volumes.", _WHAT_FOLDER)
     return inputs
