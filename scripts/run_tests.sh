@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
+# The web viewer's tests open its page in headless Chromium (Debian package `chromium`); without it they skip.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "note: apt-get could not install chromium; the web viewer's browser tests will be skipped" >&2
+  else
+    echo "note: chromium is missing (install it as root: apt-get install chromium); the web viewer's browser tests will be skipped" >&2
+  fi
+fi
 export QT_QPA_PLATFORM=offscreen
 # One BLAS/OpenMP thread per process: tests run parent and child processes side by side on 2 cores, and
 # oversubscribed OpenMP threads spin against each other (measured 10x slower steps).
