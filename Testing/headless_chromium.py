@@ -27,7 +27,7 @@ class HeadlessChromium:
         self._id = 0
 
     async def __aenter__(self):
-        self._profile = tempfile.TemporaryDirectory(prefix="ctdiffusion-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="ctdiffusion-chromium-", ignore_cleanup_errors=True)
         self._proc = subprocess.Popen(
             [chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-dev-shm-usage", "--remote-debugging-port=0", f"--user-data-dir={self._profile.name}",

@@ -110,6 +110,7 @@ def test_resolve_demo_layout(tmp_path, mask_run):
     (["view", "--real", "{ct}/single", "--generated", "{ct}/single"], "data type of these volumes is unknown"),
     (["view", "--generated", "{ct}/generated", "--profile", "mri"], "Unknown profile"),
     (["view", "--generated", "{ct}/generated", "--cache", "0"], "--cache 0"),
+    (["view", "--generated", "{ct}/generated", "--port", "0"], "--port 0"),
 ])
 def test_bad_inputs_exit_2_with_one_sentence(tmp_path, ct_data, capsys, argv, fragment):
     argv = [a.format(tmp=tmp_path, ct=ct_data) for a in argv]
@@ -117,6 +118,28 @@ def test_bad_inputs_exit_2_with_one_sentence(tmp_path, ct_data, capsys, argv, fr
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_listening_beyond_this_machine_only_when_asked_and_with_a_warning(ct_data, capsys, monkeypatch, host,
+                                                                          warned):
+    pytest.importorskip("trame_slicer", reason="needs the web extra: pip install 'ctdiffusion[web]'")
+    import CTDiffusionLib.web.app as web_app
+
+    served = {}
+    monkeypatch.setattr(web_app, "serve", lambda inputs, **kw: served.update(kw, inputs=inputs))
+    assert main(["view", "--generated", str(ct_data / "generated"), "--host", host, "--port", "8123"]) == 0
+    assert served["host"] == host and served["port"] == 8123 and served["inputs"].profile == "prostate-ct"
+    assert ("warning: listening on 0.0.0.0" in capsys.readouterr().err) == warned
+    served["on_ready"]()
+    assert "open http://" in capsys.readouterr().err
+
+
+def test_default_host_is_loopback():
+    from CTDiffusionLib.cli import build_parser
+
+    args = build_parser().parse_args(["view", "somewhere"])
+    assert args.host == "127.0.0.1" and args.port == 8080
 
 
 def test_resolve_requires_something_to_show():
@@ -143,7 +166,8 @@ def test_training_follower_reads_only_new_lines(tmp_path):
     assert follower.poll() and follower.losses == [0.5] and "step 1 / 4" in follower.status
     assert not follower.poll()
     with open(events, "a") as f:
-        f.write(json.dumps({"event": "progress", "step": 2, "loss": 0.25, "val_loss": 0.3}) + "\n")
+        f.write(json.dumps({"event": "progress", "phase": "train", "step": 2, "loss": 0.25}) + "\n")
+        f.write(json.dumps({"event": "progress", "phase": "validate", "step": 2, "val_loss": 0.3}) + "\n")
         f.write('{"event": "progress", "step": 3, "lo')  # a line still being written
     assert follower.poll() and follower.losses == [0.5, 0.25] and follower.val_losses == [0.3]
     assert follower.loss_curve_png().startswith("data:image/png;base64,")

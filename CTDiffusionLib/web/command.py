@@ -29,7 +29,7 @@ def run_view(args) -> int:
 
     inputs = resolve_inputs(args.folder, real=args.real, generated=args.generated, report=args.report,
                             profile=args.profile)
-    if not 0 <= args.port <= 65535:
+    if not 1 <= args.port <= 65535:
         raise InputError(f"--port {args.port} is not a port number.", "Use a number from 1024 to 65535.")
     if args.cache < 1:
         raise InputError(f"--cache {args.cache} must be at least 1.", "Use e.g. --cache 3.")

@@ -91,13 +91,15 @@ class TrainingFollower:
         for e in events:
             kind = e.get("event")
             step = e.get("step")
-            if kind == "progress" and step is not None and e.get("phase", "train") in ("train", "training"):
+            if kind == "progress" and step is not None:
+                if e.get("val_loss") is not None:  # phase "validate"
+                    self.val_steps.append(float(step))
+                    self.val_losses.append(float(e["val_loss"]))
+                if e.get("phase", "train") != "train":  # e.g. sampling previews
+                    continue
                 if e.get("loss") is not None:
                     self.steps.append(float(step))
                     self.losses.append(float(e["loss"]))
-                if e.get("val_loss") is not None:
-                    self.val_steps.append(float(step))
-                    self.val_losses.append(float(e["val_loss"]))
                 total, eta = e.get("total"), e.get("eta_s")
                 self.status = (f"training: step {step}" + (f" / {total}" if total else "")
                                + (f", about {eta / 60:.0f} min left" if isinstance(eta, (int, float)) else ""))
