@@ -23,6 +23,7 @@ import pytest
 from CTDiffusionLib.cli import main
 from CTDiffusionLib.data.phantoms import write_phantom_dataset
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.runfolder import RUN_FORMAT
 from CTDiffusionLib.web.report import TrainingFollower, latest_preview_png, metric_rows, verdict_line
 from CTDiffusionLib.web.sources import resolve_inputs
 from CTDiffusionLib.web.volume_cache import VolumeCache
@@ -57,7 +58,8 @@ def mask_run(tmp_path_factory):
     data = write_phantom_dataset("cardiac-masks", 2, root / "acdc", size_xyz=SIZE)
     run = root / "run"
     (run / "samples").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"profile": "cardiac-masks", "data": {"sources": [str(data)]}}))
+    (run / "config.json").write_text(json.dumps({"format": RUN_FORMAT, "profile": "cardiac-masks",
+                                                 "data": {"sources": [str(data)]}}))
     events = [{"event": "start", "time": 0}] + [
         {"event": "progress", "phase": "train", "step": s, "total": 40, "loss": 1.0 / s, "eta_s": 60} for s in
         range(1, 11)]

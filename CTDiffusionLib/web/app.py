@@ -28,6 +28,7 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from CTDiffusionLib.data.discovery import Case, read_case
 from CTDiffusionLib.profiles import get_profile
+from CTDiffusionLib.runfolder import RunFolder
 from CTDiffusionLib.web.report import (METRIC_COLUMNS, TrainingFollower, latest_preview_png, metric_rows,
                                        read_metrics, verdict_line)
 from CTDiffusionLib.web.sources import ViewerInputs, Volume
@@ -251,7 +252,7 @@ class ViewerApp(TrameApp):
             s.loss_png = self.follower.loss_curve_png()
             s.training_status = self.follower.status
         if self.inputs.run_dir is not None:
-            s.preview_png = latest_preview_png(self.inputs.run_dir / "samples")
+            s.preview_png = latest_preview_png(RunFolder(self.inputs.run_dir).samples)
         generated = self.inputs.generated_volumes()
         if generated != self.lists[SYNTHETIC]:
             grew_from_empty = not self.lists[SYNTHETIC]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from CTDiffusionLib.data.volume_io import image_suffix, strip_image_suffix
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.profiles import get_profile
+from CTDiffusionLib.runfolder import RunFolder, is_temporary, read_json
 
-RUN_MARKER = "config.json"
 REPORT_FILE = "metrics.json"
 #: sub-folders the `demo` command writes; looked at when the named folder is not itself one of them
 DEMO_PARTS = {"run": "run", "generated": "generated", "report": "report"}
@@ -54,7 +55,7 @@ class ViewerInputs:
 
     @property
     def events_path(self) -> Path | None:
-        return self.run_dir / "events.jsonl" if self.run_dir else None
+        return RunFolder(self.run_dir).events if self.run_dir else None
 
     @property
     def metrics_path(self) -> Path | None:
@@ -65,16 +66,9 @@ def list_volumes(folder: Path) -> list[Volume]:
     """Image files directly in `folder`, sorted by name (generate writes synthetic_0001..., previews step_...)."""
     if not folder.is_dir():
         return []
-    files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and image_suffix(p) and not p.name.startswith(".") and not is_temporary(p))
     return [Volume(strip_image_suffix(p.name), p) for p in files]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"The file {path} cannot be read as JSON ({exc}).", "Check that it is not damaged.") from None
-    return data if isinstance(data, dict) else {}
 
 
 def _existing_folder(path: str | Path | None, flag: str) -> Path | None:
@@ -114,10 +108,7 @@ def resolve_inputs(folder=None, *, real=None, generated=None, report=None, profi
     run_dir = None
     if base is not None:
         parts = {key: base / name for key, name in DEMO_PARTS.items() if (base / name).is_dir()}
-        if (base / RUN_MARKER).is_file():
-            run_dir = base
-        elif (parts.get("run", base) / RUN_MARKER).is_file():
-            run_dir = parts["run"]
+        run_dir = next((d for d in (base, parts.get("run")) if d and RunFolder(d).is_run()), None)
         if report_dir is None:
             report_dir = next((d for d in (base, parts.get("report")) if d and (d / REPORT_FILE).is_file()), None)
         if generated_dir is None:
@@ -126,28 +117,27 @@ def resolve_inputs(folder=None, *, real=None, generated=None, report=None, profi
             elif "generated" in parts:
                 generated_dir = parts["generated"]
             elif run_dir is not None:
-                generated_dir = run_dir / "samples"  # preview samples of a (running) training
+                generated_dir = RunFolder(run_dir).samples  # preview samples of a (running) training
         if run_dir is None and generated_dir is None and report_dir is None:
             raise InputError(f"The folder {base} holds no run (config.json), volumes or report (metrics.json).",
                              _WHAT_FOLDER)
 
     if generated is not None and not list_volumes(generated_dir):
         raise InputError(f"The --generated folder {generated_dir} holds no volumes.", _WHAT_FOLDER)
-    config = _read_json(run_dir / RUN_MARKER) if run_dir else {}
+    config = RunFolder(run_dir).read_config() if run_dir else {}
     if real_dir is not None:
         real_sources = [real_dir]
     else:  # the run's own training data, where it still exists on this machine
         sources = (config.get("data") or {}).get("sources") or []
         real_sources = [Path(s) for s in sources if Path(s).exists()]
 
-    metrics = _read_json(report_dir / REPORT_FILE) if report_dir and (report_dir / REPORT_FILE).is_file() else {}
+    has_report = report_dir is not None and (report_dir / REPORT_FILE).is_file()
+    metrics = read_json(report_dir / REPORT_FILE, "quality report") if has_report else {}
     found = (profile or config.get("profile") or (generated_dir and _sidecar_profile(generated_dir))
              or metrics.get("profile"))
     if not found:
         raise InputError("The data type of these volumes is unknown (no run config, sidecar or report names it).",
                          "Pass --profile prostate-ct or --profile cardiac-masks.")
-    from CTDiffusionLib.profiles import get_profile
-
     inputs = ViewerInputs(get_profile(found).name, real_sources, generated_dir, report_dir, run_dir)
     if real_dir is not None and not inputs.real_volumes():  # discovery raises for unreadable layouts
         raise InputError(f"The --real folder {real_dir} holds no volumes.", _WHAT_FOLDER)
