@@ -12,8 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -27,6 +25,8 @@ class HeadlessChromium:
         self._id = 0
 
     async def __aenter__(self):
+        import aiohttp  # comes with the web extra (trame's server); imported here so skipping tests need not
+
         self._profile = tempfile.TemporaryDirectory(prefix="ctdiffusion-chromium-", ignore_cleanup_errors=True)
         self._proc = subprocess.Popen(
             [chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
