@@ -349,6 +349,20 @@ def test_page_shows_the_same_slice_in_both_views_and_the_slider_moves_both(ct_da
             assert text_before != text_after
             assert int(text_after.split("/")[0]) == int(text_before.split("/")[0]) + 3
 
+            # the axial/coronal/sagittal switch turns both views, which stay on the same slice
+            await page.evaluate("[...document.querySelectorAll('#orientation button')]"
+                                ".find(b => b.textContent.includes('Coronal')).click()")
+
+            async def both_coronal():
+                views = await _views(page)
+                turned = [np.abs(v - m).mean() > 2.0 for v, m in zip(views, moved)]
+                same = np.abs(views[0] - views[1]).mean() < 2.0
+                return views if all(turned) and same and all(_has_content(v) for v in views) else None
+
+            assert await _until(both_coronal), "the orientation switch did not turn both views to the same slice"
+            assert (await page.evaluate("document.querySelector('#slice-text').textContent")).endswith(
+                f"/ {SIZE[1]}")  # coronal slices run along y
+
     try:
         asyncio.run(scenario())
     finally:

@@ -170,6 +170,10 @@ class ViewerApp(TrameApp):
         return self.caches[tag].get(volume) if volume is not None else None
 
     # --------------------------------------------------------------------------------------- geometry
+    def _on_orientation(self) -> None:
+        self._fit_and_count()
+        self.state.slice_index = self.state.slice_count // 2  # a new direction starts in the middle
+
     def _fit_and_count(self) -> None:
         """Orient both views, fit them to their volume and set the slider range to the larger slice count."""
         counts = []
@@ -197,12 +201,15 @@ class ViewerApp(TrameApp):
         return max(1, int(round((high - low) / step)) + 1) if step > 0 else 1
 
     def _apply_slice(self) -> None:
-        """Both views to slice `slice_index` (counted from the low end of each view's own range)."""
+        """Both views to the same relative position: slice `slice_index` of the view with the most slices, the
+        corresponding slice in the other (the same slice when both volumes have the same grid, as generated
+        volumes do)."""
+        fraction = self.state.slice_index / max(self.state.slice_count - 1, 1)
         for tag, view in self.views.items():
             if self.shown[tag] is None:
                 continue
             low, high, step = self._slice_range(tag)
-            view.set_slice_value(min(low + self.state.slice_index * step, high))
+            view.set_slice_value(min(low + round(fraction * (self._slice_count(tag) - 1)) * step, high))
             view.schedule_render()
 
     # -------------------------------------------------------------------------------------------- state
@@ -225,7 +232,7 @@ class ViewerApp(TrameApp):
 
         for tag in (REAL, SYNTHETIC):
             s.change(f"{tag}_index")(lambda tag=tag, **_: self._on_index(tag))
-        s.change("orientation")(lambda **_: self._fit_and_count())
+        s.change("orientation")(lambda **_: self._on_orientation())
         s.change("slice_index")(lambda **_: self._apply_slice())
         s.change("preset")(lambda **_: self._on_preset())
 
@@ -281,8 +288,7 @@ class ViewerApp(TrameApp):
         with self.state:
             for tag in (REAL, SYNTHETIC):
                 self._show(tag)
-            self._fit_and_count()
-            self.state.slice_index = self.state.slice_count // 2  # start in the middle of the volume
+            self._on_orientation()
             self.refresh()
         asyncio.get_event_loop().create_task(self._poll_forever())
 
@@ -345,8 +351,6 @@ class ViewerApp(TrameApp):
 def serve(inputs: ViewerInputs, host: str = "127.0.0.1", port: int = 8080, cache_size: int = 3,
           on_ready=None) -> None:
     """Start the viewer and block until the server stops."""
-    for name in ("trame", "trame_client", "trame_server", "trame_rca", "trame_slicer", "wslink", "aiohttp"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # their INFO level logs every template token
     app = ViewerApp(inputs, cache_size=cache_size)
     if on_ready is not None:
         app.server.controller.on_server_ready.add(on_ready)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -33,6 +34,8 @@ def run_view(args) -> int:
         raise InputError(f"--port {args.port} is not a port number.", "Use a number from 1024 to 65535.")
     if args.cache < 1:
         raise InputError(f"--cache {args.cache} must be at least 1.", "Use e.g. --cache 3.")
+    for name in ("trame", "trame_client", "trame_server", "trame_rca", "trame_slicer", "wslink", "aiohttp"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # their INFO level logs every template token
     if not os.environ.get("DISPLAY"):  # headless server: render offscreen through EGL instead of an X window
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     try:
