@@ -23,6 +23,7 @@ import pytest
 from CTDiffusionLib.cli import main
 from CTDiffusionLib.data.phantoms import write_phantom_dataset
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RUN_FORMAT
 from CTDiffusionLib.web.report import TrainingFollower, latest_preview_png, metric_rows, verdict_line
 from CTDiffusionLib.web.sources import resolve_inputs
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from headless_chromium import HeadlessChromium, chromium_path  # noqa: E402
 
 SIZE = (48, 48, 12)
-CARDIAC_COLORS = {"RV": (0.27, 0.51, 0.93), "MYO": (0.36, 0.80, 0.35), "LV": (0.93, 0.30, 0.27)}
+CARDIAC_COLORS = {c.name: c.color for c in get_profile("cardiac-masks").foreground_classes}
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -224,6 +225,32 @@ def test_browsing_100_generated_volumes_keeps_few_in_the_scene(tmp_path, ct_data
     assert app.state[f"{SYNTHETIC}_index"] == 0  # wrapped around after 100 steps
     assert app.state[f"{SYNTHETIC}_name"] == "synthetic_0000 (1 of 100)"
     assert _tree(generated, ct_data / "real") == before
+
+
+def test_window_presets_apply_to_both_sides_and_masks_have_none(ct_data, mask_run):
+    pytest.importorskip("trame_slicer", reason="needs the web extra: pip install 'ctdiffusion[web]'")
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from CTDiffusionLib.web.app import REAL, SYNTHETIC, ViewerApp
+
+    app = ViewerApp(resolve_inputs(real=ct_data / "real", generated=ct_data / "generated"))
+    assert list(app.presets)[:2] == ["soft tissue", "air to bone"] and "bone" in app.presets
+    for tag in (REAL, SYNTHETIC):
+        app._on_index(tag)
+    app.state.preset = "bone"
+    app._on_preset()
+    for tag in (REAL, SYNTHETIC):
+        display = app._shown_node(tag).GetDisplayNode()
+        assert (display.GetWindow(), display.GetLevel()) == (1000.0, 400.0) and not display.GetAutoWindowLevel()
+
+    masks = ViewerApp(resolve_inputs(mask_run / "run"))
+    masks._on_index(REAL)
+    assert masks.presets == {}
+    label = masks.scene.GetNodeByID(masks._logic(REAL).GetSliceCompositeNode().GetLabelVolumeID())
+    colors = label.GetDisplayNode().GetColorNode()
+    rgba = [0.0] * 4
+    colors.GetColor(3, rgba)
+    lv = get_profile("cardiac-masks").classes[3]
+    assert colors.GetColorName(3) == lv.name == "LV" and np.allclose(rgba[:3], lv.color, atol=1 / 255) and rgba[3] == 1.0
 
 
 # --------------------------------------------------------------------------------------- the real page

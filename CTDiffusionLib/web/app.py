@@ -296,6 +296,7 @@ class ViewerApp(TrameApp):
     def _build_ui(self) -> None:
         with SinglePageLayout(self.server, full_height=True) as self.ui:
             self.ui.title.set_text("CTDiffusion viewer")
+            self.ui.icon.hide()  # no navigation drawer
             with self.ui.toolbar:
                 v3.VSpacer()
                 html.Span("{{ profile_label }}", classes="text-caption mr-4")
