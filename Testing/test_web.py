@@ -190,20 +190,19 @@ def test_latest_preview_skips_a_png_still_being_written(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- memory bound
-def test_volume_cache_keeps_at_most_capacity_and_never_evicts_pinned():
+def test_volume_cache_keeps_at_most_capacity_least_recently_used_goes():
     loaded, released = [], []
     cache = VolumeCache(lambda k: loaded.append(k) or f"node{k}", released.append, capacity=3)
     for k in range(100):
-        assert cache.get(k, pinned=("real",)) == f"node{k}"
+        assert cache.get(k) == f"node{k}"
         assert len(cache) <= 3
-    assert loaded == list(range(100)) and len(released) == 97
-    cache.get(98)
-    cache.get(100)  # 98 was used more recently than 97: 97 goes
-    assert 98 in cache and 97 not in cache
-    cache.get("real")
-    for k in range(200, 210):
-        cache.get(k, pinned=("real",))
-        assert "real" in cache
+    assert loaded == list(range(100)) and released == [f"node{k}" for k in range(97)]
+    cache.get(98)  # used again: now 97 is the least recently used
+    cache.get(100)
+    assert 98 in cache and 97 not in cache and released[-1] == "node97"
+    assert loaded[-1] == 100  # 98 came from the cache, not the disk
+    cache.clear()
+    assert len(cache) == 0 and len(released) == 101 == len(loaded)
 
 
 def test_browsing_100_generated_volumes_keeps_few_in_the_scene(tmp_path, ct_data):
@@ -217,11 +216,14 @@ def test_browsing_100_generated_volumes_keeps_few_in_the_scene(tmp_path, ct_data
         shutil.copy(ct_data / "real" / "prostate_001.nii.gz", generated / f"synthetic_{i:04d}.nii.gz")
     app = ViewerApp(resolve_inputs(real=ct_data / "real", generated=generated, profile="prostate-ct"),
                     cache_size=3)
+    (generated / "synthetic_0050.nii.gz").write_bytes(b"not a volume")
     before = _tree(generated, ct_data / "real")
-    for _ in range(100):
+    for i in range(100):
         app.step_sample(SYNTHETIC, 1)
         app._on_index(SYNTHETIC)
         assert app.scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() <= 3 + 1  # + real
+        if i + 1 == 50:  # a damaged file is named on the page and browsing goes on
+            assert app.state[f"{SYNTHETIC}_name"].startswith("synthetic_0050: ") and app.shown[SYNTHETIC] is None
     assert app.state[f"{SYNTHETIC}_index"] == 0  # wrapped around after 100 steps
     assert app.state[f"{SYNTHETIC}_name"] == "synthetic_0000 (1 of 100)"
     assert _tree(generated, ct_data / "real") == before

@@ -27,6 +27,7 @@ from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from CTDiffusionLib.data.discovery import Case, read_case
+from CTDiffusionLib.errors import CTDiffusionError
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RunFolder
 from CTDiffusionLib.web.report import (METRIC_COLUMNS, TrainingFollower, latest_preview_png, metric_rows,
@@ -135,16 +136,19 @@ class ViewerApp(TrameApp):
     def _show(self, tag: str) -> None:
         volumes = self.lists[tag]
         index = self.state[f"{tag}_index"]
-        view = self.views[tag]
+        composite = self._logic(tag).GetSliceCompositeNode()
+        self.shown[tag] = None
+        composite.SetBackgroundVolumeID(None)
+        composite.SetLabelVolumeID(None)
         if not volumes:
-            self.shown[tag] = None
-            view.set_background_volume_id(None)
             return
         index = min(max(int(index), 0), len(volumes) - 1)
-        other = self.shown[REAL if tag == SYNTHETIC else SYNTHETIC]
-        node = self.caches[tag].get(volumes[index], pinned=(other,) if other else ())
+        try:
+            node = self.caches[tag].get(volumes[index])
+        except CTDiffusionError as exc:  # a damaged file: say so on the page (empty view), keep browsing
+            self.state[f"{tag}_name"] = f"{volumes[index].name}: {exc.message}"
+            return
         self.shown[tag] = volumes[index]
-        composite = self._logic(tag).GetSliceCompositeNode()
         if self.profile.is_label_map:  # label map over an empty background: coloured classes on black
             composite.SetBackgroundVolumeID(None)
             composite.SetLabelVolumeID(node.GetID())

@@ -17,16 +17,15 @@ class VolumeCache(Generic[T]):
         self._load, self._release, self.capacity = load, release, capacity
         self._items: OrderedDict[Hashable, T] = OrderedDict()
 
-    def get(self, key: Hashable, pinned: tuple = ()) -> T:
-        """The value for `key`, loading it on first use; evicts the least recently used beyond capacity,
-        never an item in `pinned` (the volumes on screen)."""
+    def get(self, key: Hashable) -> T:
+        """The value for `key`, loading it on first use; beyond capacity the least recently used goes."""
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
         value = self._load(key)
         self._items[key] = value
-        for old in [k for k in self._items if k != key and k not in pinned][: max(0, len(self._items) - self.capacity)]:
-            self._release(self._items.pop(old))
+        while len(self._items) > self.capacity:
+            self._release(self._items.popitem(last=False)[1])
         return value
 
     def __contains__(self, key) -> bool:
