@@ -3,13 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
-# The web viewer's tests open its page in headless Chromium (Debian package `chromium`); without it they skip.
-if ! command -v chromium >/dev/null 2>&1; then
+# The web viewer's tests open its page in headless Chromium (Debian package `chromium`) and render Slicer's slice
+# views offscreen through Mesa EGL (libegl1, libegl-mesa0); without them those tests skip.
+if ! command -v chromium >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libEGL_mesa; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-      || echo "note: apt-get could not install chromium; the web viewer's browser tests will be skipped" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libegl1 libegl-mesa0 \
+        >/dev/null; } \
+      || echo "note: apt-get could not install chromium/EGL; the web viewer's browser tests will skip" >&2
   else
-    echo "note: chromium is missing (install it as root: apt-get install chromium); the web viewer's browser tests will be skipped" >&2
+    echo "note: chromium or Mesa EGL is missing (as root: apt-get install chromium libegl1 libegl-mesa0);" \
+         "the web viewer's browser tests will skip" >&2
   fi
 fi
 export QT_QPA_PLATFORM=offscreen
