@@ -206,8 +206,7 @@ def test_volume_cache_keeps_at_most_capacity_least_recently_used_goes():
 
 
 def test_browsing_100_generated_volumes_keeps_few_in_the_scene(tmp_path, ct_data):
-    pytest.importorskip("trame_slicer", reason="needs the web extra: pip install 'ctdiffusion[web]'")
-    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    _need_offscreen_rendering()
     from CTDiffusionLib.web.app import SYNTHETIC, ViewerApp
 
     generated = tmp_path / "many"
@@ -230,8 +229,7 @@ def test_browsing_100_generated_volumes_keeps_few_in_the_scene(tmp_path, ct_data
 
 
 def test_window_presets_apply_to_both_sides_and_masks_have_none(ct_data, mask_run):
-    pytest.importorskip("trame_slicer", reason="needs the web extra: pip install 'ctdiffusion[web]'")
-    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    _need_offscreen_rendering()
     from CTDiffusionLib.web.app import REAL, SYNTHETIC, ViewerApp
 
     app = ViewerApp(resolve_inputs(real=ct_data / "real", generated=ct_data / "generated"))
@@ -296,8 +294,17 @@ class Server:
             self.proc.kill()
 
 
-def _need_browser():
+def _need_offscreen_rendering():
     pytest.importorskip("trame_slicer", reason="needs the web extra: pip install 'ctdiffusion[web]'")
+    import ctypes.util
+
+    if not os.environ.get("DISPLAY") and ctypes.util.find_library("EGL") is None:
+        pytest.skip("offscreen rendering needs Mesa EGL (Debian: apt-get install libegl1 libegl-mesa0)")
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+def _need_browser():
+    _need_offscreen_rendering()
     if chromium_path() is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium; "
                     "scripts/run_tests.sh installs it when run as root)")
