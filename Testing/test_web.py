@@ -152,12 +152,20 @@ def test_resolve_requires_something_to_show():
 
 # --------------------------------------------------------------------------------- report and training
 def test_verdict_and_metrics_are_read_defensively():
-    metrics = {"verdict": "usable", "verdicts": {"realism": {"verdict": "pass"}, "novelty": "fail"},
-               "summary": {"a": {"generated": 0.5, "real_floor": 0.25, "better": "lower"}, "b": 3, "c": None}}
-    assert verdict_line(metrics) == "usable; realism: pass; novelty: fail"
-    rows = metric_rows(metrics)
+    older = {"summary": {"a": {"generated": 0.5, "real_floor": 0.25, "better": "lower"}, "b": 3, "c": None},
+             "memorisation": {"gate": "PASS: no sample is a near copy."}}
+    assert verdict_line(older) == "PASS: no sample is a near copy."
+    rows = metric_rows(older)
     assert [r["metric"] for r in rows] == ["a", "b", "c"]
-    assert rows[0]["generated"] == "0.5" and rows[0]["real floor"] == "0.25" and rows[1]["generated"] == "3"
+    assert rows[0]["generated"] == "0.5" and rows[0]["real"] == "0.25 (lower is better)" and rows[1]["generated"] == "3"
+    newer = {"verdict": "fail", "verdict_line": "FAIL: 1 of 2 metrics lie outside what real data gives: a.",
+             "verdicts": {"a": "fail", "b": "pass"},
+             "summary": {"a": {"generated": 9.0, "interval": [1.0, 2.5], "verdict": "fail"}, "b": {"generated": 1}}}
+    assert verdict_line(newer) == newer["verdict_line"]
+    rows = metric_rows(newer)
+    assert rows[0]["real"] == "1 .. 2.5" and rows[0]["verdict"] == "fail" and rows[1]["verdict"] == "pass"
+    assert verdict_line({"verdict": "usable", "verdicts": {"realism": {"verdict": "pass"}, "novelty": "fail"}}) == \
+        "usable; realism: pass; novelty: fail"
     assert verdict_line({"verdicts": ["ok", {"text": "fine"}]}) == "ok; fine"
     assert verdict_line({}) == "" and metric_rows({"summary": [1, 2]}) == []
 

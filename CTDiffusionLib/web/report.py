@@ -40,19 +40,34 @@ def read_metrics(path: Path | None) -> dict:
 
 
 def verdict_line(metrics: dict) -> str:
-    """One line: the overall verdict, then each named verdict ("realism: pass; novelty: ...")."""
+    """One line: the report's own verdict line when it has one, else the overall verdict and each named verdict
+    ("realism: pass; novelty: ..."); then the memorisation gate's sentence when there is one."""
     parts = []
-    if metrics.get("verdict") is not None:
-        parts.append(_text(metrics["verdict"]))
-    verdicts = metrics.get("verdicts")
-    if isinstance(verdicts, dict):
-        parts += [f"{name}: {_text(v)}" for name, v in verdicts.items()]
-    elif verdicts is not None:
-        parts.append(_text(verdicts))
+    if isinstance(metrics.get("verdict_line"), str):
+        parts.append(metrics["verdict_line"])
+    else:
+        if metrics.get("verdict") is not None:
+            parts.append(_text(metrics["verdict"]))
+        verdicts = metrics.get("verdicts")
+        if isinstance(verdicts, dict):
+            parts += [f"{name}: {_text(v)}" for name, v in verdicts.items()]
+        elif verdicts is not None:
+            parts.append(_text(verdicts))
+    memorisation = metrics.get("memorisation")
+    if isinstance(memorisation, dict) and isinstance(memorisation.get("gate"), str):
+        parts.append(memorisation["gate"])
     return "; ".join(p for p in parts if p)
 
 
-METRIC_COLUMNS = ("metric", "generated", "real floor", "better")
+METRIC_COLUMNS = ("metric", "generated", "real", "verdict")
+
+
+def _real_reference(entry: dict) -> str:
+    """What real data gives: a real-vs-real interval ("lo .. hi") or a floor value, whichever the report has."""
+    interval = entry.get("interval")
+    if isinstance(interval, (list, tuple)) and len(interval) == 2:
+        return f"{_text(interval[0])} .. {_text(interval[1])}"
+    return _text(entry.get("real_floor", entry.get("floor")))
 
 
 def metric_rows(metrics: dict) -> list[dict]:
@@ -61,13 +76,14 @@ def metric_rows(metrics: dict) -> list[dict]:
     summary = metrics.get("summary")
     if not isinstance(summary, dict):
         return rows
+    verdicts = metrics.get("verdicts") if isinstance(metrics.get("verdicts"), dict) else {}
     for name, entry in summary.items():
         entry = entry if isinstance(entry, dict) else {"generated": entry}
+        better = _text(entry.get("better"))
         rows.append({"metric": str(name),
                      "generated": _text(entry.get("generated", entry.get("value"))),
-                     "real floor": _text(entry.get("real_floor", entry.get("floor"))),
-                     "better": _text(entry.get("better")),
-                     "verdict": _text(entry.get("verdict")),
+                     "real": _real_reference(entry) + (f" ({better} is better)" if better else ""),
+                     "verdict": _text(entry.get("verdict", verdicts.get(name))),
                      "description": _text(entry.get("description"))})
     return rows
 
