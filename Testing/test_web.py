@@ -25,7 +25,7 @@ from CTDiffusionLib.data.phantoms import write_phantom_dataset
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RUN_FORMAT
-from CTDiffusionLib.web.report import TrainingFollower, latest_preview_png, metric_rows, verdict_line
+from CTDiffusionLib.web.report import TrainingFollower, latest_preview_png, metric_headers, metric_rows, verdict_line
 from CTDiffusionLib.web.sources import resolve_inputs
 from CTDiffusionLib.web.volume_cache import VolumeCache
 
@@ -157,12 +157,14 @@ def test_verdict_and_metrics_are_read_defensively():
     assert verdict_line(older) == "PASS: no sample is a near copy."
     rows = metric_rows(older)
     assert [r["metric"] for r in rows] == ["a", "b", "c"]
-    assert rows[0]["generated"] == "0.5" and rows[0]["real"] == "0.25 (lower is better)" and rows[1]["generated"] == "3"
+    assert rows[0]["generated"] == "0.5" and rows[0]["real"] == "0.25 \u2193" and rows[1]["generated"] == "3"
     newer = {"verdict": "fail", "verdict_line": "FAIL: 1 of 2 metrics lie outside what real data gives: a.",
              "verdicts": {"a": "fail", "b": "pass"},
              "summary": {"a": {"generated": 9.0, "interval": [1.0, 2.5], "verdict": "fail"}, "b": {"generated": 1}}}
+    assert [h["key"] for h in metric_headers(rows)] == ["metric", "generated", "real"]  # no verdicts: no column
     assert verdict_line(newer) == newer["verdict_line"]
     rows = metric_rows(newer)
+    assert [h["key"] for h in metric_headers(rows)] == ["metric", "generated", "real", "verdict"]
     assert rows[0]["real"] == "1 .. 2.5" and rows[0]["verdict"] == "fail" and rows[1]["verdict"] == "pass"
     assert verdict_line({"verdict": "usable", "verdicts": {"realism": {"verdict": "pass"}, "novelty": "fail"}}) == \
         "usable; realism: pass; novelty: fail"

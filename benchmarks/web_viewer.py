@@ -6,7 +6,8 @@ time also needs Debian's chromium.
     python benchmarks/web_viewer.py [--size 256x256x26] [--num 100] [--work /tmp/web-bench]
 
 Start-up = launching `python -m CTDiffusionLib view --real A --generated B` until it prints its URL (volumes read,
-put in the MRML scene and fitted to the views), and until headless Chromium shows both rendered slice images.
+put in the MRML scene and fitted to the views; wall time and the server's CPU time until then), and until headless
+Chromium shows both rendered slice images.
 Memory = psutil RSS of one in-process ViewerApp after showing each of the N volumes in turn.
 """
 
@@ -64,6 +65,10 @@ def measure_startup(real: Path, generated: Path) -> dict:
         for line in proc.stderr:
             if "open http://" in line:
                 result["server_ready_s"] = round(time.perf_counter() - t0, 2)
+                import psutil  # CPU the server used until then: what start-up costs without other load
+
+                cpu = psutil.Process(proc.pid).cpu_times()
+                result["server_cpu_until_ready_s"] = round(cpu.user + cpu.system, 2)
                 break
         from headless_chromium import HeadlessChromium, chromium_path
 

@@ -30,7 +30,7 @@ from CTDiffusionLib.data.discovery import Case, read_case
 from CTDiffusionLib.errors import CTDiffusionError
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RunFolder
-from CTDiffusionLib.web.report import (METRIC_COLUMNS, TrainingFollower, latest_preview_png, metric_rows,
+from CTDiffusionLib.web.report import (TrainingFollower, latest_preview_png, metric_headers, metric_rows,
                                        read_metrics, verdict_line)
 from CTDiffusionLib.web.sources import ViewerInputs, Volume
 from CTDiffusionLib.web.volume_cache import VolumeCache
@@ -229,8 +229,7 @@ class ViewerApp(TrameApp):
             s[f"{tag}_index"] = 0
             s[f"{tag}_name"] = "no volumes: pass --real" if tag == REAL and not self.lists[tag] else "no volumes"
             s[f"{tag}_total"] = len(self.lists[tag])
-        s.verdict, s.metric_rows = "", []
-        s.metric_headers = [{"title": c, "key": c} for c in METRIC_COLUMNS]
+        s.verdict, s.metric_rows, s.metric_headers = "", [], []
         s.loss_png, s.preview_png, s.training_status = "", "", ""
         s.is_run = self.inputs.run_dir is not None
 
@@ -278,6 +277,7 @@ class ViewerApp(TrameApp):
             self._metrics_stamp = stamp
             metrics = read_metrics(path)
             s.verdict, s.metric_rows = verdict_line(metrics), metric_rows(metrics)
+            s.metric_headers = metric_headers(s.metric_rows)
 
     async def _poll_forever(self) -> None:
         while True:
@@ -337,12 +337,13 @@ class ViewerApp(TrameApp):
             html.Span(f"{{{{ {tag}_name }}}}", id=f"{tag.lower()}-name", classes="text-body-2")
 
     def _side_panel(self) -> None:
-        with html.Div(style="width: 380px; overflow-y: auto; padding: 8px; border-left: 1px solid #ccc;",
+        with html.Div(style="width: 440px; overflow-y: auto; padding: 8px; border-left: 1px solid #ccc;",
                       id="side-panel"):
             html.Div("Quality report", classes="text-subtitle-1")
             html.Div("{{ verdict || 'No report (metrics.json) found.' }}", id="verdict", classes="text-body-2 mb-2")
             v3.VDataTable(headers=("metric_headers",), items=("metric_rows",), density="compact",
-                          items_per_page=-1, hide_default_footer=True, v_if="metric_rows.length", id="metrics")
+                          items_per_page=-1, hide_default_footer=True, v_if="metric_rows.length", id="metrics",
+                          style="font-size: 12px;")
             with html.Div(v_if="is_run", id="training"):
                 html.Div("Training", classes="text-subtitle-1 mt-4")
                 html.Div("{{ training_status || 'no progress events yet' }}", classes="text-body-2",

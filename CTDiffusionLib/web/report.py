@@ -70,6 +70,11 @@ def _real_reference(entry: dict) -> str:
     return _text(entry.get("real_floor", entry.get("floor")))
 
 
+def metric_headers(rows: list[dict]) -> list[dict]:
+    """Table headers for the columns that have something to show (older reports have no verdicts)."""
+    return [{"title": c, "key": c} for c in METRIC_COLUMNS if c == "metric" or any(r.get(c) for r in rows)]
+
+
 def metric_rows(metrics: dict) -> list[dict]:
     """Rows of the metrics table from the report's "summary" (name -> entry dict or bare number)."""
     rows = []
@@ -79,10 +84,10 @@ def metric_rows(metrics: dict) -> list[dict]:
     verdicts = metrics.get("verdicts") if isinstance(metrics.get("verdicts"), dict) else {}
     for name, entry in summary.items():
         entry = entry if isinstance(entry, dict) else {"generated": entry}
-        better = _text(entry.get("better"))
+        arrow = {"lower": " \u2193", "higher": " \u2191"}.get(_text(entry.get("better")), "")  # which way is better
         rows.append({"metric": str(name),
                      "generated": _text(entry.get("generated", entry.get("value"))),
-                     "real": _real_reference(entry) + (f" ({better} is better)" if better else ""),
+                     "real": _real_reference(entry) + arrow,
                      "verdict": _text(entry.get("verdict", verdicts.get(name))),
                      "description": _text(entry.get("description"))})
     return rows
