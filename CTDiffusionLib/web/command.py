@@ -7,6 +7,7 @@ import os
 import sys
 
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.profiles import PROFILE_NAMES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -18,7 +19,8 @@ def add_view_parser(sub) -> None:
     p.add_argument("--real", default=None, help="folder of real volumes (default: the run's training data)")
     p.add_argument("--generated", default=None, help="folder of generated volumes")
     p.add_argument("--report", default=None, help="report folder with metrics.json (written by `evaluate`)")
-    p.add_argument("--profile", default=None, help="data type, when no run config or sidecar names it")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=None,
+                   help="data type, when no run config, sidecar or report names it")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: this machine only; 0.0.0.0 exposes the data to the network)")
     p.add_argument("--port", type=int, default=8080)
