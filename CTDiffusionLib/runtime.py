@@ -30,9 +30,17 @@ def resolve_device(spec: str | None, local_rank: int = 0) -> torch.device:
 
 
 def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default (no loss scaling needed); off on CPU, where it is slower for conv3d."""
+    """bf16 autocast on GPUs that support it (Ampere and later: no loss scaling needed); fp32 elsewhere.
+
+    'auto' silently stays fp32 on CPU (bf16 conv3d is slower there) and on pre-Ampere GPUs; 'on' asks for bf16 and
+    is refused where the GPU cannot do it rather than falling back to a slow emulation."""
     amp = amp or "auto"
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if amp == "on":
+            raise InputError(f"--amp on: {torch.cuda.get_device_name(device)} has no bf16 support.",
+                             "Use --amp auto or off (fp32 training).")
         return None
     return torch.bfloat16
 
@@ -52,11 +60,28 @@ class Distributed:
         return self.world_size > 1
 
 
+# Collectives wait this long (barriers while rank 0 preprocesses or writes a checkpoint included); the default
+# 10 min NCCL / 30 min gloo would kill a job whose rank 0 is saving a large checkpoint to a slow disk.
+COLLECTIVE_TIMEOUT_S = 2 * 3600
+
+
+def check_device_for_torchrun(device_spec: str | None) -> None:
+    """Under torchrun each process takes GPU LOCAL_RANK; a fixed cuda:N would put every rank on one GPU."""
+    spec = (device_spec or "auto").strip().lower()
+    if spec.startswith("cuda:"):
+        raise InputError(f"--device {spec} cannot be used with torchrun: every process would use the same GPU.",
+                         "Use --device cuda (each process takes the GPU of its LOCAL_RANK); choose GPUs with "
+                         "CUDA_VISIBLE_DEVICES.")
+
+
 def init_distributed(device_spec: str | None) -> Distributed:
     """Joins the torchrun process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Distributed()
+    check_device_for_torchrun(device_spec)
+    import datetime
+
     import torch.distributed as dist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -64,5 +89,37 @@ def init_distributed(device_spec: str | None) -> Distributed:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     return Distributed(rank, world, local_rank)
+
+
+def run_on_main_then_share(dist: Distributed, work, describe: str):
+    """Rank 0 runs `work()` while the others wait; a failure there ends every rank with the same error.
+
+    Without this, a rank-0 exception (e.g. an unreadable file during preprocessing) leaves the other ranks waiting
+    at the barrier until the collective timeout. Rank 0 broadcasts "ok" or its error (a CTDiffusionError keeps its
+    class, message and hint; anything else becomes a TrainingFailed naming `describe`); after "ok" the other ranks
+    run `work()` themselves (reading what rank 0 wrote, e.g. the preprocessing cache)."""
+    if not dist.enabled:
+        return work()
+    import torch.distributed as tdist
+
+    from CTDiffusionLib import errors
+
+    result, failure, box = None, None, [None]
+    if dist.is_main:
+        try:
+            result = work()
+        except errors.CTDiffusionError as exc:
+            failure, box = exc, [(type(exc).__name__, exc.message, exc.hint)]
+        except Exception as exc:
+            failure, box = exc, [("TrainingFailed", f"{describe} failed on rank 0 ({type(exc).__name__}: {exc}).",
+                                  "See the log of rank 0 for the traceback.")]
+    tdist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        kind, message, hint = box[0]
+        raise getattr(errors, kind, errors.TrainingFailed)(message, hint)
+    return result if dist.is_main else work()

@@ -147,11 +147,10 @@ def _init_weights(run: Path) -> dict:
     import torch
 
     from CTDiffusionLib.models.factory import build_model
-    from CTDiffusionLib.training.trainer import runtime_model_spec
 
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     torch.manual_seed(int(config["training"]["seed"]))
-    return {k: v.detach().clone() for k, v in build_model(runtime_model_spec(config)).state_dict().items()}
+    return {k: v.detach().clone() for k, v in build_model(config["model"]).state_dict().items()}
 
 
 def test_global_batch_must_divide_over_ranks(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
 from CTDiffusionLib.models.bundle import save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
+from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.runtime import Distributed, autocast_dtype, init_distributed, resolve_device
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
 from CTDiffusionLib.training.config import CONFIG_FORMAT, build_config, total_steps
@@ -132,16 +133,6 @@ def condition_labels(vocab: ConditionVocabulary | None, data: PreparedData, indi
 
 
 # ---------------------------------------------------------------- trainer
-def runtime_model_spec(config: dict) -> dict:
-    """The network spec plus speed switches that do not change the weights (so the bundle stays the same)."""
-    spec = json.loads(json.dumps(config["model"]))
-    tr = config["training"]
-    if spec["type"] == "aniso_unet":
-        spec["kwargs"]["gradient_checkpointing"] = bool(tr.get("grad_checkpoint"))
-        spec["kwargs"]["fused_attention"] = bool(tr.get("fused_attention", True))
-    return spec
-
-
 class Trainer:
     def __init__(self, config: dict, run_dir: Path, data: PreparedData, vocab: ConditionVocabulary | None,
                  device: torch.device, events, dist: Distributed = Distributed()):
@@ -154,9 +145,8 @@ class Trainer:
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
         torch.manual_seed(self.seed)
-        self.model = build_model(runtime_model_spec(config), vocab.num_embeddings if vocab else None).to(device)
-        if device.type == "cuda" and tr.get("channels_last", True) and config["data"]["mode"] == "3d":
-            self.model = self.model.to(memory_format=torch.channels_last_3d)  # cuDNN's faster NDHWC kernels
+        self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
+        apply_speed_settings(self.model, tr, device, config["data"]["mode"])
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tr["ema_decay"]), use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
         from diffusers.optimization import get_cosine_schedule_with_warmup
