@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,6 +50,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    wait_group: object = field(default=None, compare=False, repr=False)  # gloo group for waiting on rank 0
 
     @property
     def is_main(self) -> bool:
@@ -60,9 +61,11 @@ class Distributed:
         return self.world_size > 1
 
 
-# Collectives wait this long (barriers while rank 0 preprocesses or writes a checkpoint included); the default
-# 10 min NCCL / 30 min gloo would kill a job whose rank 0 is saving a large checkpoint to a slow disk.
-COLLECTIVE_TIMEOUT_S = 2 * 3600
+# Training collectives (gradient all-reduce) fail after COLLECTIVE_TIMEOUT_S, so a hung rank ends the job. While
+# rank 0 alone works (preprocessing, checkpoint, validation, preview) the others wait on a separate gloo group with
+# a long timeout instead, so a slow disk never trips the training timeout. Both can be set for tests / clusters.
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("CTDIFFUSION_COLLECTIVE_TIMEOUT_S", 30 * 60))
+RANK0_WAIT_TIMEOUT_S = float(os.environ.get("CTDIFFUSION_RANK0_WAIT_TIMEOUT_S", 6 * 3600))
 
 
 def check_device_for_torchrun(device_spec: str | None) -> None:
@@ -91,7 +94,16 @@ def init_distributed(device_spec: str | None) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    return Distributed(rank, world, local_rank)
+    wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=RANK0_WAIT_TIMEOUT_S))
+    return Distributed(rank, world, local_rank, wait_group)
+
+
+def wait_for_main(dist: Distributed) -> None:
+    """Every rank waits here until rank 0 has finished its own work (on the long-timeout group)."""
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.barrier(group=dist.wait_group)
 
 
 def run_on_main_then_share(dist: Distributed, work, describe: str):
@@ -116,7 +128,10 @@ def run_on_main_then_share(dist: Distributed, work, describe: str):
         except Exception as exc:
             failure, box = exc, [("TrainingFailed", f"{describe} failed on rank 0 ({type(exc).__name__}: {exc}).",
                                   "See the log of rank 0 for the traceback.")]
-    tdist.broadcast_object_list(box, src=0)
+    tdist.broadcast_object_list(box, src=0, group=dist.wait_group)
+    if box[0] is not None:
+        # rank 0 must not exit before every rank holds the error: torchrun stops the others when one rank ends
+        tdist.barrier(group=dist.wait_group)
     if failure is not None:
         raise failure
     if box[0] is not None:
