@@ -80,7 +80,7 @@ def measure(args) -> dict:
     shape = (args.batch, 1, gz, gy, gx)
     torch.manual_seed(0)
     model = build_model(preset["model"]).to(device)
-    apply_speed_settings(model, {"attention": args.attention, "grad_checkpoint": args.grad_checkpoint}, device, "3d")
+    apply_speed_settings(model, device, "3d", grad_checkpoint=args.grad_checkpoint, attention=args.attention)
     if args.compile:
         model.compile()
     amp = {"bf16": torch.bfloat16, "fp32": None}[args.amp]

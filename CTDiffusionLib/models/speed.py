@@ -46,22 +46,23 @@ class SpeedSwitches:
         return get_timestep_embedding(timesteps, dim).to(dtype=dtype)
 
 
-def apply_speed_settings(model: torch.nn.Module, training: dict, device: torch.device, mode: str) -> torch.nn.Module:
-    """Switch on what the run's training config asks for (grad_checkpoint, attention) and channels-last 3D on CUDA.
+def apply_speed_settings(model: torch.nn.Module, device: torch.device, mode: str, *, grad_checkpoint: bool = False,
+                         attention: str = "auto", channels_last: bool = True) -> torch.nn.Module:
+    """Switch on what the run asks for (gradient checkpointing, attention kernel) and channels-last 3D on CUDA.
 
     Networks without these methods (MONAI's 2D UNet for masks) only take channels-last; asking them for
     gradient checkpointing is an input error rather than a silent no-op."""
     from CTDiffusionLib.errors import InputError
 
     switches = isinstance(model, SpeedSwitches)
-    if training.get("grad_checkpoint"):
+    if grad_checkpoint:
         if not switches:
             raise InputError("--grad-checkpoint: this preset's network does not support gradient checkpointing.",
                              "Drop --grad-checkpoint or choose a 3D preset.")
         model.enable_gradient_checkpointing()
     if switches:
-        model.set_attention_backend(training.get("attention", "auto"))
-    if device.type == "cuda" and training.get("channels_last", True) and mode == "3d":
+        model.set_attention_backend(attention)
+    if device.type == "cuda" and channels_last and mode == "3d":
         if switches:
             model.enable_channels_last()
         else:
