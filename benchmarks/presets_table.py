@@ -215,7 +215,7 @@ def print_table(result: dict) -> None:
     base = next(iter(rows))
     print(f"\nCT presets at {result['grid']} (x*y*z), batch {result['batch']}, {result['device']} {result['amp']}, "
           f"optimizer {result['optimizer']}, {result['repeats']} interleaved repeats (median [min..max])")
-    head = "| preset | params | TFLOP/step | FLOPs vs " + base + " |"
+    head = "| preset | params | TFLOP/step | " + base + " FLOPs / preset FLOPs |"
     timed = "train_step_s" in rows[base]
     if timed:
         head += " forward s | train step s | speed-up vs " + base + " [per-repeat range] | peak GB |"
@@ -224,7 +224,7 @@ def print_table(result: dict) -> None:
     print("|" + "---|" * (head.count("|") - 1))
     for name, row in rows.items():
         line = (f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['train_step_flops'] / 1e12:.3f} | "
-                f"{rows[base]['train_step_flops'] / row['train_step_flops']:.2f}x fewer |")
+                f"{rows[base]['train_step_flops'] / row['train_step_flops']:.2f} |")
         if timed:
             med = lambda key: f"{row[key]['median']:.2f} [{row[key]['min']:.2f}..{row[key]['max']:.2f}]"  # noqa: E731
             sp = row["speedup_vs_" + base]
