@@ -103,15 +103,17 @@ def measure(args) -> dict:
             opt.step()
         model.zero_grad(set_to_none=True)
 
-    model.train()
-    train_step()  # untimed: allocator, oneDNN / cuDNN kernel choice, compile
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    train_step()
-    sync()
-    result = {"train_step_s": time.perf_counter() - t0}
+    result = {}
+    if not args.forward_only:
+        model.train()
+        train_step()  # untimed: allocator, oneDNN / cuDNN kernel choice, compile
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        train_step()
+        sync()
+        result["train_step_s"] = time.perf_counter() - t0
     result["peak_memory_gb"] = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda"
                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
     if opt is not None:
@@ -124,6 +126,9 @@ def measure(args) -> dict:
         model(x[:1], t[:1])
         sync()
     result["forward_s"] = time.perf_counter() - t0
+    if args.forward_only:
+        result["peak_memory_gb"] = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda"
+                                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
     if args.sample_measure:
         diffusion = default_diffusion_config("linear", preset.get("prediction", "v"))
         for name, steps in SAMPLERS:
@@ -143,6 +148,7 @@ def run_child(args, preset: str) -> dict:
            "--sample-measure", str(args.sample_measure)]
     cmd += ["--compile"] if args.compile else []
     cmd += ["--grad-checkpoint"] if args.grad_checkpoint else []
+    cmd += ["--forward-only"] if args.forward_only else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -168,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--sample-measure", type=int, default=2,
                    help="sampler steps actually run per sampler (scaled to the full count); 0 skips generation")
+    p.add_argument("--forward-only", action="store_true",
+                   help="time forward passes only (no gradients: fits grids whose training step does not)")
     p.add_argument("--flops-only", action="store_true", help="parameters and FLOPs only (meta device, instant)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -189,16 +197,16 @@ def main(argv=None) -> int:
         for r in range(args.repeats):
             for name in presets:  # interleaved: each repeat measures every preset once
                 runs[name].append(run_child(args, name))
-                print(f"repeat {r + 1}/{args.repeats} {name}: {runs[name][-1]['train_step_s']:.2f} s/step",
-                      file=sys.stderr, flush=True)
+                print(f"repeat {r + 1}/{args.repeats} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
         base = presets[0]
+        timed = "forward_s" if args.forward_only else "train_step_s"
         for name in presets:
             row = rows[name]
             for key in runs[name][0]:
                 row[key] = summarise([run[key] for run in runs[name]])
-            ratios = [a["train_step_s"] / b["train_step_s"] for a, b in zip(runs[base], runs[name])]
-            row["speedup_vs_" + base] = {
-                "of_medians": rows[base]["train_step_s"]["median"] / row["train_step_s"]["median"],
+            ratios = [a[timed] / b[timed] for a, b in zip(runs[base], runs[name])]
+            row["speedup_vs_" + base] = {"of": timed,
+                "of_medians": rows[base][timed]["median"] / row[timed]["median"],
                 "per_repeat_min": min(ratios), "per_repeat_max": max(ratios)}
     result = {"grid": args.grid, "batch": args.batch, "device": args.device, "amp": args.amp,
               "optimizer": args.optimizer, "repeats": args.repeats, "torch": torch.__version__,
@@ -216,9 +224,11 @@ def print_table(result: dict) -> None:
     print(f"\nCT presets at {result['grid']} (x*y*z), batch {result['batch']}, {result['device']} {result['amp']}, "
           f"optimizer {result['optimizer']}, {result['repeats']} interleaved repeats (median [min..max])")
     head = "| preset | params | TFLOP/step | " + base + " FLOPs / preset FLOPs |"
-    timed = "train_step_s" in rows[base]
+    timed = "forward_s" in rows[base]
+    training = "train_step_s" in rows[base]
     if timed:
-        head += " forward s | train step s | speed-up vs " + base + " [per-repeat range] | peak GB |"
+        head += " forward s |" + (" train step s |" if training else "")
+        head += f" {'train step' if training else 'forward'} speed-up vs {base} [per-repeat range] | peak GB |"
         head += "".join(f" {n}-{k} s/vol |" for n, k in SAMPLERS if f"{n}_s_per_volume" in rows[base])
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -228,7 +238,8 @@ def print_table(result: dict) -> None:
         if timed:
             med = lambda key: f"{row[key]['median']:.2f} [{row[key]['min']:.2f}..{row[key]['max']:.2f}]"  # noqa: E731
             sp = row["speedup_vs_" + base]
-            line += (f" {med('forward_s')} | {med('train_step_s')} | {sp['of_medians']:.2f}x "
+            line += (f" {med('forward_s')} |" + (f" {med('train_step_s')} |" if training else "") +
+                     f" {sp['of_medians']:.2f}x "
                      f"[{sp['per_repeat_min']:.2f}..{sp['per_repeat_max']:.2f}] | {row['peak_memory_gb']['median']:.2f} |")
             line += "".join(f" {row[f'{n}_s_per_volume']['median']:.1f} |" for n, _ in SAMPLERS
                             if f"{n}_s_per_volume" in row)

@@ -22,7 +22,7 @@ def fmt(value, digits=3) -> str:
 def render(res: dict) -> str:
     lines = [f"GPU suite on **{res['device_name']}** ({res['device']}), torch {res['torch']}, CUDA {res['cuda']}, "
              f"{res['date']}{' — DRY RUN: networks 8x narrower, small grids; not a measurement' if res['dry_run'] else ''}"
-             f"; {res['wall_seconds']} s.", "", "| check | result | detail |", "|---|---|---|"]
+             f"; {res['wall_seconds']} s{'' if res.get('complete') else ' — INCOMPLETE (stopped before the end)'}.", "", "| check | result | detail |", "|---|---|---|"]
     for name, c in res["checks"].items():
         state = {True: "ok", False: "FAILED", None: "n/a"}[c.get("ok")]
         detail = c.get("error") or ", ".join(f"{k} {fmt(v)}" for k, v in c.items()
