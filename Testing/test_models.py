@@ -142,6 +142,23 @@ def test_gradient_checkpointing_gives_same_gradients(make):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [_small_thesis, lambda: AnisotropicDiffusionUNet(**SMALL_ANISO)],
+                         ids=["thesis", "aniso"])
+def test_channels_last_gives_the_same_output(make):
+    """What CUDA training switches on: NDHWC / NHWC weights (the thesis net has 2D convolutions too)."""
+    torch.manual_seed(0)
+    a, b = make(), make()
+    for p in a.parameters():
+        p.data.normal_(0, 0.05)
+    b.load_state_dict(a.state_dict())
+    b.enable_channels_last()
+    assert any(p.dim() == 5 and p.is_contiguous(memory_format=torch.channels_last_3d) for p in b.parameters())
+    x, t = torch.randn(2, 1, 4, 8, 8), torch.tensor([1, 500])
+    with torch.no_grad():
+        torch.testing.assert_close(b(x.contiguous(memory_format=torch.channels_last_3d), t), a(x, t),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_upsample_conv_first_keeps_the_grid_and_differs():
     torch.manual_seed(0)
     a = AnisotropicDiffusionUNet(**SMALL_ANISO)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The GPU suite: CUDA correctness checks, then the measurements issue 15 asks for, into one JSON file.
+"""The GPU suite: CUDA correctness checks, then the GPU measurements (thesis vs default, native512, generation).
 
     python benchmarks/gpu_suite.py --out benchmarks/results/gpu-suite.json            # on the GPU (via gpu_suite.sh)
     python benchmarks/gpu_suite.py --dry-run --out /tmp/gpu-suite-dry.json            # anywhere: CPU, tiny sizes
@@ -133,7 +133,8 @@ def check_train_step(spec, grid, device, amp):
 
 def check_channels_last(spec, grid, device):
     a = make_model(spec, device)
-    b = make_model(spec, device, channels_last=True)
+    b = make_model(spec, device)
+    b.enable_channels_last()  # directly, so a CPU dry run goes through it too
     x, t = batch_for(grid, 1, device)
     with torch.no_grad():
         ya, yb = a(x, t), b(x.to(memory_format=torch.channels_last_3d), t)
@@ -217,7 +218,8 @@ def check_resume(work: Path, device_flag: str):
           *common])
     _cli(["train", "--data", str(data), "--out", str(work / "split"), "--steps", "2", "--checkpoint-every", "2",
           *common])
-    _cli(["train", "--out", str(work / "split"), "--resume", "--steps", "4", "--device", device_flag])
+    _cli(["train", "--profile", "prostate-ct", "--out", str(work / "split"), "--resume", "--steps", "4",
+          "--device", device_flag])
     a, b = _weights(work / "full"), _weights(work / "split")
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     return {"max_weight_diff": diff, "bit_for_bit": diff == 0.0, "data": str(data)}
@@ -347,7 +349,9 @@ def main(argv=None) -> int:
             check(checks, f"train_step[{name},{dtype}]",
                   lambda s=spec, g=grid, d=dtype: check_train_step(s, g, device,
                                                                    torch.bfloat16 if d == "bf16" else None))
-    check(checks, "channels_last", lambda: check_channels_last(default_spec, default_grid, device))
+    for name in CT_PRESETS:
+        spec, grid = preset_model(name, dry)
+        check(checks, f"channels_last[{name}]", lambda s=spec, g=grid: check_channels_last(s, g, device))
     for backend in (("flash", "efficient", "math") if device.type == "cuda" else ("flash", "math")):
         check(checks, f"attention[{backend}]", lambda b=backend: check_attention(b, device))
     if "compile" not in skip:

@@ -24,8 +24,13 @@ class SpeedSwitches:
         self.gradient_checkpointing = False
 
     def enable_channels_last(self) -> None:
-        """NDHWC weights (cuDNN's fastest 3D kernels on CUDA); inputs should be converted the same way."""
-        self.to(memory_format=torch.channels_last_3d)
+        """Channels-last weights (cuDNN's fastest kernels on CUDA): NDHWC for 3D convolutions and NHWC for the 2D
+        ones of slice-wise levels (`Module.to(memory_format=channels_last_3d)` would reject those). Inputs should be
+        channels_last_3d too; folding a slice-wise level's depth into the batch then stays a view."""
+        for param in self.parameters():
+            if param.dim() in (4, 5):
+                fmt = torch.channels_last_3d if param.dim() == 5 else torch.channels_last
+                param.data = param.data.contiguous(memory_format=fmt)
 
     def set_attention_backend(self, backend: str) -> None:
         """'auto' (fused SDPA, PyTorch chooses), 'flash' / 'efficient' / 'math' (forced), or 'plain' (baseline)."""
