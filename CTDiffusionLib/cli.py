@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=profiles, default=PROSTATE_CT.name)
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's own)")
+
+    from CTDiffusionLib.web.command import add_view_parser  # light: the web extra is imported only when serving
+
+    add_view_parser(sub)
     return parser
 
 
@@ -215,12 +219,19 @@ def _cmd_demo(args, events) -> int:
     return 0
 
 
+def _cmd_view(args) -> int:
+    from CTDiffusionLib.web.command import run_view
+
+    return run_view(args)
+
+
 HANDLERS = {
     "phantoms": _cmd_phantoms,
     "train": _cmd_train,
     "generate": _cmd_generate,
     "evaluate": _cmd_evaluate,
     "demo": _cmd_demo,
+    "view": lambda args, events: _cmd_view(args),
 }
 
 

@@ -51,7 +51,8 @@ class StopFlag:
         self._previous = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGBREAK: what CTRL_BREAK (the Slicer module's Stop on Windows) raises in Python
+        for sig in (signal.SIGINT, signal.SIGTERM, *filter(None, [getattr(signal, "SIGBREAK", None)])):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. called from a test thread): no signal handling
