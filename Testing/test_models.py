@@ -190,3 +190,18 @@ def test_condition_vocabulary_round_trip_and_errors():
     assert parse_condition_text("group=DCM, phase=ED") == {"group": "DCM", "phase": "ED"}
     with pytest.raises(InputError):
         parse_condition_text("group:DCM")
+
+
+def test_default_needs_at_least_3x_fewer_flops_per_training_step_than_thesis():
+    """Counted, not timed: forward + backward of one 256x256x26 sample on the meta device (FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def step_flops(name):
+        with torch.device("meta"):
+            model = build_model(PRESETS["prostate-ct"][name]["model"])
+            with FlopCounterMode(display=False) as counter:
+                model(torch.empty(1, 1, 26, 256, 256), torch.zeros(1, dtype=torch.long)).square().mean().backward()
+        return counter.get_total_flops()
+
+    thesis, default = step_flops("thesis"), step_flops("default")
+    assert thesis / default >= 3.0, f"thesis {thesis / 1e12:.2f} vs default {default / 1e12:.2f} TFLOP per step"
