@@ -16,6 +16,7 @@ from CTDiffusionLib.diffusion.sampling import sample
 from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, bundle_scheduler, sampler
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
+from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import write_json
 
@@ -139,8 +140,7 @@ def generate_from_args(args, events) -> int:
     condition = parse_condition_text(args.condition)
     device = resolve_device(args.device)
     model, meta = load_bundle(args.model, device)
-    if device.type == "cuda" and meta["data"]["mode"] == "3d":
-        model = model.to(memory_format=torch.channels_last_3d)  # the layout training used on CUDA
+    apply_speed_settings(model, device, meta["data"]["mode"])  # channels-last on CUDA, as in training
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
     out.mkdir(parents=True, exist_ok=True)
     events.set_log_path(out / "events.jsonl")
