@@ -44,11 +44,12 @@ PRESETS: dict[str, dict[str, dict]] = {
                  "training": {**_CT_TRAIN, "lr": 1e-3, "warmup_steps": 20, "steps": 300, "ema_decay": 0.99,
                               "checkpoint_every": 50, "sample_every": 100}},
         # Recommended 256x256x26 (docs/presets.md): the thesis' deep pyramid (26x256x256 ... 4x8x8 with attention
-        # over 256 tokens, 2x4x4 + mid attention) at 4x fewer FLOPs per step: slice-wise convolutions while pixels
-        # are much finer than the 2.5 mm slices, one res block at the two full-size levels, up-sampling convs on
+        # over 256 tokens, 2x4x4 + mid attention) at 6x fewer FLOPs per step: slice-wise convolutions while pixels
+        # are much finer than the 2.5 mm slices, one res block and few channels (16, 32) at the two full-z levels
+        # (at full size CPU time goes with the number of voxels x channels, not with FLOPs), up-sampling convs on
         # the coarse grid, z halving where in-plane and through-plane spacing meet.
         "default": {"grid": [256, 256, 26], **_CT_DATA,
-                    "model": _aniso((32, 32, 64, 128, 256, 384, 384), ("2d", "2d", "2d", "3d", "3d", "3d", "3d"),
+                    "model": _aniso((16, 32, 64, 128, 256, 384, 384), ("2d", "2d", "2d", "3d", "3d", "3d", "3d"),
                                     (1, 2, 2, 1, 2, 2), (1, 1, 2, 2, 2, 2, 2), (False,) * 5 + (True, True), 64,
                                     32, upsample_conv_first=True),
                     "training": {**_CT_TRAIN, "batch_size": 2}},

@@ -159,6 +159,17 @@ def test_channels_last_gives_the_same_output(make):
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_narrow_full_size_level_builds_with_32_norm_groups():
+    """`default` is 16 channels wide at full size under 32 channels: its first up block sees a 32 + 16 = 48 channel
+    concat, which GroupNorm(32) cannot split, so each norm takes the most groups <= 32 that divide its width."""
+    model = AnisotropicDiffusionUNet(1, 1, (16, 32), ("2d", "3d"), (2,), 1, (False, False), 8, 32)
+    first_up_norm = model.up[-1][0].res.norm1
+    assert (first_up_norm.num_channels, first_up_norm.num_groups) == (48, 24)
+    assert model.down[0][0].res.norm1.num_groups == 16
+    x = torch.randn(2, 1, 6, 8, 8)
+    assert model(x, torch.tensor([1, 2])).shape == x.shape
+
+
 def test_upsample_conv_first_keeps_the_grid_and_differs():
     torch.manual_seed(0)
     a = AnisotropicDiffusionUNet(**SMALL_ANISO)

@@ -31,6 +31,14 @@ def _padding(kernel: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(k // 2 for k in kernel)
 
 
+def _norm(groups: int, ch: int) -> nn.GroupNorm:
+    """GroupNorm with the most groups <= `groups` that divide `ch` (so a 48-channel concat works with 32)."""
+    g = min(groups, ch)
+    while ch % g:
+        g -= 1
+    return nn.GroupNorm(g, ch, eps=1e-6)
+
+
 def _zero(module: nn.Module) -> nn.Module:
     """Zero-initialised output layers make every residual branch start as identity (stable early training)."""
     for p in module.parameters():
@@ -42,10 +50,10 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, kind: str, groups: int, dropout: float = 0.0):
         super().__init__()
         k = _kernel(kind)
-        self.norm1 = nn.GroupNorm(min(groups, in_ch), in_ch, eps=1e-6)
+        self.norm1 = _norm(groups, in_ch)
         self.conv1 = nn.Conv3d(in_ch, out_ch, k, padding=_padding(k))
         self.temb = nn.Linear(temb_dim, 2 * out_ch)  # scale and shift (FiLM), as in improved DDPM
-        self.norm2 = nn.GroupNorm(min(groups, out_ch), out_ch, eps=1e-6)
+        self.norm2 = _norm(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv3d(out_ch, out_ch, k, padding=_padding(k)))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv3d(in_ch, out_ch, 1)
@@ -64,7 +72,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, ch: int, head_dim: int, groups: int):
         super().__init__()
         self.heads = max(1, ch // head_dim)
-        self.norm = nn.GroupNorm(min(groups, ch), ch, eps=1e-6)
+        self.norm = _norm(groups, ch)
         self.qkv = nn.Conv3d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv3d(ch, ch, 1))
         self.backend = "auto"
@@ -188,7 +196,7 @@ class AnisotropicDiffusionUNet(SpeedSwitches, nn.Module):
                 blocks.append(Upsample(ch, level_kinds[level - 1], upsample_conv_first))
             self.up.append(blocks)
 
-        self.norm_out = nn.GroupNorm(min(norm_groups, ch), ch, eps=1e-6)
+        self.norm_out = _norm(norm_groups, ch)
         self.conv_out = _zero(nn.Conv3d(ch, out_channels, k0, padding=_padding(k0)))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None
