@@ -136,26 +136,17 @@ def _load_inputs(real, generated, train, profile):
 
 def _analyse_reference(gen, real_s, train_s, sim, *, device, seed, feature_weights, feature_steps, out,
                        run_config) -> Reference:
+    from CTDiffusionLib.evaluation.diversity import within_set_matrix
+
     per_stats = _ct_sample_stats if gen.profile == "prostate-ct" else _mask_sample_stats
     stats = {"real": [per_stats(s.array) for s in real_s], "train": [per_stats(s.array) for s in train_s or []]}
     pool = real_s + (train_s or [])
-    ref = Reference(real_s, train_s, stats, _within_matrix(sim, [s.array for s in pool], device))
+    ref = Reference(real_s, train_s, stats, within_set_matrix(sim, [s.array for s in pool], device))
     if train_s:
         ref.copy_null = _near_copy_null(gen, real_s, train_s, sim, device, run_config)
     ref.features = _feature_spaces(gen, pool, feature_weights=feature_weights, steps=feature_steps, seed=seed,
                                    device=device, out=out)
     return ref
-
-
-def _within_matrix(sim, arrays, device) -> np.ndarray:
-    n = len(arrays)
-    prep = sim.prepare(arrays)
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    vals = sim.pairs(prep, prep, pairs, device)
-    m = np.full((n, n), np.nan)
-    for (i, j), v in zip(pairs, vals):
-        m[i, j] = m[j, i] = v
-    return m
 
 
 def _search(gen, sim, run_config):
@@ -283,12 +274,14 @@ def _found_metric(G: list, ref: Reference, split, is_ct: bool) -> dict:
 def _diversity(gen, ref: Reference, sim, split, device, is_ct: bool) -> tuple:
     """Two-sided: mean pairwise similarity among generated samples against what sets of real cases show.
     Too high is mode collapse, too low is noise or broken anatomy."""
-    matrices = {"gen": _within_matrix(sim, [s.array for s in gen.samples], device), "pool": ref.pool_similarity}
+    from CTDiffusionLib.evaluation.diversity import pair_values, within_set_matrix
+
+    matrices = {"gen": within_set_matrix(sim, [s.array for s in gen.samples], device), "pool": ref.pool_similarity}
     n_real = len(ref.real)
 
     def mean_pairs(items):  # items: (matrix name, index) of one set
-        vals = [matrices[m][i, j] for a, (m, i) in enumerate(items) for _, j in items[a + 1:]]
-        return float(np.mean(vals)) if vals else None
+        vals = pair_values(matrices[items[0][0]], [i for _, i in items]) if items else []
+        return float(np.mean(vals)) if len(vals) else None
 
     pool_items = [("pool", k) for k in range(len(ref.pool))]
     stat = floors.ValueStat(mean_pairs, [("gen", i) for i in range(len(gen.samples))], pool_items[:n_real], pool_items)
@@ -296,8 +289,7 @@ def _diversity(gen, ref: Reference, sim, split, device, is_ct: bool) -> tuple:
     entry = _entry(floors.judged(stat, split, "two-sided"), "within",
                    f"mean pairwise {sim.description} among generated samples against sets of real cases; above the "
                    "interval is mode collapse, below it noise or broken anatomy", real_value=stat.real_value)
-    div = {"gen": matrices["gen"][np.triu_indices(len(gen.samples), 1)],
-           "real": ref.pool_similarity[:n_real, :n_real][np.triu_indices(n_real, 1)]}
+    div = {"gen": pair_values(matrices["gen"]), "real": pair_values(ref.pool_similarity, list(range(n_real)))}
     return {name: entry}, div
 
 
