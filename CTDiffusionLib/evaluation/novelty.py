@@ -123,8 +123,8 @@ class AlignedSearch:
         for k in range(0, len(params), self.CHUNK):
             theta = self._thetas(params[k:k + self.CHUNK], src.shape)
             grid = nnf.affine_grid(theta, [len(theta), src.shape[0], *src.shape[-2:]], align_corners=True)
-            outs.append(nnf.grid_sample(x.expand(len(theta), -1, -1, -1), grid, mode="nearest" if nearest else "bilinear",
-                                        padding_mode="border", align_corners=True))
+            outs.append(nnf.grid_sample(x.expand(len(theta), -1, -1, -1), grid, align_corners=True,
+                                        mode="nearest" if nearest else "bilinear", padding_mode="border"))
         return torch.cat(outs)
 
     @staticmethod
@@ -152,7 +152,8 @@ class AlignedSearch:
     def _coarse(self, t_small, r_small, com_t, com_r, area_t, area_r) -> tuple:
         lo, hi = self.space["zoom"]
         est = math.sqrt(area_t / area_r) if area_r > 0 and area_t > 0 else 1.0
-        scales = sorted({*np.round(np.linspace(lo * 0.95, hi * 1.05, 9), 4), round(min(max(est, lo * 0.95), hi * 1.05), 4)})
+        est = min(max(est, lo * 0.95), hi * 1.05)
+        scales = sorted({*np.round(np.linspace(lo * 0.95, hi * 1.05, 9), 4), round(est, 4)})
         rows = []
         for flip in (0.0, 1.0) if self.space.get("flip") else (0.0,):
             for sc in scales:
@@ -185,6 +186,8 @@ class AlignedSearch:
         small = (lambda a: ndimage.zoom(a, (1, 1 / factor, 1 / factor), order=1)) if factor > 1 else (lambda a: a)
         t_small = [small(self._window(t)) for t in targets]
         r_small = [small(self._window(r)) for r in refs]
+        # ndimage.zoom keeps the outer voxel centres: full-resolution shift = small shift * (n - 1) / (m - 1)
+        per_axis = (np.array(shape[1:], float) - 1) / np.maximum(np.array(t_small[0].shape[1:], float) - 1, 1)
         t_com, r_com = [self._com(t) for t in t_small], [self._com(r) for r in r_small]
         t_area, r_area = [self._area(t) for t in t_small], [self._area(r) for r in r_small]
         out = self.sim.matrix(self.sim.prepare(targets), self.sim.prepare(refs), device)
@@ -203,7 +206,7 @@ class AlignedSearch:
                 coarse.append((score, j, dz, params))
             for _, j, dz, params in sorted(coarse, key=lambda c: -c[0])[:self.TOP_REFS]:
                 best = self._refine(t_small[i], _shift_z(r_small[j], dz), params)
-                best[3:] *= factor  # in-plane shifts back to full-resolution voxels
+                best[3:] *= per_axis  # in-plane shifts back to full-resolution voxels
                 src = _shift_z(refs[j].astype(np.float32), dz)
                 cand = self._warp(src, best[None], nearest=self.is_label)[0].numpy()
                 cand = np.rint(cand).astype(refs[j].dtype) if self.is_label else cand

@@ -130,7 +130,9 @@ def _load_inputs(real, generated, train, profile):
         raise InputError(f"Only {len(real_s)} held-out real and {len(train_s or [])} training cases were found; the "
                          f"real-vs-real floors need at least 2 held-out and {floors.MIN_POOL} real cases in all.",
                          "Give more held-out cases with --real, and the training data with --train.")
-    warnings = geometry_warnings(gen, real_s, "--real") + (geometry_warnings(gen, train_s, "--train") if train_s else [])
+    warnings = geometry_warnings(gen, real_s, "--real")
+    if train_s:
+        warnings += geometry_warnings(gen, train_s, "--train")
     return gen, real_s, train_s, warnings
 
 
@@ -203,72 +205,84 @@ def _reference(cache, key, build):
 # ------------------------------------------------------------------------------------------- set metrics
 
 
-def _ct_metrics(G: list, ref: Reference, split) -> dict:
+def _distance(fn, gen_stats: list, ref: Reference, split) -> dict:
+    """A distance between two sets of per-sample statistics, judged against real-vs-real splits (fails above)."""
+    return floors.judged(floors.PairStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), split, "upper")
+
+
+def _value(fn, gen_stats: list, ref: Reference, split, sided: str) -> dict:
+    """A value of one set (a rate, a mean), judged against the values sets of real cases reach."""
+    return floors.judged(floors.ValueStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), split, sided)
+
+
+def _ct_metrics(gen_stats: list, ref: Reference, split) -> dict:
     """CT realism: body-HU histogram distance and gaps in mean per-volume properties, each against its floor."""
     from CTDiffusionLib.evaluation import ct_realism as ct
-
-    R, P = ref.stats["real"], ref.pool_stats
 
     def w1(a, b):
         return ct.histogram_w1(sum(s["hist"] for s in a), sum(s["hist"] for s in b))
 
-    out = {"hu_histogram_w1": _entry(floors.judged(floors.PairStat(w1, G, R, P), split, "upper"), "lower",
+    out = {"hu_histogram_w1": _entry(_distance(w1, gen_stats, ref, split), "lower",
                                      "Wasserstein-1 distance (HU) between body HU histograms, generated vs real")}
     labels = {"tissue_contrast_hu": "tissue contrast: HU standard deviation of body voxels in -200..300 HU",
               "noise_hf_share": f"noise: share of in-plane power above {ct.HF_CUTOFF} cycles/pixel",
               "glcm_contrast": "GLCM texture contrast (16 levels of -200..300 HU, in-plane neighbours)",
               "glcm_homogeneity": "GLCM texture homogeneity"}
     for prop, text in labels.items():
-        def gap(a, b, p=prop):
-            ma, mb = _mean_finite([s["props"][p] for s in a]), _mean_finite([s["props"][p] for s in b])
+        def mean(items, p=prop):
+            return _mean_finite([s["props"][p] for s in items])
+
+        def gap(a, b, mean=mean):
+            ma, mb = mean(a), mean(b)
             return abs(ma - mb) if None not in (ma, mb) else None
 
-        out[f"{prop}_gap"] = _entry(
-            floors.judged(floors.PairStat(gap, G, R, P), split, "upper"), "lower",
-            f"|mean generated - mean real| of the {text}",
-            generated_value=_mean_finite([s["props"][prop] for s in G]),
-            real_value=_mean_finite([s["props"][prop] for s in R]))
+        out[f"{prop}_gap"] = _entry(_distance(gap, gen_stats, ref, split), "lower",
+                                    f"|mean generated - mean real| of the {text}",
+                                    generated_value=mean(gen_stats), real_value=mean(ref.stats["real"]))
     return out
 
 
-def _mask_metrics(G: list, ref: Reference, split) -> dict:
+def _mask_metrics(gen_stats: list, ref: Reference, split) -> dict:
     from scipy.stats import wasserstein_distance
 
     from CTDiffusionLib.evaluation import masks
 
-    R, P = ref.stats["real"], ref.pool_stats
+    real_stats = ref.stats["real"]
 
     def rate(name):
         def fn(items):
             return masks.pass_rates([s["checks"] for s in items])[name] if items else None
         return fn
 
-    out = {"plausibility_pass_rate": _entry(
-        floors.judged(floors.ValueStat(rate("all"), G, R, P), split, "lower"), "higher",
-        "share of samples passing every applicable anatomical check", real_value=rate("all")(R))}
+    out = {"plausibility_pass_rate": _entry(_value(rate("all"), gen_stats, ref, split, "lower"), "higher",
+                                            "share of samples passing every applicable anatomical check",
+                                            real_value=rate("all")(real_stats))}
     for name, text in masks.CHECKS.items():
-        out[f"check_{name}"] = _entry(floors.judged(floors.ValueStat(rate(name), G, R, P), split, "lower"), "higher",
-                                      f"pass rate: {text}", real_value=rate(name)(R))
+        out[f"check_{name}"] = _entry(_value(rate(name), gen_stats, ref, split, "lower"), "higher",
+                                      f"pass rate: {text}", real_value=rate(name)(real_stats))
     for struct in masks.STRUCTURES:
-        def w1(a, b, st=struct):
-            return wasserstein_distance([s["volumes"][st] for s in a], [s["volumes"][st] for s in b])
+        def volumes(items, st=struct):
+            return [s["volumes"][st] for s in items]
+
+        def w1(a, b, volumes=volumes):
+            return wasserstein_distance(volumes(a), volumes(b))
 
         out[f"{struct.lower()}_volume_w1"] = _entry(
-            floors.judged(floors.PairStat(w1, G, R, P), split, "upper"), "lower",
+            _distance(w1, gen_stats, ref, split), "lower",
             f"Wasserstein-1 distance between {struct} volume distributions (voxels on the common grid)",
-            generated_value=_mean_finite([s["volumes"][struct] for s in G]),
-            real_value=_mean_finite([s["volumes"][struct] for s in R]))
+            generated_value=_mean_finite(volumes(gen_stats)), real_value=_mean_finite(volumes(real_stats)))
     return out
 
 
-def _found_metric(G: list, ref: Reference, split, is_ct: bool) -> dict:
+def _found_metric(gen_stats: list, ref: Reference, split, is_ct: bool) -> dict:
+    """Share of samples with something in them: an empty or constant volume is a failure, not a '-'."""
     def share(items):
         return float(np.mean([s["found"] for s in items])) if items else None
 
     what = "a body (CT above -400 HU, not constant)" if is_ct else "any heart structure (label 1..3)"
     key = "body_found_rate" if is_ct else "structure_found_rate"
-    return {key: _entry(floors.judged(floors.ValueStat(share, G, ref.stats["real"], ref.pool_stats), split, "lower"),
-                        "higher", f"share of samples in which {what} is found", real_value=share(ref.stats["real"]))}
+    return {key: _entry(_value(share, gen_stats, ref, split, "lower"), "higher",
+                        f"share of samples in which {what} is found", real_value=share(ref.stats["real"]))}
 
 
 def _diversity(gen, ref: Reference, sim, split, device, is_ct: bool) -> tuple:
@@ -429,9 +443,9 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
 
     progress.stage("realism")
     per_stats = _ct_sample_stats if is_ct else _mask_sample_stats
-    G = [per_stats(s.array) for s in gen.samples]
-    summary = _found_metric(G, ref, split, is_ct)
-    summary.update((_ct_metrics if is_ct else _mask_metrics)(G, ref, split))
+    gen_stats = [per_stats(s.array) for s in gen.samples]
+    summary = _found_metric(gen_stats, ref, split, is_ct)
+    summary.update((_ct_metrics if is_ct else _mask_metrics)(gen_stats, ref, split))
 
     progress.stage("diversity")
     div_entry, div = _diversity(gen, ref, sim, split, device, is_ct)
@@ -440,31 +454,32 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     progress.stage("novelty")
     memo, per_sample, memo_summary = _memorisation(gen, ref, sim, device, run_config, seed)
     summary.update(memo_summary)
-    for row, st in zip(per_sample, G):
+    for row, st in zip(per_sample, gen_stats):
         row.update(st["props"] if is_ct else {"plausible": st["plausible"], "checks": st["checks"],
                                               "volumes": st["volumes"]})
         row["found"] = st["found"]
 
     progress.stage("features")
-    feat_summary, F, bandwidth = _feature_metrics(gen, ref, split)
+    feat_summary, features_by_set, bandwidth = _feature_metrics(gen, ref, split)
     summary.update(feat_summary)
 
     floors.finalise(summary)
-    S = {"gen": G, "real": ref.stats["real"], "train": ref.stats["train"]}
-    notes = _notes(gen, G, ref, F, split, is_ct)
+    stats_by_set = {"gen": gen_stats, "real": ref.stats["real"], "train": ref.stats["train"]}
+    notes = _notes(gen, gen_stats, ref, features_by_set, split, is_ct)
     from CTDiffusionLib.evaluation.conditions import per_condition
 
     prep = {"gen": sim.prepare([s.array for s in gen.samples]), "real": sim.prepare([s.array for s in real_s])}
-    per_cond = per_condition(gen.samples, real_s, S, F, per_sample, is_ct=is_ct, similarity=sim, prep=prep,
-                             bandwidth=bandwidth, device=device)
-    metrics = _assemble(gen, ref, summary, per_sample, memo, div, S, split, notes, warnings, device, seed, sim)
+    per_cond = per_condition(gen.samples, real_s, stats_by_set, features_by_set, per_sample, is_ct=is_ct,
+                             similarity=sim, prep=prep, bandwidth=bandwidth, device=device)
+    metrics = _assemble(gen, ref, summary, per_sample, memo, div, stats_by_set, split, notes, warnings, device, seed,
+                        sim)
     if per_cond:
         metrics["per_condition"] = per_cond
 
     progress.stage("figures")
     from CTDiffusionLib.evaluation import figures
 
-    metrics["figures"] = figures.make_all(out, gen, real_s, train_s, S, metrics, div, run_dir=run_dir)
+    metrics["figures"] = figures.make_all(out, gen, real_s, train_s, stats_by_set, metrics, div, run_dir=run_dir)
     if run_dir and "figures/loss_curves.png" not in metrics["figures"]:
         notes.append(f"No training loss events found in {Path(run_dir) / 'events.jsonl'}.")
 
@@ -476,16 +491,16 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     return metrics
 
 
-def _notes(gen, G, ref, F, split, is_ct) -> list:
+def _notes(gen, gen_stats, ref, features_by_set, split, is_ct) -> list:
     notes = []
-    missing = [s.name for s, st in zip(gen.samples, G) if not st["found"]]
+    missing = [s.name for s, st in zip(gen.samples, gen_stats) if not st["found"]]
     if missing:
         what = "No body found" if is_ct else "No heart structure found"
         names = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        notes.append(f"{what} in {len(missing)} of {len(G)} generated volumes ({names}): they are empty or constant "
-                     f"({'all air' if is_ct else 'all background'}); this is a failure of the model, and the realism "
-                     "metrics of those volumes cannot be computed.")
-    dim = F["gen"].shape[1]
+        notes.append(f"{what} in {len(missing)} of {len(gen_stats)} generated volumes ({names}): they are empty or "
+                     f"constant ({'all air' if is_ct else 'all background'}); this is a failure of the model, and the "
+                     "realism metrics of those volumes cannot be computed.")
+    dim = features_by_set["gen"].shape[1]
     if min(split.n_gen, split.n_ref) < dim:
         notes.append(f"Fréchet distance and MMD use {dim}-dimensional features with {split.n_gen} vs {split.n_ref} "
                      "samples: their values are dominated by the sample count, which is why they are compared only "
@@ -496,19 +511,23 @@ def _notes(gen, G, ref, F, split, is_ct) -> list:
     return notes
 
 
-def _assemble(gen, ref, summary, per_sample, memo, div, S, split, notes, warnings, device, seed, sim) -> dict:
+def _assemble(gen, ref, summary, per_sample, memo, div, stats_by_set, split, notes, warnings, device, seed,
+              sim) -> dict:
     is_ct = gen.profile == "prostate-ct"
     verdicts = {k: e["verdict"] for k, e in summary.items()}
     failing = [k for k, v in verdicts.items() if v == "fail"]
-    feature_desc = ref.features[0][1] + (f"; {len(ref.features)} networks (seeds {', '.join(str(seed + k) for k in range(len(ref.features)))}): Fréchet "
-                                         "distance and MMD pool them" if len(ref.features) > 1 else "")
+    n_nets = len(ref.features)
+    feature_desc = ref.features[0][1] + (
+        f"; {n_nets} networks (seeds {seed}..{seed + n_nets - 1}): Fréchet distance and MMD pool them"
+        if n_nets > 1 else "")
     metrics = {
         "profile": gen.profile,
         "mode": gen.mode,
         "grid_xyz": list(gen.grid_xyz),
         "device": device,
         "seed": seed,
-        "counts": {"generated": len(gen.samples), "real": len(ref.real), "train": len(ref.train) if ref.train else None},
+        "counts": {"generated": len(gen.samples), "real": len(ref.real),
+                   "train": len(ref.train) if ref.train else None},
         "floor": (f"range of {len(split.null)} random disjoint splits of the {len(ref.pool)} real cases "
                   f"(held-out + training) into {split.n_gen} vs {split.n_ref}, the sample counts the generated "
                   f"comparison uses; each metric's interval leaves {floors.FAMILY_ALPHA / len(summary):.2%} outside, "
@@ -530,15 +549,16 @@ def _assemble(gen, ref, summary, per_sample, memo, div, S, split, notes, warning
         "diversity": {k: {**_stats(v), "values": [float(x) for x in v]} for k, v in div.items()},
         "notes": notes,
     }
+    present = {k: v for k, v in stats_by_set.items() if v}
     if is_ct:
-        metrics["ct_properties"] = {k: {p: _stats([st["props"][p] for st in S[k]])
-                                        for p in S[k][0]["props"]} for k in S if S[k]}
+        metrics["ct_properties"] = {k: {p: _stats([st["props"][p] for st in v]) for p in v[0]["props"]}
+                                    for k, v in present.items()}
     else:
         from CTDiffusionLib.evaluation import masks as mk
 
-        metrics["mask_pass_rates"] = {k: mk.pass_rates([st["checks"] for st in S[k]]) for k in S if S[k]}
-        metrics["mask_volumes"] = {k: {st_name: _stats([st["volumes"][st_name] for st in S[k]])
-                                       for st_name in mk.STRUCTURES} for k in S if S[k]}
+        metrics["mask_pass_rates"] = {k: mk.pass_rates([st["checks"] for st in v]) for k, v in present.items()}
+        metrics["mask_volumes"] = {k: {name: _stats([st["volumes"][name] for st in v]) for name in mk.STRUCTURES}
+                                   for k, v in present.items()}
     return metrics
 
 
