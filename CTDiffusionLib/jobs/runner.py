@@ -31,12 +31,12 @@ try:  # psutil is one of the packages the Slicer module installs on first use; t
 except ImportError:  # pragma: no cover - exercised only in a Slicer without the packages yet
     psutil = None
 
+from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK  # the one exit-code table
 from CTDiffusionLib.events import EventReader, parse_event_line
+from CTDiffusionLib.textformat import format_eta  # re-exported: the panel's progress text uses it
 
 #: States a job goes through.
 IDLE, RUNNING, STOPPING, FINISHED = "idle", "running", "stopping", "finished"
-#: Exit codes of the engine (CTDiffusionLib.errors) repeated here to keep this module light.
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _LIVE_RUNNERS: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()
 
@@ -400,23 +400,6 @@ def stop_all_jobs(grace_s: float = 10.0) -> None:
 
 
 atexit.register(stop_all_jobs, 5.0)
-
-
-def format_eta(seconds: float | None) -> str:
-    """ETA for a progress bar: '1 h 05 min', '4 min 10 s', '12 s', '' when unknown."""
-    if seconds is None:
-        return ""
-    try:
-        s = int(round(float(seconds)))
-    except (TypeError, ValueError):
-        return ""
-    if s < 0:
-        return ""
-    if s >= 3600:
-        return f"{s // 3600} h {(s % 3600) // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
 
 
 def describe_progress(event: dict | None) -> str:
