@@ -1,8 +1,8 @@
 """Inputs of the evaluation: generated samples (+ sidecars), real and training cases, all on one grid.
 
 Generated volumes define the grid (they are what the model produces); real/train cases are brought to it with the
-project's discovery and preprocessing (CTDiffusionLib.data). Every array here is (z, y, x): float32 HU for CT, uint8 labels for masks
-(2D-slice masks are (1, y, x)).
+project's discovery and preprocessing (CTDiffusionLib.data). Every array here is (z, y, x): float32 HU for
+intensity profiles, uint8 labels for label-map profiles (2D-slice masks are (1, y, x)).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import SimpleITK as sitk
 
 from CTDiffusionLib.data.volume_io import image_suffix, read_image, strip_image_suffix
 from CTDiffusionLib.errors import InputError
-
-PROFILES = ("prostate-ct", "cardiac-masks")
+from CTDiffusionLib.profiles import PROFILES, Profile, get_profile
 
 
 @dataclass
@@ -31,7 +30,7 @@ class Sample:
 @dataclass
 class GeneratedSet:
     samples: list
-    profile: str
+    profile: Profile
     mode: str  # "3d" or "2d"
     spacing: tuple  # (x, y, z) mm of the generated volumes
 
@@ -52,9 +51,6 @@ def _volume_files(folder: Path) -> list:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
 
 
-MASK_LABELS = 3  # 0 background, 1 RV, 2 MYO, 3 LV
-
-
 def _looks_like_labels(arr: np.ndarray) -> bool:
     """A label map of some kind: whole non-negative values, few distinct ones. CT in HU has negative air values and
     hundreds of levels, so a label map with a stray label 4 is still recognised as masks (and refused by name)."""
@@ -65,18 +61,32 @@ def _looks_like_labels(arr: np.ndarray) -> bool:
     return np.unique(arr).size <= 16
 
 
-def _check_labels(raw: np.ndarray, path: Path) -> None:
+def _check_labels(raw: np.ndarray, path: Path, profile: Profile) -> None:
     """Mask labels are checked on the values as stored, before any cast (a cast to uint8 would turn 2.6 into 2)."""
+    top = len(profile.classes) - 1
+    legend = ", ".join(f"{c.value} {c.name}" for c in profile.classes)
     if not np.array_equal(raw, np.round(raw)):
         bad = raw[raw != np.round(raw)]
         raise InputError(f"Generated mask {path} holds fractional labels (e.g. {float(bad.flat[0]):g}); labels must be "
-                         f"whole numbers 0..{MASK_LABELS}.",
-                         "Write label maps (0 background, 1 RV, 2 MYO, 3 LV), not probabilities or interpolated masks.")
+                         f"whole numbers 0..{top}.",
+                         f"Write label maps ({legend}), not probabilities or interpolated masks.")
     lo, hi = float(raw.min()), float(raw.max())
-    if lo < 0 or hi > MASK_LABELS:
-        raise InputError(f"Generated mask {path} has labels {lo:g}..{hi:g}, outside 0..{MASK_LABELS} "
-                         "(0 background, 1 RV, 2 MYO, 3 LV).",
-                         "Fix that file, or pass --profile prostate-ct if these are CT volumes.")
+    if lo < 0 or hi > top:
+        intensity = [p.name for p in PROFILES.values() if not p.is_label_map]
+        raise InputError(f"Generated mask {path} has labels {lo:g}..{hi:g}, outside 0..{top} ({legend}).",
+                         "Fix that file" + (f", or pass --profile {intensity[0]} if these are intensity volumes."
+                                            if intensity else "."))
+
+
+def _infer_profile(samples: list, folder: Path) -> Profile:
+    """No --profile and no sidecars: label maps belong to the label-map profile, anything else to the intensity
+    profile; refused when that is ambiguous (several profiles of the kind)."""
+    labels = all(_looks_like_labels(s.array) for s in samples)
+    fits = [p for p in PROFILES.values() if p.is_label_map == labels]
+    if len(fits) != 1:
+        raise InputError(f"The profile of the generated volumes in {folder} cannot be told from the data.",
+                         f"Pass --profile ({', '.join(PROFILES)}).")
+    return fits[0]
 
 
 def load_generated(folder, profile: str | None = None) -> GeneratedSet:
@@ -116,14 +126,15 @@ def load_generated(folder, profile: str | None = None) -> GeneratedSet:
         raise InputError(f"Generated sidecars in {folder} mix profiles {sorted(sidecar_profiles)}.",
                          "Evaluate one profile at a time.")
     profile = profile or (sidecar_profiles.pop() if sidecar_profiles else None)
-    if profile is None:  # no sidecars: label maps are masks, anything else is CT
-        profile = "cardiac-masks" if all(_looks_like_labels(s.array) for s in samples) else "prostate-ct"
-    if profile not in PROFILES:
-        raise InputError(f"Unknown profile {profile!r} in the sidecars of {folder}.", f"Pass --profile {PROFILES[0]} "
-                         f"or --profile {PROFILES[1]}.")
+    if profile is None:
+        profile = _infer_profile(samples, folder)
+    elif not isinstance(profile, Profile) and profile not in PROFILES:
+        raise InputError(f"Unknown profile {profile!r} in the sidecars of {folder}.",
+                         f"Pass --profile ({', '.join(PROFILES)}).")
+    profile = get_profile(profile)
     for s, path in zip(samples, paths):
-        if profile == "cardiac-masks":
-            _check_labels(s.array, path)
+        if profile.is_label_map:
+            _check_labels(s.array, path, profile)
             s.array = s.array.astype(np.uint8)
         else:
             s.array = s.array.astype(np.float32)
@@ -167,7 +178,7 @@ def load_cases(folder, gen: GeneratedSet, flag: str, paths: list | None = None) 
     for case in cases:
         cond = dict(case.conditions) or None
         img = read_case(case, gen.profile)
-        if gen.profile == "prostate-ct":
+        if not gen.profile.is_label_map:
             extent = [float(n * sp) for n, sp in zip(img.GetSize(), img.GetSpacing())]
             samples.append(Sample(case.case_id, np.asarray(ct_to_grid(img, gen.grid_xyz), np.float32), cond,
                                   {"extent_mm": extent, "spacing": [float(x) for x in img.GetSpacing()]}))
@@ -177,7 +188,7 @@ def load_cases(folder, gen: GeneratedSet, flag: str, paths: list | None = None) 
         else:
             samples += [Sample(case.case_id, a.astype(np.uint8), cond) for a in masks_to_grid(img, gen.grid_xyz, "3d")]
     if not samples:
-        raise InputError(f"{flag} {folder} gave no usable cases for the {gen.profile} profile (no heart labels?).",
+        raise InputError(f"{flag} {folder} gave no usable cases for the {gen.profile.name} profile (no labels?).",
                          "Check that the folder holds data of the same kind as the generated volumes.")
     return samples
 
@@ -201,10 +212,10 @@ FOV_TOLERANCE = 0.15  # relative difference in field of view (per axis) that is 
 
 
 def geometry_warnings(gen: GeneratedSet, reference: list, flag: str) -> list:
-    """Sentences for real/train cases whose field of view differs from the generated volumes' (CT only: masks
-    are cropped around the heart, so their field of view is the crop's). Everything is compared on the generated
-    grid, so a different field of view means anatomy at a different scale."""
-    if gen.profile != "prostate-ct":
+    """Sentences for real/train cases whose field of view differs from the generated volumes' (intensity images
+    only: label maps are cropped around the structures, so their field of view is the crop's). Everything is
+    compared on the generated grid, so a different field of view means anatomy at a different scale."""
+    if gen.profile.is_label_map:
         return []
     gen_extent = np.array(gen.grid_xyz, float) * np.array(gen.spacing, float)
     off = [s for s in reference if s.meta.get("extent_mm") is not None

@@ -23,7 +23,6 @@ from CTDiffusionLib.evaluation import floors
 
 STAGES = ("load", "realism", "diversity", "novelty", "features", "figures", "report")
 FEATURE_SEEDS = 3  # self-trained feature networks per report; Fréchet/MMD are reported over all of them
-NO_BODY_SHARE = 0.005  # CT: a body smaller than 0.5% of the volume (or a constant volume) is "no body found"
 
 
 def resolve_device(device: str) -> str:
@@ -73,29 +72,6 @@ def _mean_finite(values) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-# ---------------------------------------------------------------------------------------- per-sample statistics
-
-
-def _ct_sample_stats(arr):
-    from CTDiffusionLib.evaluation import ct_realism as ct
-
-    mask = ct.body_mask(arr)
-    freqs, power = ct.radial_spectrum(arr)
-    no_body = mask.mean() < NO_BODY_SHARE or float(arr.std()) < 1.0
-    if no_body:
-        mask = np.zeros_like(mask)
-    return {"props": ct.ct_properties(arr, mask), "hist": ct.hu_histogram([arr], [mask]), "freqs": freqs,
-            "spectrum": power, "found": not no_body}
-
-
-def _mask_sample_stats(arr):
-    from CTDiffusionLib.evaluation import masks
-
-    checks = masks.plausibility_checks(arr)
-    return {"checks": checks, "plausible": masks.passes(checks), "volumes": masks.structure_volumes(arr),
-            "found": bool((arr > 0).any())}
-
-
 # ------------------------------------------------------------------------------------------- inputs & reference
 
 
@@ -140,8 +116,9 @@ def _analyse_reference(gen, real_s, train_s, sim, *, device, seed, feature_weigh
                        run_config) -> Reference:
     from CTDiffusionLib.evaluation.diversity import within_set_matrix
 
-    per_stats = _ct_sample_stats if gen.profile == "prostate-ct" else _mask_sample_stats
-    stats = {"real": [per_stats(s.array) for s in real_s], "train": [per_stats(s.array) for s in train_s or []]}
+    measures = gen.profile.evaluation_module()
+    stats = {"real": [measures.sample_stats(s.array) for s in real_s],
+             "train": [measures.sample_stats(s.array) for s in train_s or []]}
     pool = real_s + (train_s or [])
     ref = Reference(real_s, train_s, stats, within_set_matrix(sim, [s.array for s in pool], device))
     if train_s:
@@ -154,8 +131,8 @@ def _analyse_reference(gen, real_s, train_s, sim, *, device, seed, feature_weigh
 def _search(gen, sim, run_config):
     from CTDiffusionLib.evaluation import novelty
 
-    space = novelty.augmentation_space(gen.profile, run_config)
-    return novelty.AlignedSearch(sim, space, is_label=gen.profile == "cardiac-masks"), space
+    space = novelty.augmentation_space(gen.profile.name, run_config)
+    return novelty.AlignedSearch(sim, space, is_label=gen.profile.is_label_map), space
 
 
 def _near_copy_null(gen, real_s, train_s, sim, device, run_config) -> dict:
@@ -215,77 +192,29 @@ def _value(fn, gen_stats: list, ref: Reference, split, sided: str) -> dict:
     return floors.judged(floors.ValueStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), split, sided)
 
 
-def _ct_metrics(gen_stats: list, ref: Reference, split) -> dict:
-    """CT realism: body-HU histogram distance and gaps in mean per-volume properties, each against its floor."""
-    from CTDiffusionLib.evaluation import ct_realism as ct
+def _set_metrics(measures, gen_stats: list, ref: Reference, split) -> dict:
+    """The profile's own set metrics (ct_realism / masks), each judged against its real-vs-real floor."""
+    def distance(fn):
+        return _distance(fn, gen_stats, ref, split)
 
-    def w1(a, b):
-        return ct.histogram_w1(sum(s["hist"] for s in a), sum(s["hist"] for s in b))
+    def value(fn, sided):
+        return _value(fn, gen_stats, ref, split, sided)
 
-    out = {"hu_histogram_w1": _entry(_distance(w1, gen_stats, ref, split), "lower",
-                                     "Wasserstein-1 distance (HU) between body HU histograms, generated vs real")}
-    labels = {"tissue_contrast_hu": "tissue contrast: HU standard deviation of body voxels in -200..300 HU",
-              "noise_hf_share": f"noise: share of in-plane power above {ct.HF_CUTOFF} cycles/pixel",
-              "glcm_contrast": "GLCM texture contrast (16 levels of -200..300 HU, in-plane neighbours)",
-              "glcm_homogeneity": "GLCM texture homogeneity"}
-    for prop, text in labels.items():
-        def mean(items, p=prop):
-            return _mean_finite([s["props"][p] for s in items])
-
-        def gap(a, b, mean=mean):
-            ma, mb = mean(a), mean(b)
-            return abs(ma - mb) if None not in (ma, mb) else None
-
-        out[f"{prop}_gap"] = _entry(_distance(gap, gen_stats, ref, split), "lower",
-                                    f"|mean generated - mean real| of the {text}",
-                                    generated_value=mean(gen_stats), real_value=mean(ref.stats["real"]))
-    return out
+    return measures.set_metrics(gen_stats, ref.stats["real"], distance, value)
 
 
-def _mask_metrics(gen_stats: list, ref: Reference, split) -> dict:
-    from scipy.stats import wasserstein_distance
-
-    from CTDiffusionLib.evaluation import masks
-
-    real_stats = ref.stats["real"]
-
-    def rate(name):
-        def fn(items):
-            return masks.pass_rates([s["checks"] for s in items])[name] if items else None
-        return fn
-
-    out = {"plausibility_pass_rate": _entry(_value(rate("all"), gen_stats, ref, split, "lower"), "higher",
-                                            "share of samples passing every applicable anatomical check",
-                                            real_value=rate("all")(real_stats))}
-    for name, text in masks.CHECKS.items():
-        out[f"check_{name}"] = _entry(_value(rate(name), gen_stats, ref, split, "lower"), "higher",
-                                      f"pass rate: {text}", real_value=rate(name)(real_stats))
-    for struct in masks.STRUCTURES:
-        def volumes(items, st=struct):
-            return [s["volumes"][st] for s in items]
-
-        def w1(a, b, volumes=volumes):
-            return wasserstein_distance(volumes(a), volumes(b))
-
-        out[f"{struct.lower()}_volume_w1"] = _entry(
-            _distance(w1, gen_stats, ref, split), "lower",
-            f"Wasserstein-1 distance between {struct} volume distributions (voxels on the common grid)",
-            generated_value=_mean_finite(volumes(gen_stats)), real_value=_mean_finite(volumes(real_stats)))
-    return out
-
-
-def _found_metric(gen_stats: list, ref: Reference, split, is_ct: bool) -> dict:
+def _found_metric(measures, gen_stats: list, ref: Reference, split) -> dict:
     """Share of samples with something in them: an empty or constant volume is a failure, not a '-'."""
     def share(items):
         return float(np.mean([s["found"] for s in items])) if items else None
 
-    what = "a body (CT above -400 HU, not constant)" if is_ct else "any heart structure (label 1..3)"
-    key = "body_found_rate" if is_ct else "structure_found_rate"
-    return {key: _entry(_value(share, gen_stats, ref, split, "lower"), "higher",
-                        f"share of samples in which {what} is found", real_value=share(ref.stats["real"]))}
+    found = measures.FOUND
+    return {found["key"]: _entry(_value(share, gen_stats, ref, split, "lower"), "higher",
+                                 f"share of samples in which {found['what']} is found",
+                                 real_value=share(ref.stats["real"]))}
 
 
-def _diversity(gen, ref: Reference, sim, split, device, is_ct: bool) -> tuple:
+def _diversity(gen, ref: Reference, sim, split, device, key: str) -> tuple:
     """Two-sided: mean pairwise similarity among generated samples against what sets of real cases show.
     Too high is mode collapse, too low is noise or broken anatomy."""
     from CTDiffusionLib.evaluation.diversity import pair_values, within_set_matrix
@@ -299,12 +228,11 @@ def _diversity(gen, ref: Reference, sim, split, device, is_ct: bool) -> tuple:
 
     pool_items = [("pool", k) for k in range(len(ref.pool))]
     stat = floors.ValueStat(mean_pairs, [("gen", i) for i in range(len(gen.samples))], pool_items[:n_real], pool_items)
-    name = "ms_ssim_diversity" if is_ct else "dice_diversity"
     entry = _entry(floors.judged(stat, split, "two-sided"), "within",
                    f"mean pairwise {sim.description} among generated samples against sets of real cases; above the "
                    "interval is mode collapse, below it noise or broken anatomy", real_value=stat.real_value)
     div = {"gen": pair_values(matrices["gen"]), "real": pair_values(ref.pool_similarity, list(range(n_real)))}
-    return {name: entry}, div
+    return {key: entry}, div
 
 
 def _memorisation(gen, ref: Reference, sim, device, run_config, seed) -> tuple:
@@ -430,10 +358,10 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     gen, real_s, train_s, warnings = _load_inputs(real, generated, train, profile)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    is_ct = gen.profile == "prostate-ct"
+    measures = gen.profile.evaluation_module()
     sim = similarity_for(gen.profile, gen.samples[0].array.shape)
     run_config = _run_config(run_dir)
-    key = (str(Path(real).resolve()), str(Path(train).resolve()) if train else None, gen.profile, gen.mode,
+    key = (str(Path(real).resolve()), str(Path(train).resolve()) if train else None, gen.profile.name, gen.mode,
            gen.grid_xyz, seed, feature_steps, str(feature_weights), device, json.dumps(run_config, sort_keys=True))
     ref = _reference(reference_cache, key, lambda: _analyse_reference(
         gen, real_s, train_s, sim, device=device, seed=seed, feature_weights=feature_weights,
@@ -442,22 +370,19 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     split = floors.make_split(len(gen.samples), len(real_s), len(ref.pool), seed)
 
     progress.stage("realism")
-    per_stats = _ct_sample_stats if is_ct else _mask_sample_stats
-    gen_stats = [per_stats(s.array) for s in gen.samples]
-    summary = _found_metric(gen_stats, ref, split, is_ct)
-    summary.update((_ct_metrics if is_ct else _mask_metrics)(gen_stats, ref, split))
+    gen_stats = [measures.sample_stats(s.array) for s in gen.samples]
+    summary = _found_metric(measures, gen_stats, ref, split)
+    summary.update(_set_metrics(measures, gen_stats, ref, split))
 
     progress.stage("diversity")
-    div_entry, div = _diversity(gen, ref, sim, split, device, is_ct)
+    div_entry, div = _diversity(gen, ref, sim, split, device, measures.DIVERSITY_KEY)
     summary.update(div_entry)
 
     progress.stage("novelty")
     memo, per_sample, memo_summary = _memorisation(gen, ref, sim, device, run_config, seed)
     summary.update(memo_summary)
     for row, st in zip(per_sample, gen_stats):
-        row.update(st["props"] if is_ct else {"plausible": st["plausible"], "checks": st["checks"],
-                                              "volumes": st["volumes"]})
-        row["found"] = st["found"]
+        row.update(measures.sample_row(st), found=st["found"])
 
     progress.stage("features")
     feat_summary, features_by_set, bandwidth = _feature_metrics(gen, ref, split)
@@ -465,14 +390,14 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
 
     floors.finalise(summary)
     stats_by_set = {"gen": gen_stats, "real": ref.stats["real"], "train": ref.stats["train"]}
-    notes = _notes(gen, gen_stats, ref, features_by_set, split, is_ct)
+    notes = _notes(measures, gen, gen_stats, ref, features_by_set, split)
     from CTDiffusionLib.evaluation.conditions import per_condition
 
     prep = {"gen": sim.prepare([s.array for s in gen.samples]), "real": sim.prepare([s.array for s in real_s])}
-    per_cond = per_condition(gen.samples, real_s, stats_by_set, features_by_set, per_sample, is_ct=is_ct,
+    per_cond = per_condition(gen.samples, real_s, stats_by_set, features_by_set, per_sample, profile=gen.profile,
                              similarity=sim, prep=prep, bandwidth=bandwidth, device=device)
-    metrics = _assemble(gen, ref, summary, per_sample, memo, div, stats_by_set, split, notes, warnings, device, seed,
-                        sim)
+    metrics = _assemble(gen, ref, summary, per_sample, memo, div, split, notes, warnings, device, seed, sim)
+    metrics.update(measures.set_summary(stats_by_set))
     if per_cond:
         metrics["per_condition"] = per_cond
 
@@ -491,15 +416,14 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     return metrics
 
 
-def _notes(gen, gen_stats, ref, features_by_set, split, is_ct) -> list:
+def _notes(measures, gen, gen_stats, ref, features_by_set, split) -> list:
     notes = []
     missing = [s.name for s, st in zip(gen.samples, gen_stats) if not st["found"]]
     if missing:
-        what = "No body found" if is_ct else "No heart structure found"
         names = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        notes.append(f"{what} in {len(missing)} of {len(gen_stats)} generated volumes ({names}): they are empty or "
-                     f"constant ({'all air' if is_ct else 'all background'}); this is a failure of the model, and the "
-                     "realism metrics of those volumes cannot be computed.")
+        notes.append(f"{measures.FOUND['missing']} in {len(missing)} of {len(gen_stats)} generated volumes "
+                     f"({names}): they are empty or constant ({measures.FOUND['empty']}); this is a failure of the "
+                     "model, and the realism metrics of those volumes cannot be computed.")
     dim = features_by_set["gen"].shape[1]
     if min(split.n_gen, split.n_ref) < dim:
         notes.append(f"Fréchet distance and MMD use {dim}-dimensional features with {split.n_gen} vs {split.n_ref} "
@@ -511,9 +435,7 @@ def _notes(gen, gen_stats, ref, features_by_set, split, is_ct) -> list:
     return notes
 
 
-def _assemble(gen, ref, summary, per_sample, memo, div, stats_by_set, split, notes, warnings, device, seed,
-              sim) -> dict:
-    is_ct = gen.profile == "prostate-ct"
+def _assemble(gen, ref, summary, per_sample, memo, div, split, notes, warnings, device, seed, sim) -> dict:
     verdicts = {k: e["verdict"] for k, e in summary.items()}
     failing = [k for k, v in verdicts.items() if v == "fail"]
     n_nets = len(ref.features)
@@ -521,7 +443,7 @@ def _assemble(gen, ref, summary, per_sample, memo, div, stats_by_set, split, not
         f"; {n_nets} networks (seeds {seed}..{seed + n_nets - 1}): Fréchet distance and MMD pool them"
         if n_nets > 1 else "")
     metrics = {
-        "profile": gen.profile,
+        "profile": gen.profile.name,
         "mode": gen.mode,
         "grid_xyz": list(gen.grid_xyz),
         "device": device,
@@ -549,23 +471,12 @@ def _assemble(gen, ref, summary, per_sample, memo, div, stats_by_set, split, not
         "diversity": {k: {**_stats(v), "values": [float(x) for x in v]} for k, v in div.items()},
         "notes": notes,
     }
-    present = {k: v for k, v in stats_by_set.items() if v}
-    if is_ct:
-        metrics["ct_properties"] = {k: {p: _stats([st["props"][p] for st in v]) for p in v[0]["props"]}
-                                    for k, v in present.items()}
-    else:
-        from CTDiffusionLib.evaluation import masks as mk
-
-        metrics["mask_pass_rates"] = {k: mk.pass_rates([st["checks"] for st in v]) for k, v in present.items()}
-        metrics["mask_volumes"] = {k: {name: _stats([st["volumes"][name] for st in v]) for name in mk.STRUCTURES}
-                                   for k, v in present.items()}
     return metrics
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Atomic (temp file then rename): a reader never sees half a metrics.json."""
+    """Atomic: a reader never sees half a metrics.json."""
     from CTDiffusionLib.events import _clean
+    from CTDiffusionLib.runfolder import write_json
 
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, _clean(data))

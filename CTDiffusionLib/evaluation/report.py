@@ -95,13 +95,13 @@ def write_report(path: Path, m: dict) -> None:
     for r in m["per_sample"]:
         flag = "<b class='worse'>MEMORISED</b>" if r.get("memorised") else ""
         if r.get("found") is False:
-            flag += " <b class='worse'>NO BODY FOUND</b>" if m["profile"] == "prostate-ct" else \
-                " <b class='worse'>NO STRUCTURE FOUND</b>"
+            flag += " <b class='worse'>NOTHING FOUND</b>"
         extra = _fmt(r.get("plausible")) if "plausible" in r else _fmt(r.get("noise_hf_share"))
+        last = "plausible" if "plausible" in r else "noise share"
         rows.append([esc(r["name"]), esc(_fmt(r.get("condition"))), esc(_fmt(r.get("nearest_train"))),
                      _fmt(r.get("nearest_similarity")), flag, extra])
     parts.append(_table(["sample", "condition", "nearest training case", "aligned similarity", "near-copy",
-                         "plausible" if m["profile"] == "cardiac-masks" else "noise share"], rows))
+                         last if m["per_sample"] else ""], rows))
 
     if m.get("per_condition"):
         parts.append("<h2>Per condition</h2>")
@@ -113,6 +113,6 @@ def write_report(path: Path, m: dict) -> None:
     for fig in m.get("figures", []):
         parts.append(f"<div><img src='{esc(fig)}' alt='{esc(Path(fig).stem)}'></div>")
     parts.append("<p class='small'>Full numbers: metrics.json beside this file.</p></body></html>")
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    from CTDiffusionLib.runfolder import atomic_write
+
+    atomic_write(path, "\n".join(parts))
