@@ -25,6 +25,7 @@ from scipy import ndimage
 FALSE_FLAG_RATE = 0.001  # chance that a genuinely new volume is flagged, under the normal fit
 COPY_SIMILARITY = 1.0 - 1e-6
 MAX_LEAVE_ONE_OUT = 24  # training cases used as extra real-vs-real cases (cost grows with n_train^2)
+MAX_HELDOUT = 48  # held-out cases searched for the null (a seeded subset beyond that: 2D slices number hundreds)
 CT_FOREGROUND_HU = -400.0  # body vs air, as ct_realism.BODY_THRESHOLD_HU
 
 
@@ -67,7 +68,8 @@ def _shift_z(a: np.ndarray, dz: int) -> np.ndarray:
 class AlignedSearch:
     """Best similarity of each target against each reference over the augmentation's transforms.
 
-    Per (target, reference) the reference is warped in-plane (flip, zoom, rotation about the grid centre, shift) to
+    For each target, the PREFILTER references with the nearest transform-free signature (value distribution in the
+    foreground) and the best untouched match are searched. Per (target, reference) the reference is warped in-plane (flip, zoom, rotation about the grid centre, shift) to
     maximise the normalised cross-correlation with the target: a coarse grid over flips, zooms and angles with
     the shift that matches the centres of mass, then two finer grids around the best (zoom, angle, sub-voxel
     shift); whole-slice shifts come from the centres of mass (at most MAX_Z_SHIFT). All candidates of a grid are
@@ -76,9 +78,10 @@ class AlignedSearch:
     untouched comparison counts too (an exact copy scores exactly 1)."""
 
     TOP_REFS = 2
+    PREFILTER = 12  # references per target that get the coarse search: the nearest by a transform-free signature
     SEARCH_INPLANE = 64
     MAX_Z_SHIFT = 2
-    CHUNK = 256  # candidates warped per call (bounds memory)
+    CHUNK_VOXELS = 8_000_000  # voxels warped per call (bounds memory)
 
     def __init__(self, similarity, space: dict, is_label: bool):
         self.sim, self.space, self.is_label = similarity, space, is_label
@@ -86,6 +89,18 @@ class AlignedSearch:
     def _window(self, a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float32)
         return a if self.is_label else np.clip(a, -1000.0, 1000.0)
+
+    def _signature(self, a: np.ndarray) -> np.ndarray:
+        """What flips, zoom, rotation and shifts leave (nearly) unchanged: the value distribution inside the
+        foreground (label proportions; a 32-bin HU histogram)."""
+        fg = _foreground(a, self.is_label)
+        v = a[fg]
+        if self.is_label:
+            h = np.bincount(v.astype(np.int64), minlength=int(a.max()) + 1 if a.size else 1)[1:].astype(float)
+            h = np.pad(h, (0, max(0, 16 - h.size)))[:16]
+        else:
+            h = np.histogram(v, bins=32, range=(CT_FOREGROUND_HU, 1000.0))[0].astype(float)
+        return h / h.sum() if h.sum() > 0 else h
 
     def _com(self, a: np.ndarray) -> np.ndarray:
         fg = _foreground(a, self.is_label)
@@ -113,17 +128,21 @@ class AlignedSearch:
         t[:, 0] *= sign
         return torch.tensor(np.concatenate([m, t[:, :, None]], axis=2), dtype=torch.float32)
 
-    def _warp(self, src: np.ndarray, params: np.ndarray, nearest: bool = False) -> "torch.Tensor":
-        """src (Z, H, W) warped by every params row -> (N, Z, H, W)."""
+    def _warp(self, src, params: np.ndarray, nearest: bool = False, which=None) -> "torch.Tensor":
+        """src (Z, H, W) -- or a stack (R, Z, H, W) with `which` naming the source of each row -- warped by every
+        params row -> (N, Z, H, W)."""
         import torch
         import torch.nn.functional as nnf
 
-        x = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32))[None]
+        x = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32))
+        if which is None:
+            x, which = x[None], np.zeros(len(params), dtype=int)
         outs = []
-        for k in range(0, len(params), self.CHUNK):
-            theta = self._thetas(params[k:k + self.CHUNK], src.shape)
-            grid = nnf.affine_grid(theta, [len(theta), src.shape[0], *src.shape[-2:]], align_corners=True)
-            outs.append(nnf.grid_sample(x.expand(len(theta), -1, -1, -1), grid, align_corners=True,
+        chunk = max(1, self.CHUNK_VOXELS // int(np.prod(x.shape[1:])))
+        for k in range(0, len(params), chunk):
+            theta = self._thetas(params[k:k + chunk], x.shape)
+            grid = nnf.affine_grid(theta, [len(theta), *x.shape[1:]], align_corners=True)
+            outs.append(nnf.grid_sample(x[torch.from_numpy(which[k:k + chunk])], grid, align_corners=True,
                                         mode="nearest" if nearest else "bilinear", padding_mode="border"))
         return torch.cat(outs)
 
@@ -149,20 +168,16 @@ class AlignedSearch:
         d = np.array(com_t[-2:], float) - (c + a @ (r - c))
         return float(d[0]), float(d[1])
 
-    def _coarse(self, t_small, r_small, com_t, com_r, area_t, area_r) -> tuple:
+    def _coarse_rows(self, shape, com_t, com_r, area_t, area_r) -> list:
+        """Coarse candidates for one pair: flips x zooms (a grid over the range and the area estimate) x angles,
+        each with the shift that matches the centres of mass."""
         lo, hi = self.space["zoom"]
         est = math.sqrt(area_t / area_r) if area_r > 0 and area_t > 0 else 1.0
         est = min(max(est, lo * 0.95), hi * 1.05)
         scales = sorted({*np.round(np.linspace(lo * 0.95, hi * 1.05, 9), 4), round(est, 4)})
-        rows = []
-        for flip in (0.0, 1.0) if self.space.get("flip") else (0.0,):
-            for sc in scales:
-                for ang in self.space["angles_deg"]:
-                    rows.append((flip, sc, ang, *self._com_shift(flip, sc, ang, com_r, com_t, t_small.shape)))
-        rows = np.array(rows)
-        scores = self._ncc(t_small, self._warp(r_small, rows))
-        k = int(np.argmax(scores))
-        return float(scores[k]), rows[k]
+        return [(flip, sc, ang, *self._com_shift(flip, sc, ang, com_r, com_t, shape))
+                for flip in ((0.0, 1.0) if self.space.get("flip") else (0.0,))
+                for sc in scales for ang in self.space["angles_deg"]]
 
     def _refine(self, t_small, r_small, best: np.ndarray) -> np.ndarray:
         rot = max(abs(a) for a in self.space["angles_deg"])
@@ -191,8 +206,14 @@ class AlignedSearch:
         t_com, r_com = [self._com(t) for t in t_small], [self._com(r) for r in r_small]
         t_area, r_area = [self._area(t) for t in t_small], [self._area(r) for r in r_small]
         out = self.sim.matrix(self.sim.prepare(targets), self.sim.prepare(refs), device)
+        t_sig, r_sig = [self._signature(t) for t in t_small], np.array([self._signature(r) for r in r_small])
         for i, t in enumerate(targets):
-            coarse = []
+            # coarse candidates of the PREFILTER references with the nearest signatures, plus the best untouched
+            # match, in one batched warp; best candidate per reference
+            near = set(np.argsort(np.abs(r_sig - t_sig[i]).sum(1), kind="stable")[:self.PREFILTER].tolist())
+            near.add(int(np.argmax(np.where(np.arange(len(refs)) == i, -np.inf, out[i])) if skip_diagonal
+                         else np.argmax(out[i])))
+            rows, which, sources, dzs = [], [], [], {}
             for j, r in enumerate(refs):
                 if skip_diagonal and i == j:
                     out[i, j] = -np.inf
@@ -200,10 +221,21 @@ class AlignedSearch:
                 if t.shape == r.shape and np.array_equal(t, r):
                     out[i, j] = 1.0
                     continue
-                dz = int(np.clip(round(t_com[i][0] - r_com[j][0]), -self.MAX_Z_SHIFT, self.MAX_Z_SHIFT))
-                score, params = self._coarse(t_small[i], _shift_z(r_small[j], dz), t_com[i], r_com[j], t_area[i],
-                                             r_area[j])
-                coarse.append((score, j, dz, params))
+                if j not in near:
+                    continue
+                dzs[j] = int(np.clip(round(t_com[i][0] - r_com[j][0]), -self.MAX_Z_SHIFT, self.MAX_Z_SHIFT))
+                cand = self._coarse_rows(t_small[i].shape, t_com[i], r_com[j], t_area[i], r_area[j])
+                rows += cand
+                which += [len(sources)] * len(cand)
+                sources.append(_shift_z(r_small[j], dzs[j]))
+            if not sources:
+                continue
+            rows, which = np.array(rows), np.array(which)
+            scores = self._ncc(t_small[i], self._warp(np.stack(sources), rows, which=which))
+            coarse = []
+            for n, j in enumerate(dzs):
+                k = int(np.argmax(np.where(which == n, scores, -np.inf)))
+                coarse.append((scores[k], j, dzs[j], rows[k]))
             for _, j, dz, params in sorted(coarse, key=lambda c: -c[0])[:self.TOP_REFS]:
                 best = self._refine(t_small[i], _shift_z(r_small[j], dz), params)
                 best[3:] *= per_axis  # in-plane shifts back to full-resolution voxels

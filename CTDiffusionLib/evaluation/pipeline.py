@@ -122,7 +122,7 @@ def _analyse_reference(gen, real_s, train_s, sim, *, device, seed, feature_weigh
     pool = real_s + (train_s or [])
     ref = Reference(real_s, train_s, stats, within_set_matrix(sim, [s.array for s in pool], device))
     if train_s:
-        ref.copy_null = _near_copy_null(gen, real_s, train_s, sim, device, run_config)
+        ref.copy_null = _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed)
     ref.features = _feature_spaces(gen, pool, feature_weights=feature_weights, steps=feature_steps, seed=seed,
                                    device=device, out=out)
     return ref
@@ -135,12 +135,15 @@ def _search(gen, sim, run_config):
     return novelty.AlignedSearch(sim, space, is_label=gen.profile.is_label_map), space
 
 
-def _near_copy_null(gen, real_s, train_s, sim, device, run_config) -> dict:
+def _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed) -> dict:
     """Aligned nearest-training similarity of genuinely new volumes: held-out cases, and training cases left out."""
     from CTDiffusionLib.evaluation import novelty
 
     search, space = _search(gen, sim, run_config)
     train_arrays = [s.array for s in train_s]
+    if len(real_s) > novelty.MAX_HELDOUT:
+        keep = np.random.default_rng(seed).choice(len(real_s), novelty.MAX_HELDOUT, replace=False)
+        real_s = [real_s[i] for i in sorted(keep)]
     h_idx, h_sim = novelty.nearest(search.matrix([s.array for s in real_s], train_arrays, device))
     loo = []
     if len(train_s) >= 2:
