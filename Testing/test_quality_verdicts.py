@@ -22,20 +22,11 @@ from scipy import ndimage
 from CTDiffusionLib.data.augment import augment_sample
 from CTDiffusionLib.data.phantoms import write_phantom_dataset
 from CTDiffusionLib.errors import InputError
+from test_evaluation import _one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 SIZE = (48, 48, 12)  # phantoms are written on the evaluation grid: the copies below are copies on that grid
 N = 8
 FEATURE_STEPS = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _read(folder: Path) -> list:
