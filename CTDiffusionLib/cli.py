@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=profiles, default=PROSTATE_CT.name)
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's own)")
+
+    from CTDiffusionLib.web.command import add_view_parser  # light: the web extra is imported only when serving
+
+    add_view_parser(sub)
     return parser
 
 
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     except CTDiffusionError as exc:
         events.emit("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
         print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists():
+        if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists() \
+                and not getattr(exc, "output_in_use", False):  # never remove a folder another run writes to
             shutil.rmtree(new_out, ignore_errors=True)  # nothing half-written left behind
         return exc.exit_code
     except KeyboardInterrupt:
@@ -215,12 +220,19 @@ def _cmd_demo(args, events) -> int:
     return 0
 
 
+def _cmd_view(args) -> int:
+    from CTDiffusionLib.web.command import run_view
+
+    return run_view(args)
+
+
 HANDLERS = {
     "phantoms": _cmd_phantoms,
     "train": _cmd_train,
     "generate": _cmd_generate,
     "evaluate": _cmd_evaluate,
     "demo": _cmd_demo,
+    "view": lambda args, events: _cmd_view(args),
 }
 
 
