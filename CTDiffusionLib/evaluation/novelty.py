@@ -48,9 +48,8 @@ def augmentation_space(profile, run_config: dict | None = None) -> dict:
 def describe_space(space: dict) -> str:
     lo, hi = space["zoom"]
     ang = space["angles_deg"]
-    rot = f", in-plane rotations {ang[0]:+.0f}..{ang[-1]:+.0f} deg in {len(ang)} steps" if len(ang) > 1 else ""
-    return (f"left-right flip, in-plane zoom {lo:g}..{hi:g} (estimated from foreground areas){rot}, "
-            "and any shift (centres of mass matched)")
+    rot = f", in-plane rotation {ang[0]:+.0f}..{ang[-1]:+.0f} deg" if len(ang) > 1 else ""
+    return f"left-right flips, in-plane zoom {lo:g}..{hi:g}{rot} and shifts"
 
 
 def _foreground(arr: np.ndarray, is_label: bool) -> np.ndarray:
@@ -282,15 +281,16 @@ def flag(similarities: np.ndarray, threshold: float) -> np.ndarray:
     return (s > threshold) | (s >= COPY_SIMILARITY)
 
 
-def gate_sentence(status: str, flagged: list, n: int, threshold: float | None, chance: float | None = None) -> str:
+def gate_sentence(status: str, flagged: list, n: int, threshold: float | None, chance: float | None = None,
+                  invariant_to: str = "flips, zoom and shifts") -> str:
     """The line the report opens with."""
     if status == "not_checked":
         return ("NOT CHECKED: no training set was given (--train), so memorisation of training cases could not be "
                 "tested.")
     odds = f"; a genuinely new volume is flagged with probability {chance:.2g}" if chance is not None else ""
     if status == "pass":
-        return (f"PASS: no sample is a near-copy of a training case, allowing for flips, zoom, rotation and shifts "
+        return (f"PASS: no sample is a near-copy of a training case, allowing for {invariant_to} "
                 f"(threshold similarity {threshold:.4f}{odds}).")
     names = ", ".join(flagged[:20]) + (" ..." if len(flagged) > 20 else "")
     return (f"FLAGGED: {len(flagged)} of {n} generated samples are near-copies of training cases, allowing for "
-            f"flips, zoom, rotation and shifts (similarity > {threshold:.4f}{odds}): {names}.")
+            f"{invariant_to} (similarity > {threshold:.4f}{odds}): {names}.")

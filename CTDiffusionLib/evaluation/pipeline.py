@@ -266,7 +266,7 @@ def _memorisation(gen, ref: Reference, sim, device, run_config, seed) -> tuple:
                 near_copies=near, heldout_nearest=null["heldout"], train_leave_one_out_nearest=null["leave_one_out"],
                 status="flagged" if near else "pass")
     memo["gate"] = novelty.gate_sentence(memo["status"], memo["flagged"], len(gen.samples), thr["threshold"],
-                                         thr["false_flag_chance"])
+                                         thr["false_flag_chance"], memo["invariant_to"])
 
     from scipy.stats import binom
 
