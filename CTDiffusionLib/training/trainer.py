@@ -47,11 +47,18 @@ SYNC_EVERY = 10  # steps between host syncs (loss read-back, the DDP stop vote) 
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, writes a checkpoint and exits with code 130."""
+    """Set by SIGINT/SIGTERM or by a stop-request file in the run folder; the loop finishes its step, writes a
+    checkpoint and exits with code 130. The file is the portable path: a GUI parent on Windows cannot always send
+    CTRL_BREAK, and a launcher between parent and trainer may swallow signals."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, request_file: Path | None = None):
+        self.signalled = False
+        self.request_file = request_file
         self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or (self.request_file is not None and self.request_file.exists())
 
     def install(self) -> None:
         # SIGBREAK: what CTRL_BREAK (the Slicer module's Stop on Windows) raises in Python
@@ -62,7 +69,7 @@ class StopFlag:
                 pass
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signalled = True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -83,7 +90,8 @@ def open_run_folder(out: Path, resume: bool) -> dict | None:
                          "Add --resume to continue it, or choose a new --out folder.")
     # input/: data the Slicer module exported; a run killed before its config.json was written leaves only the
     # lock, events and cache behind, and a new run may start over them.
-    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, run.events.name, run.cache.name) for p in out.iterdir()):
+    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, run.events.name, run.cache.name, run.stop_request.name)
+                            for p in out.iterdir()):
         raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
     return None
 
@@ -163,7 +171,7 @@ class Trainer:
                                                    else None)
         if tr.compile:
             self.forward = torch.compile(self.forward)
-        self.stop = StopFlag()
+        self.stop = StopFlag(RunFolder(run_dir).stop_request)
         self.prefetch: Prefetcher | None = None  # set while fit() runs
 
     # -- state
@@ -383,6 +391,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
         events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
     elif out.is_dir():
         remove_temp_files(out)  # half-written files of a run that was killed; we hold the folder's lock
+        RunFolder(out).stop_request.unlink(missing_ok=True)  # a request left by an earlier job is not for this one
     stored = open_run_folder(out, args.resume)
     _barrier(dist)  # every rank has checked --out before rank 0 creates anything in it
     if stored is None:
