@@ -40,7 +40,10 @@ def sampler(name: str, cfg: dict, steps: int | None = None):
     elif name == "ddim":
         sched = DDIMScheduler.from_config(base.config)
     elif name == "dpm++":
-        sched = DPMSolverMultistepScheduler.from_config(base.config, algorithm_type="dpmsolver++", solver_order=2)
+        # DDPM and DDIM clip x0 (clip_sample); DPM-Solver++ has no clip_sample but its thresholding with
+        # sample_max_value 1 clamps the quantile to 1, i.e. clips x0 to [-1, 1] at every step the same way.
+        sched = DPMSolverMultistepScheduler.from_config(base.config, algorithm_type="dpmsolver++", solver_order=2,
+                                                        thresholding=True, sample_max_value=1.0)
     else:
         raise InputError(f"Unknown sampler {name!r}.", "Use ddpm, ddim or dpm++.")
     steps = steps or DEFAULT_SAMPLER_STEPS[name]
