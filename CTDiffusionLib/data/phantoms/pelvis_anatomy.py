@@ -18,6 +18,7 @@ bounding box only, so a 512 x 512 x 26 case paints in about a second.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 # Tissue labels of the phantom's ground truth (returned with each volume; tests and metrics use them).
 TISSUES = {
@@ -78,6 +79,15 @@ class Slice:
         inside &= y <= y_max
         self._set(box, inside, label, only_on)
 
+    def close_cortex(self, marrow, cortex, thickness_mm):
+        """Where shapes cut into each other, marrow must not touch soft tissue: give it a cortical rim."""
+        bone = (self.labels == marrow) | (self.labels == cortex)
+        if not bone.any():
+            return
+        step = float(self.x[1] - self.x[0]) if len(self.x) > 1 else thickness_mm
+        core = ndimage.binary_erosion(bone, iterations=max(1, int(round(thickness_mm / step))), border_value=1)
+        self.labels[(self.labels == marrow) & ~core] = cortex
+
     def _set(self, box, inside, label, only_on):
         region = self.labels[box]
         if only_on is not None:
@@ -112,8 +122,8 @@ def draw_case(rng: np.random.Generator) -> dict:
         "z_head": u(40, 50), "head_r": 23 * bones * u(0.94, 1.06), "head_dx": 92 * bones * u(0.95, 1.05),
         "head_dy": u(-4, 8),
         "symphysis_dy": -58 * bones * u(0.92, 1.08), "sacrum_dy": 88 * bones * u(0.92, 1.08),
-        "prostate": (u(18, 26), u(14, 19), u(15, 21)), "prostate_dz": u(-28, -20), "prostate_dx": u(-3, 3),
-        "bladder_fill": u(0.35, 1.0), "bladder_dx": u(-10, 10),
+        "prostate": (u(18, 26), u(14, 19), u(15, 21)), "prostate_dz": u(-30, -22), "prostate_dx": u(-3, 3),
+        "bladder_fill": u(0.15, 1.0), "bladder_dx": u(-10, 10),
         "sv_angle": np.radians(u(15, 35)), "sv_len": u(18, 28),
         "rectum": (u(14, 20), u(11, 16)), "rectum_dx": u(-6, 6), "gas": int(rng.integers(0, 4)),
         "gas_blobs": [(u(-1, 1), u(-1, 1), u(0, 65), u(3, 9)) for _ in range(4)],
@@ -197,6 +207,7 @@ def paint_slice(sl: Slice, z: float, p: dict) -> None:
             sl.ellipse(T["muscle"], at(side * 24, -ba + fa + 6), (21, 6 + 2 * ramp(zr, 5, 20)), only_on=[T["fat"]])
 
     _paint_bones(sl, zr, p, at)
+    sl.close_cortex(T["marrow"], T["cortical_bone"], 1.5)
     _paint_organs(sl, z, zr, p, at)
 
 
@@ -280,7 +291,7 @@ def _paint_organs(sl: Slice, z: float, zr: float, p: dict, at) -> None:
         sl.ellipse(T["prostate"], at(p["prostate_dx"], prostate_y), (pa * k, pb * k), only_on=soft)
     # Bladder: base just above the prostate, dome size and height set by the filling.
     fill = p["bladder_fill"]
-    ba, bb, bc = 30 + 35 * fill, 24 + 28 * fill, 18 + 30 * fill
+    ba, bb, bc = 18 + 47 * fill, 14 + 38 * fill, 12 + 36 * fill  # nearly empty .. full (~35-700 ml)
     bz = pz + pc * 0.7 + bc  # centre height relative to the heads
     kb = np.sqrt(max(0.0, 1.0 - ((zr - bz) / bc) ** 2))
     bladder_c = at(p["bladder_dx"], sy + 20 + bb * 0.85)

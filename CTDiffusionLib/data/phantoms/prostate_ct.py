@@ -19,7 +19,7 @@ from CTDiffusionLib.data.volume_io import Geometry, array_to_image, write_image
 
 DEFAULT_SIZE_XYZ = (512, 512, 26)
 HU_MIN, HU_MAX = -1024, 3071
-FINEST_SUBSAMPLE_MM = (1.0, 2.5)  # anatomy is sampled at least this finely (in-plane, along z) before averaging
+FINEST_SUBSAMPLE_MM = (0.5, 2.5)  # anatomy is sampled at least this finely (in-plane, along z), then averaged
 
 # HU range each tissue's value is drawn from, per case (typical non-contrast CT values).
 TISSUE_HU = {
@@ -57,7 +57,7 @@ def make_prostate_ct(rng: np.random.Generator, size_xyz=DEFAULT_SIZE_XYZ) -> tup
             hu[k] += fine.reshape(ny, fxy, nx, fxy).mean(axis=(1, 3)) / fz
             if j == fz // 2:
                 labels[k] = sl.labels[fxy // 2::fxy, fxy // 2::fxy]
-    hu = ndimage.gaussian_filter(hu, sigma=(0.0, 0.5, 0.5))  # the scanner's own blur (point spread)
+    hu = ndimage.gaussian_filter(hu, sigma=(0.0, 0.6, 0.6))  # the scanner's own blur (point spread)
     noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape, dtype=np.float32),
                                     sigma=(0.0, NOISE_CORRELATION_PX, NOISE_CORRELATION_PX))
     hu += noise * np.float32(rng.uniform(*NOISE_HU) / max(float(noise.std()), 1e-6))
