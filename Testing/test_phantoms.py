@@ -331,3 +331,17 @@ def test_cli_phantoms(tmp_path, capsys):
                      "--size", "32x32x4", "--seed", "3"]) == 0
     assert len(discover_cases([tmp_path / "m"], "cardiac-masks")) == 4
     assert cli_main(["phantoms", "--profile", "prostate-ct", "--num", "1", "--out", str(tmp_path / "m")]) == 2
+
+
+def test_heart_tapers_from_base_to_apex():
+    for seed, group in enumerate(GROUPS * 2):
+        patient = make_cardiac_patient(np.random.default_rng([5, seed]), group, (216, 256, 10))
+        for phase in ("ED", "ES"):
+            labels = patient[phase]
+            lv = (labels == LV).sum(axis=(1, 2))
+            heart = np.flatnonzero(lv)
+            assert len(heart) >= 7, (group, phase)
+            assert lv[heart[0]] > 1.5 * lv[heart[-1]], (group, phase)  # base wider than apex
+            assert np.all(np.diff(lv[heart]) <= 0), (group, phase)  # never widens toward the apex
+            rv = (labels == RV).sum(axis=(1, 2))
+            assert rv[heart[0]] > 0 and rv[heart[-1]] == 0, (group, phase)  # the RV stops before the apex
