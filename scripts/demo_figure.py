@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -47,7 +48,7 @@ def volumes(folder: Path, count: int) -> list[np.ndarray]:
     return [image_to_array(read_image(p))[0] for p in files]
 
 
-def figure(demo: Path, out: Path, rows: int = 3) -> None:
+def figure(demo: Path, out: Path, rows: int = 2) -> None:
     metrics = json.loads((demo / "report" / "metrics.json").read_text(encoding="utf-8"))
     real, generated = volumes(demo / "data" / "heldout", rows), volumes(demo / "generated", rows)
     fig, axes = plt.subplots(2 * rows, len(LEVELS), figsize=(2.0 * len(LEVELS), 2.0 * 2 * rows + 0.6))
@@ -62,8 +63,7 @@ def figure(demo: Path, out: Path, rows: int = 3) -> None:
             if c == 0:
                 ax.set_ylabel(f"{kind} {r % rows + 1}", fontsize=8, color="black" if kind == "real" else "darkred")
     line = verdict_line(metrics)
-    fig.suptitle("held-out real (top) vs generated (bottom), W400/L40\n" + "\n".join(
-        line[i:i + 70] for i in range(0, len(line), 70)), fontsize=7)
+    fig.suptitle("held-out real (top) vs generated (bottom), W400/L40\n" + textwrap.fill(line, 75), fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
