@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from CTDiffusionLib.data.phantoms.cardiac_masks import GROUPS, make_cardiac_patient  # noqa: E402
 from CTDiffusionLib.data.phantoms.prostate_ct import make_prostate_ct  # noqa: E402
 from CTDiffusionLib.data.volume_io import image_to_array  # noqa: E402
+from CTDiffusionLib.demo import DEMO  # noqa: E402
 
 SOFT = (-160, 240)  # W400 / L40
 BONE = (-500, 1300)  # W1800 / L400
@@ -28,8 +29,10 @@ LEVELS = (0.1, 0.35, 0.6, 0.85)  # fractions of the 65 mm scan, bottom to top
 
 
 def ct_montage(out: Path) -> None:
-    rows = [("512x512x26", (512, 512, 26), seed) for seed in range(3)] + [("64x64x16 (demo)", (64, 64, 16), 0),
-                                                                          ("64x64x16 (demo)", (64, 64, 16), 1)]
+    demo = DEMO["prostate-ct"]["size"]  # the grid `ctdiffusion demo` trains on
+    demo_size = tuple(int(v) for v in demo.split("x"))
+    rows = [("512x512x26", (512, 512, 26), seed) for seed in range(3)] + [(f"{demo} (demo)", demo_size, seed)
+                                                                          for seed in range(2)]
     fig, axes = plt.subplots(len(rows), len(LEVELS) + 1, figsize=(2.3 * (len(LEVELS) + 1), 2.2 * len(rows)))
     for r, (name, size, seed) in enumerate(rows):
         image, _ = make_prostate_ct(np.random.default_rng([0, seed]), size)
