@@ -7,13 +7,28 @@ diffusers) are never imported here: training, generation and evaluation run in a
 """
 
 import logging
-import time
+import sys
 from pathlib import Path
+from typing import Annotated
+
+
+def _libraryFolder(moduleDir: Path):
+    """The folder holding CTDiffusionLib: beside this file when installed (Slicer puts that folder on sys.path),
+    or one level up in a source checkout whose CTDiffusion/ folder was added as an additional module path."""
+    for folder in (moduleDir, moduleDir.parent):
+        if (folder / "CTDiffusionLib" / "__init__.py").is_file():
+            return folder
+    return None
+
+
+_LIBRARY = _libraryFolder(Path(__file__).resolve().parent)
+if _LIBRARY is not None and str(_LIBRARY) not in sys.path:
+    sys.path.insert(0, str(_LIBRARY))
 
 import qt
 import slicer
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -22,15 +37,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-PROFILES = [("Prostate CT", "prostate-ct"), ("Cardiac masks (ACDC)", "cardiac-masks")]
-PRESETS = {
-    "prostate-ct": [("tiny (CPU, minutes)", "tiny"), ("default (GPU, 256x256x26)", "default"),
-                    ("thesis (as the source thesis)", "thesis"), ("native512 (512x512x26)", "native512")],
-    "cardiac-masks": [("slice2d (64x64, as the source report)", "slice2d"), ("stack3d (16x128x128)", "stack3d"),
-                      ("tiny2d (CPU)", "tiny2d"), ("tiny3d (CPU)", "tiny3d")],
-}
-SCHEDULES = [("Linear", "linear"), ("Cosine", "cosine")]
-SAMPLERS = [("DPM-Solver++ (fast)", "dpm++"), ("DDIM", "ddim"), ("DDPM (1000 steps)", "ddpm")]
 LENGTH_MODES = [("Steps", "steps"), ("Epochs", "epochs")]
 MODEL_SOURCES = [("This session's run", "run"), ("Model bundle on disk", "bundle")]
 ANY_CONDITION = "(any)"
@@ -65,12 +71,18 @@ class CTDiffusion(ScriptedLoadableModule):
 
 
 def _stopAllJobsOnQuit():
-    """Closing Slicer stops every child (SIGTERM -> checkpoint -> resumable), waiting a few seconds at most."""
-    import sys
-
+    """Closing Slicer stops every job: each writes its checkpoint (the run stays resumable) while a progress dialog
+    keeps the window alive; after the runner's grace period whatever is left is killed."""
     jobs = sys.modules.get("CTDiffusionLib.jobs.runner")
-    if jobs is not None:
-        jobs.stop_all_jobs(grace_s=10.0)
+    if jobs is None or not jobs.running_jobs():
+        return
+    dialog = slicer.util.createProgressDialog(
+        labelText=_("CTDiffusion is saving a checkpoint of the running training before Slicer closes ..."),
+        windowTitle=_("CTDiffusion"), maximum=0)
+    try:
+        jobs.stop_all_jobs(pump=slicer.app.processEvents)
+    finally:
+        dialog.close()
 
 
 #
@@ -83,9 +95,9 @@ class CTDiffusionParameterNode:
     sourceFolder: str = ""
     preset: str = ""
     lengthMode: str = "steps"
-    length: int = 2000
-    batchSize: int = 2
-    learningRate: float = 0.0001
+    length: Annotated[int, WithinRange(1, 10_000_000)] = 2000
+    batchSize: Annotated[int, WithinRange(1, 256)] = 2
+    learningRate: Annotated[float, WithinRange(1e-06, 0.1)] = 0.0001
     schedule: str = "linear"
     augment: str = "zoom,flip"
     conditioned: bool = False
@@ -93,12 +105,12 @@ class CTDiffusionParameterNode:
     runFolder: str = ""
     modelSource: str = "run"
     modelPath: str = ""
-    numberOfSamples: int = 4
+    numberOfSamples: Annotated[int, WithinRange(1, 1000)] = 4
     sampler: str = "dpm++"
-    samplingSteps: int = 25
-    seed: int = 0
+    samplingSteps: Annotated[int, WithinRange(1, 1000)] = 25
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     referenceVolume: slicer.vtkMRMLScalarVolumeNode
-    guidanceScale: float = 3.0
+    guidanceScale: Annotated[float, WithinRange(0.0, 10.0)] = 3.0
     lastRunFolder: str = ""
     lastGeneratedFolder: str = ""
     lastReportFolder: str = ""
@@ -126,15 +138,25 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        unsupported = _unsupportedSlicer()
+        if unsupported:  # Slicer 5.6/5.8 embed Python 3.9: say so instead of failing somewhere later
+            label = qt.QLabel(unsupported)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTDiffusion.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CTDiffusionLogic()
 
-        self._fillCombo(self.ui.profileComboBox, PROFILES)
-        self._fillCombo(self.ui.scheduleComboBox, SCHEDULES)
-        self._fillCombo(self.ui.samplerComboBox, SAMPLERS)
+        from CTDiffusionLib.jobs import panel
+
+        # the engine's own tables: what a combo shows is what the command sends
+        self._fillCombo(self.ui.profileComboBox, panel.profile_choices())
+        self._fillCombo(self.ui.scheduleComboBox, panel.SCHEDULES)
+        self._fillCombo(self.ui.samplerComboBox, panel.sampler_choices())
         self._fillCombo(self.ui.lengthModeComboBox, LENGTH_MODES)
         self._fillCombo(self.ui.modelSourceComboBox, MODEL_SOURCES)
         self._fillDevices()
@@ -149,9 +171,9 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # combos and lists that the parameter node wrapper does not map
         self.ui.profileComboBox.connect("currentIndexChanged(int)", self.onProfileChanged)
-        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
         self.ui.scheduleComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.samplerComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.samplerComboBox.connect("currentIndexChanged(int)", self.onSamplerChanged)
         self.ui.lengthModeComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.onModelSourceChanged)
@@ -176,6 +198,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.initializeParameterNode()
         self.updateDependencyStatus()
         self._setJobButtons()
@@ -208,31 +231,45 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self._stopJob(block=True)
         if self._timer:
             self._timer.stop()
+        self._stopJobInBackground()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:  # None: this Slicer is not supported (setup() said why)
+            self.initializeParameterNode()
 
     def exit(self) -> None:
+        if self.logic is not None:
+            self.logic.restoreLayout()  # give the user's layout and view links back
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopJob(block=True)  # closing the scene stops the child; the run stays resumable
+        self._stopJobInBackground()  # the run stays resumable; its checkpoint is written while Slicer goes on
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._syntheticNodes = []
+        self.logic.viewState = None  # that layout belonged to the closed scene
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self._setJobButtons()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A loaded scene brings its synthetic nodes (tagged): the browse list is rebuilt from them."""
+        self._syntheticNodes = self.logic.syntheticNodes()
+        self._setJobButtons()
+        self._updateSampleLabel(0)
 
     def initializeParameterNode(self) -> None:
         parameterNode = self.logic.getParameterNode()
         if not parameterNode.runFolder:  # a new scene starts from the user's last choices (QSettings)
             parameterNode.runFolder = str(self._setting("runsFolder", str(self.logic.defaultRunsFolder())))
             parameterNode.device = str(self._setting("device", "auto"))
+        if not parameterNode.preset:  # a new parameter node shows (and sends) the profile's default preset
+            self.logic.applyPreset(parameterNode, None)
         self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -250,9 +287,11 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._updatingGui = True
         try:
+            from CTDiffusionLib.jobs import panel
+
             self._selectData(self.ui.profileComboBox, p.profile)
-            self._fillCombo(self.ui.presetComboBox, PRESETS.get(p.profile, []))
-            self._selectData(self.ui.presetComboBox, p.preset)
+            self._fillCombo(self.ui.presetComboBox, panel.preset_choices(p.profile))
+            self._selectData(self.ui.presetComboBox, panel.preset_name(p.profile, p.preset))
             self._selectData(self.ui.scheduleComboBox, p.schedule)
             self._selectData(self.ui.samplerComboBox, p.sampler)
             self._selectData(self.ui.lengthModeComboBox, p.lengthMode)
@@ -262,15 +301,20 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.augmentZoomCheckBox.checked = "zoom" in augment
             self.ui.augmentFlipCheckBox.checked = "flip" in augment
             self.ui.augmentRotateCheckBox.checked = "rotate" in augment
-            masks = p.profile == "cardiac-masks"
-            self.ui.conditionsCheckBox.visible = masks
-            self.ui.conditionsCheckBox.checked = p.conditioned and masks
+            from CTDiffusionLib.profiles import get_profile
+
+            conditional = bool(get_profile(p.profile).condition_keys)
+            self.ui.conditionsCheckBox.visible = conditional
+            self.ui.conditionsCheckBox.checked = p.conditioned and conditional
             self.ui.sourceNodesRadioButton.checked = p.sourceMode == "nodes"
             self.ui.sourceFolderRadioButton.checked = p.sourceMode == "folder"
             self.ui.sourceNodesComboBox.visible = p.sourceMode == "nodes"
             self.ui.sourceFolderPathLineEdit.visible = p.sourceMode == "folder"
-            self.ui.sourceNodesComboBox.nodeTypes = (["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"] if masks
-                                                     else ["vtkMRMLScalarVolumeNode"])
+            from CTDiffusionLib.scene.sources import source_node_types
+
+            nodeTypes, hiddenTypes = source_node_types(p.profile)
+            self.ui.sourceNodesComboBox.nodeTypes = nodeTypes
+            self.ui.sourceNodesComboBox.hideChildNodeTypes = hiddenTypes
             self.ui.modelPathLineEdit.visible = p.modelSource == "bundle"
             for lineEdit, value in ((self.ui.runFolderPathLineEdit, p.runFolder),
                                     (self.ui.sourceFolderPathLineEdit, p.sourceFolder),
@@ -290,9 +334,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         wasModified = p.StartModify()
         try:
-            p.preset = self.ui.presetComboBox.currentData or ""
             p.schedule = self.ui.scheduleComboBox.currentData or "linear"
-            p.sampler = self.ui.samplerComboBox.currentData or "dpm++"
             p.lengthMode = self.ui.lengthModeComboBox.currentData or "steps"
             p.device = self.ui.deviceComboBox.currentData or "auto"
             augment = [name for name, box in (("zoom", self.ui.augmentZoomCheckBox), ("flip", self.ui.augmentFlipCheckBox),
@@ -308,8 +350,19 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None or self._updatingGui:
             return
         self._parameterNode.profile = self.ui.profileComboBox.currentData
-        self._parameterNode.preset = ""
+        self.logic.applyPreset(self._parameterNode, None)  # the new profile's default preset, with its values
         self.updateGUIFromParameterNode()
+
+    def onPresetChanged(self, _index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self.logic.applyPreset(self._parameterNode, self.ui.presetComboBox.currentData)
+        self.updateGUIFromParameterNode()
+
+    def onSamplerChanged(self, _index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self.logic.applySampler(self._parameterNode, self.ui.samplerComboBox.currentData)
 
     def onSourceModeChanged(self, _checked) -> None:
         if self._parameterNode is None or self._updatingGui:
@@ -387,7 +440,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         kind = self._jobKind if running else None
         self.ui.trainButton.text = _("Stop") if kind == "train" else _("Start training")
         self.ui.trainButton.enabled = kind in (None, "train")
-        self.ui.resumeButton.enabled = kind is None and self.logic.canResume(self._runFolder())
+        self.ui.resumeButton.enabled = kind is None and bool(self._parameterNode) and bool(
+            self.logic.resumableRuns(self._parameterNode))
         self.ui.generateButton.text = _("Cancel") if kind == "generate" else _("Generate")
         self.ui.generateButton.enabled = kind in (None, "generate") and bool(self._modelPath())
         self.ui.evaluateButton.text = _("Cancel") if kind == "evaluate" else _("Evaluate")
@@ -396,10 +450,6 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sampleSlider.enabled = count > 1
         self.ui.sampleSlider.maximum = max(0, count - 1)
         self.ui.openReportButton.enabled = bool(self._parameterNode and self._parameterNode.lastReportFolder)
-
-    def _runFolder(self) -> str:
-        p = self._parameterNode
-        return (p.lastRunFolder or p.runFolder) if p else ""
 
     def _modelPath(self) -> str:
         p = self._parameterNode
@@ -417,13 +467,25 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         progressBar.setValue(0)
         progressBar.setFormat(_("starting ..."))
         self._appendLog(f"$ {' '.join(command.argv)}")
+        logging.info("CTDiffusion: %s", " ".join(command.argv))
+        slicer.util.showStatusMessage(_("CTDiffusion: {kind} started").format(kind=kind), 5000)
         self._timer.start()
         self._setJobButtons()
 
-    def _stopJob(self, block=False) -> None:
+    def _stopJob(self) -> None:
         if self._job is not None and self._job.is_running:
             self._appendLog(_("Stopping (a checkpoint is written first) ..."))
-            self._job.cancel(block=block)
+            slicer.util.showStatusMessage(_("CTDiffusion: stopping, a checkpoint is written first ..."), 5000)
+            self._job.cancel()
+
+    def _stopJobInBackground(self) -> None:
+        """Scene close / module cleanup: the job stops (and saves) on a thread; the panel lets go of it."""
+        job, self._job, self._jobKind = self._job, None, None
+        if self._timer:
+            self._timer.stop()
+        if job is not None and job.is_running:
+            logging.info("CTDiffusion: stopping the running job in the background (it writes a checkpoint first)")
+            job.stop_in_background()
 
     def _appendLog(self, text) -> None:
         self.ui.logTextEdit.appendPlainText(text)
@@ -436,6 +498,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         events = job.poll()
         for line in job.take_log():
             self._appendLog(line)
+            logging.info("CTDiffusion %s: %s", self._jobKind, line)  # the child's log in Slicer's log
         for event in events:
             self.onJobEvent(event)
         if not job.is_running:
@@ -466,6 +529,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        "evaluate": self.ui.evaluateProgressBar}[kind]
         self._job = None
         self._jobKind = None
+        slicer.util.showStatusMessage(_("CTDiffusion: {kind} {result}").format(
+            kind=kind, result=_("stopped") if job.stopped else _("finished") if job.succeeded else _("failed")), 5000)
         if job.stopped:
             progressBar.setFormat(_("stopped"))
             if kind == "train":
@@ -496,16 +561,30 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startTraining(resume=False)
 
     def onResumeButton(self) -> None:
-        self.startTraining(resume=True)
+        """Resume this session's run, or pick an older resumable run from the runs folder."""
+        runs = self.logic.resumableRuns(self._parameterNode)
+        if not runs:
+            slicer.util.errorDisplay(_("There is no run with a checkpoint in {folder}.").format(
+                folder=self.logic.runsFolder(self._parameterNode)), windowTitle=_("CTDiffusion"))
+            return
+        runDir = runs[0]
+        if len(runs) > 1:
+            names = [run.name for run in runs]
+            name = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume training"), _("Run to resume:"),
+                                           names, 0, False)
+            if not name:
+                return
+            runDir = runs[names.index(name)]
+        self.startTraining(resume=True, runDir=str(runDir))
 
-    def startTraining(self, resume) -> None:
+    def startTraining(self, resume, runDir=None) -> None:
         p = self._parameterNode
         if not self.ensureDependencies(ask=True):
             return
         try:
             with slicer.util.WaitCursor():
                 command, runDir = self.logic.trainingCommand(p, self.selectedSourceNodes(), resume=resume,
-                                                             runDir=self._runFolder() if resume else None)
+                                                             runDir=runDir)
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
             return
@@ -574,8 +653,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateSampleLabel(self, index) -> None:
         count = len(self._syntheticNodes)
-        self.ui.sampleLabel.text = (f"{index + 1} / {count}: {self._syntheticNodes[index].GetName()}" if count
-                                    else _("no samples"))
+        self.ui.sampleLabel.text = (f"{index + 1} / {count}: {self._syntheticNodes[index].GetName()}"
+                                    if 0 <= index < count else _("no samples"))
 
     # --------------------------------------------------------------------------------------------- quality
     def onEvaluateButton(self) -> None:
@@ -601,7 +680,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onEvaluationCompleted(self, reportDir) -> None:
         self._parameterNode.lastReportFolder = str(reportDir)
         realNodes, generatedNodes = getattr(self, "_qualityNodes", ([], []))
-        summary, samples = self.logic.showQuality(reportDir, realNodes, generatedNodes)
+        summary, samples = self.logic.showQuality(reportDir, realNodes, generatedNodes, self._parameterNode.profile)
         self.ui.metricsTableView.setMRMLTableNode(summary)
         self.ui.samplesTableView.setMRMLTableNode(samples)
         from CTDiffusionLib.scene.plots import memorised_samples
@@ -617,6 +696,18 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
 
 
+def _unsupportedSlicer():
+    """One sentence when this Slicer is too old (decided in CTDiffusionLib.jobs.dependencies), else None."""
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    if sys.version_info < (3, 11):  # the library itself needs 3.11: say it without importing it
+        return _("CTDiffusion needs Slicer 5.10 or newer (this is Slicer {major}.{minor} with Python {py}): please "
+                 "install a current Slicer.").format(major=version[0], minor=version[1],
+                                                    py=f"{sys.version_info[0]}.{sys.version_info[1]}")
+    from CTDiffusionLib.jobs.dependencies import unsupported_slicer
+
+    return unsupported_slicer(version)
+
+
 def ctkPathLineEditDirs():
     import ctk
 
@@ -629,6 +720,7 @@ def ctkPathLineEditDirs():
 class CTDiffusionLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.viewState = None  # the user's layout and view links while the comparison layout is shown
 
     def getParameterNode(self):
         return CTDiffusionParameterNode(super().getParameterNode())
@@ -664,25 +756,33 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                 return False
         settings.setValue(SETTINGS + "dependenciesConfirmed", True)
         with slicer.util.WaitCursor():
-            if not status.torch_installed:
-                try:
-                    import PyTorchUtils
-                except ModuleNotFoundError:
-                    raise RuntimeError(_("CTDiffusion needs the PyTorch extension. Install it from the Extensions "
-                                         "Manager and restart Slicer."))
-                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                if not torchLogic.torchInstalled():
-                    torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.4")
-                    if torch is None:
-                        raise RuntimeError(_("PyTorch could not be installed; see the PyTorch Utils module."))
+            if not status.torch_installed or status.torch_too_old:
+                self._installTorch(status)
             if status.missing:
                 self._pipInstall([r.line for r in status.missing])
         after = self.dependencyStatus()
-        if status.restart_recommended and not slicer.app.testingEnabled():
+        if (status.restart_recommended or status.torch_too_old) and not slicer.app.testingEnabled():
             if slicer.util.confirmYesNoDisplay(_("Packages that were already loaded were updated. Restart Slicer "
                                                  "now to use the new versions?")):
                 slicer.util.restart()
         return after.ok
+
+    @staticmethod
+    def _installTorch(status) -> None:
+        """PyTorch through the PyTorch extension (the CUDA build that fits the GPU), as SlicerMONAIAuto3DSeg and
+        SlicerTotalSegmentator do; an installed version older than the engine needs is upgraded the same way."""
+        from CTDiffusionLib.jobs.dependencies import TORCH_MINIMUM
+
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(_("CTDiffusion needs the PyTorch extension. Install it from the Extensions Manager "
+                                 "and restart Slicer."))
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                              torchVersionRequirement=f">={TORCH_MINIMUM}")
+        if torch is None:
+            raise RuntimeError(_("PyTorch {version} or newer could not be installed; see the PyTorch Utils "
+                                 "module.").format(version=TORCH_MINIMUM))
 
     def _pipInstall(self, requirements) -> None:
         try:
@@ -709,43 +809,58 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             return 0
         return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
-    # commands
-    def _newRunDir(self, parameterNode) -> Path:
-        base = Path(parameterNode.runFolder or self.defaultRunsFolder())
-        return base / time.strftime(f"{parameterNode.profile}-%Y%m%d-%H%M%S")
+    # panel values (decided in CTDiffusionLib.jobs.panel)
+    @staticmethod
+    def applyPreset(p, preset) -> None:
+        """Choose `preset` (None: the profile's default) and show its own length, batch, lr, schedule, augmentation."""
+        from CTDiffusionLib.jobs import panel
+
+        name = panel.preset_name(p.profile, preset)
+        values = panel.preset_panel(p.profile, name)
+        wasModified = p.StartModify()
+        try:
+            p.preset = name
+            p.lengthMode, p.length, p.batchSize = values.length_mode, values.length, values.batch_size
+            p.learningRate, p.schedule, p.augment = values.lr, values.schedule, ",".join(values.augment)
+        finally:
+            p.EndModify(wasModified)
+
+    @staticmethod
+    def applySampler(p, sampler) -> None:
+        from CTDiffusionLib.jobs import panel
+
+        p.sampler = sampler or panel.DEFAULT_SAMPLER
+        p.samplingSteps = panel.sampler_default_steps(p.sampler)
+
+    @staticmethod
+    def trainingPanel(p):
+        from CTDiffusionLib.jobs.panel import TrainingPanel
+
+        return TrainingPanel(p.lengthMode, p.length, p.batchSize, p.learningRate, p.schedule, ()).with_augment(
+            p.augment.split(","))
+
+    # commands (what runs where: CTDiffusionLib.jobs.plans; which flags: CTDiffusionLib.jobs.panel)
+    def runsFolder(self, p) -> str:
+        return p.runFolder or str(self.defaultRunsFolder())
 
     def trainingCommand(self, p, sourceNodes, resume=False, runDir=None):
+        from CTDiffusionLib.jobs import panel, plans
         from CTDiffusionLib.jobs.commands import TrainSettings, build_command
-        from CTDiffusionLib.scene.nodes import export_nodes
 
-        if resume:
-            if not runDir or not self.canResume(runDir):
-                raise ValueError(_("There is no run with a checkpoint to resume."))
-            from CTDiffusionLib.jobs.commands import run_data_sources
-
-            runDir = Path(runDir)
-            data = run_data_sources(runDir)
-            if not data:
-                raise ValueError(_("The run's config.json does not say where its data is."))
+        source = plans.training_source(p.sourceMode, p.sourceFolder, len(sourceNodes), self.runsFolder(p), p.profile,
+                                       resume_run=(runDir or "") if resume else None)
+        if resume:  # the run continues as it was configured (its config.json), on the chosen device
+            settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+                                     resume=True)
         else:
-            runDir = self._newRunDir(p)
-            if p.sourceMode == "folder":
-                if not p.sourceFolder:
-                    raise ValueError(_("Choose a data folder."))
-                data = [p.sourceFolder]
-            else:
-                if not sourceNodes:
-                    raise ValueError(_("Select the volumes or segmentations to train on."))
-                export_nodes(sourceNodes, runDir.parent / (runDir.name + "-data"), p.profile)
-                data = [str(runDir.parent / (runDir.name + "-data"))]
-        settings = TrainSettings(
-            profile=p.profile, data=data, out=str(runDir), preset=p.preset or None,
-            steps=p.length if p.lengthMode == "steps" else None, epochs=p.length if p.lengthMode == "epochs" else None,
-            batch_size=p.batchSize, lr=p.learningRate, schedule=p.schedule,
-            augment=[a for a in p.augment.split(",") if a], device=p.device,
-            conditions=("group", "phase") if (p.conditioned and p.profile == "cardiac-masks") else None,
-            resume=resume)
-        return build_command(settings), runDir
+            if source.export_to is not None:
+                from CTDiffusionLib.scene.nodes import export_nodes
+
+                export_nodes(sourceNodes, source.export_to, p.profile)
+            settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+                                     conditions=plans.training_conditions(p.profile, p.conditioned),
+                                     **panel.training_overrides(p.profile, p.preset, self.trainingPanel(p)))
+        return build_command(settings), source.run_dir
 
     @staticmethod
     def canResume(runDir) -> bool:
@@ -753,15 +868,22 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
 
         return can_resume(runDir)
 
+    def resumableRuns(self, p) -> list:
+        from CTDiffusionLib.jobs.plans import resumable_runs
+
+        runs = resumable_runs(self.runsFolder(p))
+        if p.lastRunFolder and self.canResume(p.lastRunFolder):
+            runs = [Path(p.lastRunFolder)] + [r for r in runs if r != Path(p.lastRunFolder)]
+        return runs
+
     def generationCommand(self, p, modelPath, condition):
+        from CTDiffusionLib.jobs import panel, plans
         from CTDiffusionLib.jobs.commands import GenerateSettings, build_command
         from CTDiffusionLib.scene.nodes import write_volume_node
 
         if not modelPath:
             raise ValueError(_("Train a model in this session or choose a model bundle folder."))
-        base = Path(p.lastRunFolder) if (p.modelSource == "run" and p.lastRunFolder) else Path(
-            p.runFolder or self.defaultRunsFolder())
-        outDir = base / time.strftime("generated-%Y%m%d-%H%M%S")
+        outDir = plans.generation_folder(p.modelSource, p.lastRunFolder, self.runsFolder(p))
         reference = None
         if p.referenceVolume is not None:
             storage = p.referenceVolume.GetStorageNode()
@@ -770,18 +892,19 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                 path = str(write_volume_node(p.referenceVolume, outDir.parent / (outDir.name + "-reference.nii.gz")))
             reference = path
         settings = GenerateSettings(model=str(modelPath), num=p.numberOfSamples, out=str(outDir), sampler=p.sampler,
-                                    steps=p.samplingSteps, seed=p.seed, reference=reference, condition=condition,
-                                    guidance_scale=p.guidanceScale, device=p.device)
+                                    steps=panel.sampling_steps_override(p.sampler, p.samplingSteps), seed=p.seed,
+                                    reference=reference, condition=condition, guidance_scale=p.guidanceScale,
+                                    device=p.device)
         return build_command(settings), outDir
 
     def evaluationCommand(self, p, realNodes, generatedNodes, useLastGeneration=True):
+        from CTDiffusionLib.jobs import plans
         from CTDiffusionLib.jobs.commands import EvaluateSettings, build_command
         from CTDiffusionLib.scene.nodes import export_nodes
 
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(p.lastRunFolder or p.runFolder or self.defaultRunsFolder())
+        folders = plans.quality_folders(p.lastRunFolder, self.runsFolder(p))
         if realNodes:
-            real = str(base / f"quality-{stamp}-real")
+            real = str(folders.real_export)
             export_nodes(realNodes, real, p.profile)
         elif p.sourceMode == "folder" and p.sourceFolder:
             real = p.sourceFolder
@@ -794,17 +917,12 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         else:
             if not generatedNodes:
                 raise ValueError(_("Pick the generated nodes to evaluate."))
-            generated = str(base / f"quality-{stamp}-generated")
+            generated = str(folders.generated_export)
             export_nodes(generatedNodes, generated, p.profile)
-        train = None
-        from CTDiffusionLib.jobs.commands import run_data_sources
-
-        sources = run_data_sources(p.lastRunFolder)
-        if len(sources) == 1:
-            train = sources[0]
-        settings = EvaluateSettings(real=real, generated=generated, out=str(base / f"quality-{stamp}"), train=train,
+        settings = EvaluateSettings(real=real, generated=generated, out=str(folders.report),
+                                    train=plans.training_data_for_evaluation(p.lastRunFolder),
                                     run=p.lastRunFolder or None, profile=p.profile, device=p.device)
-        return build_command(settings), Path(settings.out)
+        return build_command(settings), folders.report
 
     @staticmethod
     def modelConditions(modelPath) -> dict:
@@ -822,31 +940,50 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             curve.clear()
         return curve
 
-    @staticmethod
-    def showLossCurve(curve) -> None:
+    def _takeOverLayout(self) -> None:
+        """Remember the user's layout and view links once, before the comparison layout replaces them."""
         from CTDiffusionLib.scene import comparison
 
+        if self.viewState is None and comparison.layout_node().GetViewArrangement() != comparison.LAYOUT_ID:
+            self.viewState = comparison.remember_view_state()
+
+    def restoreLayout(self) -> None:
+        from CTDiffusionLib.scene import comparison
+
+        comparison.restore_view_state(self.viewState)
+        self.viewState = None
+
+    @staticmethod
+    def syntheticNodes() -> list:
+        from CTDiffusionLib.scene.nodes import synthetic_nodes
+
+        return synthetic_nodes()
+
+    def showLossCurve(self, curve) -> None:
+        from CTDiffusionLib.scene import comparison
+
+        self._takeOverLayout()
         comparison.show_comparison_layout()
         comparison.show_chart(curve.chart)
 
-    @staticmethod
-    def importAndCompare(outDir, realNode, profile=None) -> list:
+    def importAndCompare(self, outDir, realNode, profile=None) -> list:
         from CTDiffusionLib.scene import comparison, nodes
 
+        self._takeOverLayout()
         synthetic = nodes.import_generated(outDir, beside=realNode, profile=profile)
         if synthetic:
             comparison.setup_comparison(realNode, synthetic[0])
         return synthetic
 
-    @staticmethod
-    def showQuality(reportDir, realNodes, generatedNodes):
+    def showQuality(self, reportDir, realNodes, generatedNodes, profile=None):
         from CTDiffusionLib.scene import comparison, plots
 
+        self._takeOverLayout()
         summary, samples = plots.metrics_tables(reportDir)
         comparison.show_comparison_layout()
         comparison.show_table(summary)
         if realNodes and generatedNodes:
-            chart, _table = plots.histogram_chart(realNodes, generatedNodes)
+            chart, _table = plots.histogram_chart(realNodes, generatedNodes, profile=profile)
             comparison.show_chart(chart)
         return summary, samples
 
@@ -855,24 +992,55 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
 # Test
 #
 class CTDiffusionTest(ScriptedLoadableModuleTest):
-    """Runs the same end-to-end scenario as pytest on slicer-core (CTDiffusionLib.scene.scenario), in Slicer."""
+    """Runs the same scenarios as pytest on slicer-core (CTDiffusionLib.scene.scenario), in Slicer: the widget is
+    built (a parameter that cannot be bound fails here), a training is stopped through the real PythonSlicer
+    launcher, and the end-to-end train -> generate -> compare scenario runs. Missing packages skip with the reason."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_CTDiffusion_widget()
+        self.test_CTDiffusion_stop()
         self.test_CTDiffusion_scenario()
 
-    def test_CTDiffusion_scenario(self):
-        import importlib.util
+    def _requireEngine(self):
+        status = CTDiffusionLogic().dependencyStatus()
+        if not status.ok:
+            self.skipTest(_("CTDiffusion's Python packages are not installed ({what}); install them from the "
+                            "module's Dependencies section.").format(what=status.text()))
+
+    def test_CTDiffusion_widget(self):
+        """Building the panel binds every parameter (connectGui raises if one widget cannot be bound)."""
+        self.delayDisplay("Building the CTDiffusion panel")
+        widget = slicer.modules.ctdiffusion.createNewWidgetRepresentation()
+        try:
+            module = widget.self()
+            self.assertIsNotNone(module._parameterNodeGuiTag, "the parameter node is not bound to the panel")
+            p = module._parameterNode
+            self.assertEqual(module.ui.presetComboBox.currentData, p.preset)
+            self.assertEqual(module.ui.lengthSpinBox.value, p.length)
+            self.assertEqual(module.ui.guidanceScaleSliderWidget.maximum, 10.0)
+        finally:
+            widget.self().cleanup()
+            widget.deleteLater()
+
+    def test_CTDiffusion_stop(self):
         import tempfile
 
+        self._requireEngine()
+        from CTDiffusionLib.scene.scenario import run_stop_scenario
+
+        with tempfile.TemporaryDirectory(prefix="CTDiffusionTest-") as work:
+            result = run_stop_scenario(work, log=lambda m: self.delayDisplay(m, 100), pump=slicer.app.processEvents)
+        self.assertGreaterEqual(result["checkpoint"]["step"], result["stopped_at"])
+
+    def test_CTDiffusion_scenario(self):
+        import tempfile
+
+        self._requireEngine()
         self.delayDisplay("Starting the CTDiffusion scenario")
-        if importlib.util.find_spec("torch") is None or not CTDiffusionLogic().dependencyStatus().ok:
-            self.delayDisplay("PyTorch or the CTDiffusion Python packages are not installed: the training part of "
-                              "the scenario is skipped. Install them from the module's Dependencies section.")
-            return
         from CTDiffusionLib.scene.scenario import run_selftest_scenario
 
         with tempfile.TemporaryDirectory(prefix="CTDiffusionTest-") as work:

@@ -10,14 +10,15 @@ import argparse
 import logging
 import shutil
 import sys
+import time
 import traceback
 from pathlib import Path
 
-from CTDiffusionLib.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CTDiffusionError, InputError,
-                                   Interrupted)
+from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CTDiffusionError, Interrupted
 from CTDiffusionLib.events import EventWriter
+from CTDiffusionLib.profiles import PROFILES, PROSTATE_CT
+from CTDiffusionLib.textformat import parse_size
 
-PROFILES = ("prostate-ct", "cardiac-masks")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 log = logging.getLogger("ctdiffusion")
@@ -50,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    profiles = list(PROFILES)  # read now, so a profile registered at run time is offered too
 
     p = sub.add_parser("phantoms", help="write a synthetic data set in the on-disk layout real data uses")
-    p.add_argument("--profile", choices=PROFILES, required=True)
+    p.add_argument("--profile", choices=profiles, required=True)
     p.add_argument("--num", type=_positive_int, required=True, help="number of cases (CT volumes / ACDC patients)")
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--seed", type=int, default=0)
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image size XxYxZ in voxels (default: 512x512x26 for CT, 216x256x10 for masks)")
 
     p = sub.add_parser("train", help="train a diffusion model; writes a run folder with checkpoints and a model bundle")
-    p.add_argument("--profile", choices=PROFILES, required=True)
+    p.add_argument("--profile", choices=profiles, required=True)
     p.add_argument("--data", nargs="+", default=None,
                    help="a folder (volumes, DICOM series or ACDC layout), several files, or a .txt list of files "
                         "(required for a new run; a resumed run reuses its own)")
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generated", required=True, help="folder written by `generate`")
     p.add_argument("--train", default=None, help="training data, for the memorisation check")
     p.add_argument("--out", required=True, help="report folder (metrics.json, report.html, figures)")
-    p.add_argument("--profile", choices=PROFILES, default=None, help="default: read from the generated sidecars")
+    p.add_argument("--profile", choices=profiles, default=None, help="default: read from the generated sidecars")
     p.add_argument("--run", default=None, help="run folder, to include loss curves")
     p.add_argument("--feature-weights", default=None,
                    help="safetensors weights of a feature network to use instead of the self-trained one")
@@ -122,9 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="phantoms -> train (tiny, CPU) -> generate -> evaluate, in a few minutes")
     p.add_argument("--out", default="demo_output")
-    p.add_argument("--profile", choices=PROFILES, default="prostate-ct")
+    p.add_argument("--profile", choices=profiles, default=PROSTATE_CT.name)
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's own)")
+
+    from CTDiffusionLib.web.command import add_view_parser  # light: the web extra is imported only when serving
+
+    add_view_parser(sub)
     return parser
 
 
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 def _cmd_phantoms(args, events) -> int:
     from CTDiffusionLib.data.phantoms import write_phantom_dataset
 
-    size = _parse_size(args.size, "--size") if args.size else None
+    size = parse_size(args.size, "--size") if args.size else None
     out = write_phantom_dataset(args.profile, args.num, args.out, seed=args.seed, size_xyz=size)
     print(f"wrote {args.num} {args.profile} phantom cases to {out}", file=sys.stderr)
     return 0
@@ -197,9 +203,26 @@ def _cmd_evaluate(args, events) -> int:
 
 
 def _cmd_demo(args, events) -> int:
-    from CTDiffusionLib.demo import run_demo
+    """Run the demo's stages as the sub-commands a user would type, in this process."""
+    from CTDiffusionLib.demo import demo_stages, demo_summary
 
-    return run_demo(args)
+    t0 = time.time()
+    for name, argv in demo_stages(args.profile, args.out, args.device, args.steps):
+        t = time.time()
+        print(f"[demo] {name} ...", file=sys.stderr, flush=True)
+        code = main(argv)
+        if code != 0:
+            print(f"[demo] {name} failed with exit code {code}", file=sys.stderr)
+            return code
+        print(f"[demo] {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    print(demo_summary(args.profile, args.out, args.device, args.steps, time.time() - t0))
+    return 0
+
+
+def _cmd_view(args) -> int:
+    from CTDiffusionLib.web.command import run_view
+
+    return run_view(args)
 
 
 HANDLERS = {
@@ -208,18 +231,8 @@ HANDLERS = {
     "generate": _cmd_generate,
     "evaluate": _cmd_evaluate,
     "demo": _cmd_demo,
+    "view": lambda args, events: _cmd_view(args),
 }
-
-
-def _parse_size(text: str, flag: str) -> tuple[int, ...]:
-    """'128x128x26' -> (128, 128, 26); a clear error for anything else."""
-    try:
-        parts = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        parts = ()
-    if len(parts) not in (2, 3) or min(parts) < 1:
-        raise InputError(f"{flag} {text!r} is not a size like 128x128x26.", "Give voxels per axis as XxYxZ.")
-    return parts
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """`ctdiffusion demo`: phantoms -> train (tiny, CPU) -> generate -> evaluate, in a few minutes on 2 cores.
 
-It runs the same sub-commands a user would, in-process, and prints where every result is.
+This module only plans: `demo_stages` returns the same sub-command lines a user would type, and the CLI runs them
+in-process (so demo does not import the CLI), then prints `demo_summary`.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
@@ -20,45 +19,40 @@ DEMO = {
 }
 
 
-def run_demo(args) -> int:
-    from CTDiffusionLib.cli import main
-
-    spec = DEMO[args.profile]
-    out = Path(args.out).resolve()
+def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None) -> list[tuple[str, list[str]]]:
+    """(stage name, CLI arguments) for each stage of the demo in `out` (which must be new or empty)."""
+    spec = DEMO[profile]
+    out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
         raise InputError(f"The demo folder {out} is not empty.", "Remove it or pass --out NEW_FOLDER.")
-    steps = args.steps or spec["steps"]
+    steps = steps or spec["steps"]
     stages = {
-        "phantoms (training set)": ["phantoms", "--profile", args.profile, "--num", spec["train"], "--out",
+        "phantoms (training set)": ["phantoms", "--profile", profile, "--num", spec["train"], "--out",
                                     out / "data" / "train", "--size", spec["size"], "--seed", 0],
-        "phantoms (held-out real set)": ["phantoms", "--profile", args.profile, "--num", spec["heldout"], "--out",
+        "phantoms (held-out real set)": ["phantoms", "--profile", profile, "--num", spec["heldout"], "--out",
                                          out / "data" / "heldout", "--size", spec["size"], "--seed", 1000],
-        "train": ["train", "--profile", args.profile, "--data", out / "data" / "train", "--out", out / "run",
+        "train": ["train", "--profile", profile, "--data", out / "data" / "train", "--out", out / "run",
                   "--preset", spec["preset"], "--steps", steps, "--batch-size", spec["batch"], "--device",
-                  args.device, "--checkpoint-every", max(1, steps // 4), "--sample-every", max(1, steps // 2),
+                  device, "--checkpoint-every", max(1, steps // 4), "--sample-every", max(1, steps // 2),
                   *(["--grid", spec["grid"]] if spec["grid"] else [])],
         "generate": ["generate", "--model", out / "run", "--num", 8, "--out", out / "generated", "--sampler",
-                     "dpm++", "--steps", 25, "--seed", 0, "--device", args.device],
+                     "dpm++", "--steps", 25, "--seed", 0, "--device", device],
         "evaluate": ["evaluate", "--real", out / "data" / "heldout", "--train", out / "data" / "train",
                      "--generated", out / "generated", "--out", out / "report", "--run", out / "run",
-                     "--device", args.device],
+                     "--device", device],
     }
-    t0 = time.time()
-    for name, argv in stages.items():
-        t = time.time()
-        print(f"[demo] {name} ...", file=sys.stderr, flush=True)
-        code = main([str(a) for a in argv])
-        if code != 0:
-            print(f"[demo] {name} failed with exit code {code}", file=sys.stderr)
-            return code
-        print(f"[demo] {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    print(f"""
-CTDiffusion demo finished in {time.time() - t0:.0f} s ({args.profile}, {steps} training steps on {args.device}).
+    return [(name, [str(a) for a in argv]) for name, argv in stages.items()]
+
+
+def demo_summary(profile: str, out, device: str, steps: int | None, seconds: float) -> str:
+    """Where every result of a finished demo is."""
+    out = Path(out).resolve()
+    return f"""
+CTDiffusion demo finished in {seconds:.0f} s ({profile}, {steps or DEMO[profile]['steps']} training steps on {device}).
   training data     {out / 'data' / 'train'}
   run folder        {out / 'run'}   (config.json, events.jsonl, checkpoints/, model/, samples/)
   model bundle      {out / 'run' / 'model'}
   generated volumes {out / 'generated'}
   quality report    {out / 'report' / 'report.html'}
   metrics           {out / 'report' / 'metrics.json'}
-""")
-    return 0
+"""

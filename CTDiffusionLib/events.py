@@ -49,6 +49,8 @@ class EventWriter:
     def emit(self, event: str, **fields: Any) -> dict:
         if event not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event!r}")
+        if event == "start":  # the parent signals THIS process to stop (a launcher in between does not forward)
+            fields.setdefault("pid", os.getpid())
         record = {"event": event, "time": round(time.time(), 3), **_clean(fields)}
         line = json.dumps(record, separators=(",", ":"))
         if self.to_stdout:

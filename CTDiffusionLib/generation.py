@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -11,12 +10,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from CTDiffusionLib.data.preprocess import unit_to_hu, unit_to_labels
+from CTDiffusionLib.data.preprocess import ct_grid_geometry, from_unit
 from CTDiffusionLib.data.volume_io import Geometry, array_to_image, read_image, write_image
 from CTDiffusionLib.diffusion.sampling import sample
-from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, sampler
+from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, bundle_scheduler, sampler
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
+from CTDiffusionLib.profiles import get_profile
+from CTDiffusionLib.runfolder import write_json
 
 log = logging.getLogger("ctdiffusion")
 DEFAULT_GUIDANCE = 3.0
@@ -34,33 +35,31 @@ def decode(x0: torch.Tensor, meta: dict) -> list[np.ndarray]:
     """Model-space batch -> arrays in real units, (z, y, x): CT int16 HU, masks uint8 labels (2D: z = 1)."""
     out = []
     for x in x0.float().cpu().numpy():
-        if meta["profile"] == "prostate-ct":
-            arr = unit_to_hu(x[0], tuple(meta["intensity"]["hu_range"]))
-        else:
-            arr = unit_to_labels(x)
+        arr = from_unit(x, meta["intensity"])  # the mapping stored with the model, not today's profile defaults
         out.append(arr[None] if arr.ndim == 2 else arr)
     return out
 
 
 def output_geometry(meta: dict, reference_image=None) -> Geometry:
-    """Where the model grid lies: the training-set geometry from the bundle; with a reference, a CT grid spans the
-    reference's field of view and a mask takes the reference's origin and direction."""
+    """Where the model grid lies: the training-set geometry from the bundle; with a reference, an intensity grid
+    spans the reference's field of view and a label map (a crop) takes the reference's origin and direction."""
     g = meta["geometry"]
     if reference_image is None:
         return Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
-    if meta["profile"] == "prostate-ct":
-        from CTDiffusionLib.data.preprocess import ct_grid_geometry
-
+    if not get_profile(meta["profile"]).is_label_map:
         return Geometry(*(tuple(v) for v in ct_grid_geometry(reference_image, g["size"])))
     return Geometry(tuple(g["spacing"]), tuple(reference_image.GetOrigin()), tuple(reference_image.GetDirection()))
 
 
-def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=None) -> Path:
-    """Write one generated volume; with `resample_to` (a CT reference) it goes onto that image's exact voxel grid,
-    so it overlays the real scan voxel for voxel (the model grid already spans the same field of view)."""
+def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=None, fill_value: float = 0.0
+                 ) -> Path:
+    """Write one generated volume; with `resample_to` (an intensity reference) it goes onto that image's exact voxel
+    grid, so it overlays the real scan voxel for voxel (the model grid already spans the same field of view);
+    `fill_value` outside the generated grid, voxel type unchanged."""
     image = array_to_image(array, geometry)
     if resample_to is not None:
-        image = sitk.Resample(image, resample_to, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+        image = sitk.Resample(image, resample_to, sitk.Transform(), sitk.sitkLinear, float(fill_value),
+                              image.GetPixelID())
     return write_image(image, path)
 
 
@@ -69,11 +68,12 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
              condition: dict | None = None, guidance_scale: float | None = None, device: torch.device | None = None,
              autocast_dtype=None, events=None, prefix: str = "synthetic") -> list[Path]:
     device = device or torch.device("cpu")
+    profile = get_profile(meta["profile"])
     vocab = ConditionVocabulary(meta.get("conditions"))
     steps = steps or DEFAULT_SAMPLER_STEPS[sampler_name]
     reference_image = read_image(reference, what="reference volume") if reference else None
     geometry = output_geometry(meta, reference_image)
-    resample_to = reference_image if meta["profile"] == "prostate-ct" else None
+    resample_to = None if profile.is_label_map else reference_image  # labels keep their crop grid
     shape = model_input_shape(meta)
     if vocab:
         labels_value = vocab.encode(condition)
@@ -89,7 +89,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
     for start in range(0, num, batch_size):
         indices = list(range(start + 1, min(num, start + batch_size) + 1))
         seeds = [seed + i - 1 for i in indices]
-        sched = sampler(sampler_name, meta["diffusion"], steps)
+        sched = sampler(sampler_name, meta["diffusion"], steps, base=bundle_scheduler(meta))
         labels = null = None
         if vocab:
             labels = torch.full((len(seeds),), labels_value, dtype=torch.long, device=device)
@@ -111,12 +111,12 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
             null = null.repeat(2) if null is not None else None
         x0 = sample(model, sched, shape, run_seeds, device, labels, null, guidance or 1.0, autocast_dtype, on_step)
         for index, s, arr in zip(indices, seeds, decode(x0[: len(seeds)], meta)):
-            path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz", resample_to)
+            path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz", resample_to, profile.fill_value)
             sidecar = {"file": path.name, "index": index, "seed": s, "sampler": sampler_name, "steps": steps,
                        "model_sha256": meta.get("sha256"), "profile": meta["profile"], "mode": meta["data"]["mode"],
                        "condition": condition or None, "guidance_scale": guidance,
                        "reference": str(reference) if reference else None}
-            (out / f"{prefix}_{index:04d}.json").write_text(json.dumps(sidecar, indent=2))
+            write_json(out / f"{prefix}_{index:04d}.json", sidecar)
             written.append(path)
             if events is not None:
                 events.emit("sample", path=str(path), index=index, num=num)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import copy
 
 from CTDiffusionLib.errors import InputError
-
-HU_RANGE = (-1024.0, 2000.0)  # covers air .. dense cortical bone; everything maps invertibly to [-1, 1]
-MASK_CLASSES = ("background", "RV", "MYO", "LV")
+from CTDiffusionLib.profiles import CARDIAC_MASKS, get_profile
 
 
 def _aniso(channels, kinds, z_strides, blocks, attention, head_dim=32, groups=8, in_ch=1, out_ch=1):
@@ -22,7 +20,7 @@ def _aniso(channels, kinds, z_strides, blocks, attention, head_dim=32, groups=8,
 
 
 def _monai2d(channels, attention, blocks, head_channels=32, groups=16):
-    n = len(MASK_CLASSES)
+    n = CARDIAC_MASKS.channels
     return {"type": "monai_unet", "kwargs": {
         "spatial_dims": 2, "in_channels": n, "out_channels": n, "channels": list(channels),
         "attention_levels": list(attention), "num_res_blocks": blocks, "num_head_channels": head_channels,
@@ -33,7 +31,7 @@ _CT_TRAIN = {"batch_size": 2, "lr": 1e-4, "warmup_steps": 200, "steps": 20000, "
              "checkpoint_every": 500, "sample_every": 2000}
 _CT_DATA = {"mode": "3d", "augment": {"zoom": [0.9, 1.1], "flip": True, "rotate_deg": 0.0}}
 _MASK_DATA = {"augment": {"zoom": [0.9, 1.1], "flip": False, "rotate_deg": 15.0}}
-n_mask = len(MASK_CLASSES)
+n_mask = CARDIAC_MASKS.channels
 
 PRESETS: dict[str, dict[str, dict]] = {
     "prostate-ct": {
@@ -88,13 +86,14 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
 }
 
-DEFAULT_PRESET = {"prostate-ct": "default", "cardiac-masks": "slice2d"}
 
-
-def resolve_preset(profile: str, name: str | None) -> tuple[str, dict]:
-    name = name or DEFAULT_PRESET[profile]
-    presets = PRESETS[profile]
+def resolve_preset(profile, name: str | None) -> tuple[str, dict]:
+    """(name, deep copy of the preset); the profile's default preset when `name` is None."""
+    profile = get_profile(profile)
+    name = name or profile.default_preset
+    presets = PRESETS.get(profile.name, {})
     if name not in presets:
-        raise InputError(f"Unknown preset {name!r} for profile {profile}.",
-                         f"Choose one of: {', '.join(presets)}.")
+        raise InputError(f"Unknown preset {name!r} for profile {profile.name}.",
+                         f"Choose one of: {', '.join(presets)}." if presets else
+                         f"No presets are defined for {profile.name} yet: add them to presets.py.")
     return name, copy.deepcopy(presets[name])

@@ -7,22 +7,23 @@ from pathlib import Path
 import numpy as np
 
 from CTDiffusionLib.data.volume_io import image_to_array, read_image
-
-CT_WINDOW = (-160.0, 240.0)  # soft-tissue window (level 40, width 400)
-MASK_COLORS = np.array([[0, 0, 0], [0.3, 0.5, 1.0], [0.9, 0.7, 0.2], [0.9, 0.2, 0.2]])  # bg, RV, MYO, LV
+from CTDiffusionLib.profiles import get_profile
 
 
-def mid_slice_rgb(array_zyx: np.ndarray, profile: str) -> np.ndarray:
-    """RGB image of the middle axial slice: CT in a soft-tissue window, masks in the fixed label colours."""
+def mid_slice_rgb(array_zyx: np.ndarray, profile) -> np.ndarray:
+    """RGB image of the middle axial slice: intensity images in the profile's display window, label maps in its
+    class colours (the same colours as the Slicer segments and the report figures)."""
+    profile = get_profile(profile)
     sl = array_zyx[array_zyx.shape[0] // 2]
-    if profile == "prostate-ct":
-        lo, hi = CT_WINDOW
-        g = np.clip((sl.astype(np.float32) - lo) / (hi - lo), 0, 1)
-        return np.repeat(g[..., None], 3, axis=-1)
-    return MASK_COLORS[np.clip(sl.astype(int), 0, len(MASK_COLORS) - 1)]
+    if profile.is_label_map:
+        colors = np.array(profile.label_colors(), dtype=np.float64)
+        return colors[np.clip(sl.astype(int), 0, len(colors) - 1)]
+    lo, hi = profile.display_window.range
+    g = np.clip((sl.astype(np.float32) - lo) / (hi - lo), 0, 1)
+    return np.repeat(g[..., None], 3, axis=-1)
 
 
-def save_mid_slice_png(volume_path: Path, png_path: Path, profile: str) -> Path:
+def save_mid_slice_png(volume_path: Path, png_path: Path, profile) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

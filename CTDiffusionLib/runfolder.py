@@ -8,6 +8,7 @@
       model/           the model bundle (below)
       samples/         periodic preview volumes and PNGs
       input/           input data exported into the run (the Slicer module puts it there)
+      cache/           preprocessed cases (.npz), reused by --resume and by later runs on the same data
 
     BUNDLE_DIR/ (RUN_DIR/model, or a copy anywhere)
       model.safetensors   weights (never pickled)
@@ -39,6 +40,7 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 SAMPLES = "samples"
 INPUT = "input"
+CACHE = "cache"
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
@@ -49,13 +51,16 @@ _TEMP_MARK = ".tmp-"
 
 # ------------------------------------------------------------------------------------------ layout
 @dataclass(frozen=True)
-class RunFolder:
-    """Paths inside one run folder (nothing is created or read by building one)."""
-
+class _Folder:
     root: Path
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root).expanduser())
+
+
+@dataclass(frozen=True)
+class RunFolder(_Folder):
+    """Paths inside one run folder (nothing is created or read by building one)."""
 
     config = property(lambda self: self.root / CONFIG)
     dataset = property(lambda self: self.root / DATASET)
@@ -64,6 +69,7 @@ class RunFolder:
     model = property(lambda self: self.root / MODEL)
     samples = property(lambda self: self.root / SAMPLES)
     input = property(lambda self: self.root / INPUT)
+    cache = property(lambda self: self.root / CACHE)
 
     @property
     def bundle(self) -> BundleFolder:
@@ -86,13 +92,8 @@ class RunFolder:
 
 
 @dataclass(frozen=True)
-class BundleFolder:
+class BundleFolder(_Folder):
     """Paths inside one model bundle folder."""
-
-    root: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root).expanduser())
 
     weights = property(lambda self: self.root / BUNDLE_WEIGHTS)
     meta = property(lambda self: self.root / BUNDLE_META)

@@ -198,6 +198,20 @@ def test_bundle_whose_json_lies_about_the_architecture(bundle_copy, tmp_path, ca
     assert "do not fit the architecture" in capsys.readouterr().err
 
 
+def test_bundle_from_before_the_stored_scheduler_samples_the_same(bundle_copy, tiny_ct_run, tmp_path):
+    """model.json now carries the scheduler's own settings; a bundle without them (older version) still loads and
+    gives the same volumes, because it falls back to the settings it was made with."""
+    meta = json.loads((bundle_copy / "model.json").read_text(encoding="utf-8"))
+    assert meta["scheduler"]["timestep_spacing"] == "trailing" and meta["scheduler"]["clip_sample"] is True
+    del meta["scheduler"]
+    (bundle_copy / "model.json").write_text(json.dumps(meta))
+    for model, out in ((tiny_ct_run, tmp_path / "new"), (bundle_copy, tmp_path / "old")):
+        assert run_cli("generate", "--model", model, "--num", 1, "--out", out, "--sampler", "ddim", "--steps", 3,
+                       "--seed", 5) == 0
+    np.testing.assert_array_equal(_read(tmp_path / "new" / "synthetic_0001.nii.gz")[1],
+                                  _read(tmp_path / "old" / "synthetic_0001.nii.gz")[1])
+
+
 def test_pickled_files_are_refused(tmp_path, capsys):
     pickled = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(2), "payload": Exception("not a tensor")}, pickled)
@@ -238,3 +252,57 @@ def test_ct_with_csv_conditions_and_3d_masks_with_conditions(ct_phantoms, mask_p
                    "--condition", "group=HCM") == 0
     image, arr = _read(tmp_path / "g2" / "synthetic_0001.nii.gz")
     assert image.GetSize() == (32, 32, 8) and set(np.unique(arr)) <= {0, 1, 2, 3}
+
+
+def test_demo_plans_its_stages_and_the_cli_runs_them(tmp_path, monkeypatch, capsys):
+    """demo.py returns the sub-command lines; the CLI runs them in order and stops at the first failure."""
+    import sys
+
+    from CTDiffusionLib import cli
+    from CTDiffusionLib.demo import demo_stages
+
+    stages = demo_stages("cardiac-masks", tmp_path / "demo", "cpu", 7)
+    assert [name for name, _ in stages] == ["phantoms (training set)", "phantoms (held-out real set)", "train",
+                                            "generate", "evaluate"]
+    train = dict(stages)["train"]
+    assert train[:3] == ["train", "--profile", "cardiac-masks"] and train[train.index("--steps") + 1] == "7"
+    for _, argv in stages:
+        cli.build_parser().parse_args(argv)  # every planned line is a valid command
+    import subprocess
+
+    code = "import sys, CTDiffusionLib.demo; print('CTDiffusionLib.cli' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"  # no cli <-> demo import cycle
+
+    ran = []
+    real_main = cli.main
+
+    def fake_main(argv=None):
+        if argv and argv[0] != "demo":
+            ran.append(argv[0])
+            return 2 if argv[0] == "generate" else 0
+        return real_main(argv)
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--profile", "cardiac-masks"]) == 2
+    assert ran == ["phantoms", "phantoms", "train", "generate"]
+    assert "[demo] generate failed with exit code 2" in capsys.readouterr().err
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert real_main(["demo", "--out", str(tmp_path / "full")]) == EXIT_BAD_INPUT
+
+
+def test_sizes_are_parsed_once_for_every_flag(tmp_path, capsys):
+    from CTDiffusionLib.errors import InputError
+    from CTDiffusionLib.textformat import parse_size
+
+    assert parse_size("96x96x26", "--size") == (96, 96, 26) and parse_size("64,64", "--grid", (2,)) == (64, 64)
+    with pytest.raises(InputError, match="--grid '64x64' is not a size of 3 axes .this preset's 3d mode."):
+        parse_size("64x64", "--grid", (3,), "this preset's 3d mode")
+    for bad in ("0x4x4", "ax4", ""):
+        with pytest.raises(InputError):
+            parse_size(bad, "--size")
+    assert run_cli("phantoms", "--profile", "prostate-ct", "--num", 1, "--out", tmp_path / "p", "--size", "9x") \
+        == EXIT_BAD_INPUT
+    assert "--size '9x' is not a size" in capsys.readouterr().err and not (tmp_path / "p").exists()

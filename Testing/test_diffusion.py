@@ -69,3 +69,48 @@ def test_sampling_is_reproducible_by_seed(name):
     first, again, other = run([1, 2]), run([1, 2]), run([5, 6])
     torch.testing.assert_close(first, again)
     assert (first - other).abs().mean() > 1e-3
+
+
+def test_bundle_keeps_its_scheduler_settings_when_the_code_defaults_change(monkeypatch):
+    """model.json stores the diffusers scheduler's own config; bundles without it sample with the legacy settings."""
+    import json
+
+    from diffusers import DDPMScheduler
+
+    from CTDiffusionLib.diffusion import schedulers
+
+    cfg = default_diffusion_config("cosine", "v")
+    stored = json.loads(json.dumps(schedulers.scheduler_config(cfg)))  # what model.json holds
+    assert stored["clip_sample"] is True and stored["timestep_spacing"] == "trailing"
+    assert stored["prediction_type"] == "v_prediction" and stored["beta_schedule"] == "squaredcos_cap_v2"
+
+    today = schedulers.training_scheduler
+    monkeypatch.setattr(schedulers, "training_scheduler", lambda c: DDPMScheduler.from_config(
+        today(c).config, clip_sample=False, timestep_spacing="leading", thresholding=False))  # a later code version
+    for meta in ({"diffusion": cfg, "scheduler": stored}, {"diffusion": cfg}):  # new bundle, then an old one
+        base = schedulers.bundle_scheduler(meta)
+        assert base.config.clip_sample is True and base.config.timestep_spacing == "trailing"
+        # today's bundles store x0 thresholding (DPM-Solver++ clips like DDPM); bundles from before had none
+        assert base.config.thresholding is ("scheduler" in meta) and base.config.prediction_type == "v_prediction"
+        ddim = sampler("ddim", cfg, 10, base=base)
+        assert ddim.config.clip_sample is True and int(ddim.timesteps[0]) == 999  # trailing: starts at pure noise
+    assert schedulers.bundle_scheduler({"diffusion": cfg, "scheduler": {**stored, "clip_sample": False}}
+                                       ).config.clip_sample is False  # the stored value wins over any default
+
+
+def test_diffusion_loss_is_the_mse_to_the_training_target():
+    from CTDiffusionLib.diffusion.loss import diffusion_loss
+
+    sched = training_scheduler(default_diffusion_config("linear", "v"))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1, torch.randn(2, 1, 8, 8, generator=g)
+    t = torch.tensor([10, 900])
+    model = lambda x, t: x * 0.5  # noqa: E731  any deterministic network
+    target = training_target(sched, x0, noise, t)
+    expected = ((sched.add_noise(x0, noise, t) * 0.5 - target) ** 2)
+    assert torch.allclose(diffusion_loss(model, sched, x0, noise, t), expected.mean())
+    assert torch.allclose(diffusion_loss(model, sched, x0, noise, t, reduction="sum"), expected.sum())
+    seen = {}
+    diffusion_loss(lambda x, t, class_labels: seen.setdefault("labels", class_labels) is None or x, sched, x0, noise,
+                   t, labels=torch.tensor([1, 2]))
+    assert seen["labels"].tolist() == [1, 2]

@@ -133,37 +133,19 @@ def test_jobs_package_is_light():
 
 
 # -------------------------------------------------------------------------------------------------- runner
-FAKE_CHILD = textwrap.dedent(r'''
-    import json, os, signal, subprocess, sys, time
-    steps, ignore_term, spawn, fail = (int(a) for a in sys.argv[1:5])
-    def emit(kind, **kw):
-        print(json.dumps({"event": kind, **kw}), flush=True)
-    if spawn:  # a grandchild (like a DataLoader worker) that must die with the job
-        gc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        emit("start", grandchild=gc.pid)
-    else:
-        emit("start")
-    def on_term(signum, frame):
-        if ignore_term:
-            return
-        emit("checkpoint", path="ckpt.safetensors", step=-1)
-        emit("done", status="stopped")
-        sys.exit(130)
-    signal.signal(signal.SIGTERM, on_term)
-    print("some free text the parent must ignore", flush=True)
-    print("log line on stderr", file=sys.stderr, flush=True)
-    if fail:
-        emit("error", message="Case 3 is not a CT volume.", hint="Remove it from the data folder.", exit_code=2)
-        sys.exit(2)
-    for i in range(1, steps + 1):
-        emit("progress", phase="train", step=i, total=steps, loss=1.0 / i, eta_s=(steps - i) * 0.05)
-        time.sleep(0.05)
-    emit("done", status="completed", bundle="model")
-''')
+from job_fakes import FAKE_CHILD, LAUNCHER, _fake  # noqa: E402
 
 
-def _fake(steps=5, ignore_term=0, spawn=0, fail=0, **kw):
-    return JobRunner([sys.executable, "-c", FAKE_CHILD, str(steps), str(ignore_term), str(spawn), str(fail)], **kw)
+def _gone(pid):
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _until_progress(r, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not r.last_progress and time.monotonic() < deadline:
+        r.poll()
+        time.sleep(0.02)
+    assert r.last_progress, r.log_tail
 
 
 def test_runner_reads_events_without_blocking():
@@ -268,22 +250,127 @@ def test_model_conditions_and_run_facts(tmp_path):
 
 
 def test_runner_works_without_psutil(tmp_path):
-    """Before the first-use install, Slicer may lack psutil: the panel still loads and Stop kills the group."""
+    """Before the first-use install, Slicer may lack psutil: the panel still loads and Stop still reaches the
+    engine through the launcher (it reported its pid), which saves; the rest is killed as a process group."""
     script = textwrap.dedent(f"""
         import sys, time
         sys.modules["psutil"] = None  # import psutil -> ImportError
-        sys.path.insert(0, {str(REPO)!r})
-        from CTDiffusionLib.jobs import JobRunner, dependencies
-        from CTDiffusionLib.jobs import runner as runner_module
-        assert runner_module.psutil is None
-        r = JobRunner([sys.executable, "-c", "import time; print('{{\\"event\\": \\"start\\"}}', flush=True); time.sleep(60)"]).start()
-        while not r.events:
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "Testing")!r})
+        from job_fakes import _fake
+        r = _fake(steps=400, save_s=0.3, launcher=True).start()
+        while not r.last_progress:
             r.poll(); time.sleep(0.02)
-        r.cancel(block=True, grace_s=0.5)
-        print("state", r.state, r.exit_code)
+        r.cancel(block=True, grace_s=30)
+        print("state", r.state, r.exit_code, [e["event"] for e in r.events][-2:])
     """)
-    out = psutil.Popen([sys.executable, "-c", script], stdout=-1, stderr=-1, text=True).communicate(timeout=60)
-    assert "state finished" in out[0], out
+    out = psutil.Popen([sys.executable, "-c", script], stdout=-1, stderr=-1, text=True,
+                       env=child_environment()).communicate(timeout=60)
+    assert "state finished 130 ['checkpoint', 'done']" in out[0], out
+
+
+def test_cancel_works_when_psutil_is_imported_after_the_runner(tmp_path):
+    """Slicer installs psutil on first use, after the runner module was imported: stopping must use it then
+    (here: a helper in its own session, which only psutil's process tree finds, must not be left behind)."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.modules["psutil"] = None
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "Testing")!r})
+        from CTDiffusionLib.jobs import runner as runner_module
+        del sys.modules["psutil"]  # ... and now it is installed
+        from job_fakes import _fake
+        r = _fake(steps=400, spawn=2, launcher=True).start()
+        grandchild = None
+        while not r.last_progress:
+            for e in r.poll():
+                grandchild = e.get("grandchild", grandchild)
+            time.sleep(0.02)
+        r.cancel(block=True, grace_s=30)
+        import psutil
+        alive = psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE
+        print("result", r.exit_code, [e["event"] for e in r.events][-2:], "grandchild alive", alive)
+        if alive:
+            psutil.Process(grandchild).kill()
+    """)
+    out = psutil.Popen([sys.executable, "-c", script], stdout=-1, stderr=-1, text=True,
+                       env=child_environment()).communicate(timeout=60)
+    assert "result 130 ['checkpoint', 'done'] grandchild alive False" in out[0], out
+
+
+# ------------------------------------------------------------------ stopping through the PythonSlicer launcher
+def test_launcher_standin_does_not_forward_sigterm():
+    """The premise of the tests below (as in CTKAppLauncher): SIGTERM to the launcher leaves the engine running."""
+    r = _fake(steps=400, launcher=True).start()
+    _until_progress(r)
+    assert r.worker_pid and r.worker_pid != r.pid
+    os.kill(r.pid, signal.SIGTERM)
+    r._proc.wait(timeout=10)
+    time.sleep(0.3)
+    assert not _gone(r.worker_pid), "the launcher forwarded SIGTERM"
+    # the runner sees the launcher gone and the engine orphaned: it stops the engine properly
+    assert r.wait(timeout=30)
+    assert r.events[-1]["event"] == "done" and r.events[-1]["status"] == "stopped" and _gone(r.worker_pid)
+
+
+def test_stop_through_launcher_reaches_the_engine():
+    r = _fake(steps=400, spawn=1, save_s=1.0, launcher=True).start()
+    _until_progress(r)
+    launcher, worker = r.pid, r.worker_pid
+    grandchild = next(e["grandchild"] for e in r.events if e["event"] == "start")
+    stopped_at = r.last_progress["step"]
+    t = time.perf_counter()
+    r.cancel()  # Stop: non-blocking
+    assert time.perf_counter() - t < 0.5
+    assert r.wait(timeout=30)
+    assert r.stopped and r.exit_code == EXIT_INTERRUPTED and r.error_message() is None
+    checkpoint = next(e for e in r.events if e["event"] == "checkpoint")
+    assert checkpoint["step"] >= stopped_at
+    for pid in (launcher, worker, grandchild):
+        assert _gone(pid), pid
+
+
+@pytest.mark.parametrize("how", ["blocking", "background"])
+def test_blocking_stop_saves_and_keeps_the_gui_alive(how):
+    """Scene close / quit: the engine saves (1.5 s here), the GUI's event loop keeps running meanwhile."""
+    r = _fake(steps=400, save_s=1.5, launcher=True).start()
+    _until_progress(r)
+    launcher, worker = r.pid, r.worker_pid
+    pumped = []
+    if how == "blocking":
+        r.cancel(block=True, pump=lambda: pumped.append(1))
+        assert len(pumped) > 5  # called while waiting for the checkpoint
+    else:
+        t = time.perf_counter()
+        thread = r.stop_in_background()
+        assert time.perf_counter() - t < 0.5
+        thread.join(timeout=30)
+    assert r.state == FINISHED and r.exit_code == EXIT_INTERRUPTED
+    assert [e["event"] for e in r.events][-2:] == ["checkpoint", "done"]
+    assert _gone(launcher) and _gone(worker)
+
+
+def test_stop_all_jobs_waits_for_every_checkpoint():
+    from CTDiffusionLib.jobs.runner import running_jobs, stop_all_jobs
+
+    runners = [_fake(steps=400, save_s=1.0, launcher=True).start() for _ in range(2)]
+    for r in runners:
+        _until_progress(r)
+    assert set(runners) <= set(running_jobs())
+    stop_all_jobs()
+    for r in runners:
+        assert r.state == FINISHED and r.events[-1]["status"] == "stopped"
+        assert _gone(r.pid) and _gone(r.worker_pid)
+
+
+def test_worker_pid_must_belong_to_the_job():
+    """A start event naming a process outside the job's tree is not trusted (the runner never signals strangers)."""
+    r = JobRunner([sys.executable, "-c", "import json,time; print(json.dumps({'event':'start','pid':1}), flush=True); "
+                                         "time.sleep(30)"]).start()
+    while not r.events:
+        r.poll()
+        time.sleep(0.02)
+    assert r.worker_pid is None
+    r.cancel(block=True, grace_s=5)
+    assert r.state == FINISHED
 
 
 def test_dependency_check(tmp_path):
@@ -300,3 +387,27 @@ def test_dependency_check(tmp_path):
     assert not deps.satisfied(deps.Requirement("x>=1.10", "x", ">=", "1.10"), "1.9.0")
     req_file = REPO / "CTDiffusion" / "Resources" / "requirements.txt"
     assert deps.check(req_file).ok  # this environment has everything the module would install
+
+
+def test_torch_version_and_slicer_version_checks(monkeypatch):
+    from CTDiffusionLib.jobs import dependencies as deps
+
+    status = deps.DependencyStatus(torch_installed=True, torch_version="2.1.2+cu118")
+    assert status.torch_too_old and not status.ok and "PyTorch 2.4 or newer (installed: 2.1.2+cu118" in status.text()
+    assert deps.DependencyStatus(torch_installed=True, torch_version="2.13.0").ok
+    assert not deps.DependencyStatus(torch_installed=False).ok
+    assert deps.check([]).torch_version  # this environment's torch, read from metadata without importing it
+    assert deps.unsupported_slicer((5, 10), (3, 12)) is None and deps.unsupported_slicer((5, 12), (3, 12)) is None
+    sentence = deps.unsupported_slicer((5, 8), (3, 9))
+    assert sentence.startswith("CTDiffusion needs Slicer 5.10 or newer (this is Slicer 5.8 with Python 3.9")
+    assert deps.unsupported_slicer((5, 6), (3, 9)) and sentence.count(".") >= 3
+
+
+def test_engine_start_event_names_its_process(tmp_path):
+    """The runner stops THIS pid (a launcher in between does not forward signals)."""
+    from CTDiffusionLib.events import EventWriter, read_events
+
+    writer = EventWriter(tmp_path / "events.jsonl")
+    assert writer.emit("start", command="train")["pid"] == os.getpid()
+    assert "pid" not in writer.emit("progress", step=1)
+    assert next(read_events(tmp_path / "events.jsonl"))["pid"] == os.getpid()

@@ -101,3 +101,75 @@ def test_conditional_masks_generate_and_import(tmp_path):
         assert segs[0].GetAttribute("CTDiffusion.condition")
     finally:
         core.release_core_application()
+
+
+def _python_slicer(tmp_path):
+    """SLICER_HOME with bin/PythonSlicer = the launcher stand-in (runs the interpreter as its child, does not
+    forward SIGTERM), so build_command(in_slicer=True) takes the same path as inside Slicer."""
+    import os
+    import stat
+    import sys
+    from pathlib import Path
+
+    home = tmp_path / "Slicer"
+    (home / "bin").mkdir(parents=True)
+    exe = home / "bin" / "PythonSlicer"
+    source = (Path(__file__).parent / "launcher_standin.py").read_text(encoding="utf-8")
+    exe.write_text(f"#!{sys.executable}\n{source}", encoding="utf-8")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    assert os.access(exe, os.X_OK)
+    return home
+
+
+def _last_step(runner):
+    return max((e.get("step") or 0 for e in runner.events if e["event"] == "progress"), default=0)
+
+
+def test_stop_and_blocking_stop_through_the_launcher_leave_checkpoints(tmp_path, monkeypatch):
+    """Inside Slicer the child is PythonSlicer (a launcher that does not forward SIGTERM). Stop (non-blocking) and
+    the blocking stop of scene close / quit must both reach the trainer: a checkpoint at the step where it stopped,
+    exit 130 reported by the engine, no process left."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no real PythonSlicer on PATH
+    home = _python_slicer(tmp_path)
+    data = tmp_path / "phantoms"
+    r = JobRunner.from_command(build_command(PhantomSettings("prostate-ct", 3, str(data), seed=1, size=(48, 48, 12)),
+                                             in_slicer=False)).start()
+    assert r.wait(timeout=120) and r.succeeded, r.error_message()
+    run = tmp_path / "run"
+    for attempt, how in enumerate(("stop", "blocking")):
+        settings = TrainSettings("prostate-ct", [str(data)], str(run), preset="tiny", steps=5000, batch_size=2,
+                                 device="cpu", checkpoint_every=100000, sample_every=0, resume=attempt > 0)
+        command = build_command(settings, in_slicer=True, slicer_home=str(home))
+        assert command.argv[0] == str(home / "bin" / "PythonSlicer")
+        runner = JobRunner.from_command(command).start()
+        _poll_until(runner, lambda ev: sum(e["event"] == "progress" and e.get("phase") == "train" for e in ev) >= 2,
+                    timeout=300)
+        launcher, worker = runner.pid, runner.worker_pid
+        assert worker and worker != launcher and psutil.Process(worker).ppid() == launcher
+        tree = [launcher, worker] + [p.pid for p in psutil.Process(worker).children(recursive=True)]
+        before = _last_step(runner)
+        if how == "stop":
+            runner.cancel()
+            _poll_until(runner, lambda ev: not runner.is_running, timeout=300)
+        else:
+            pumped = []
+            runner.cancel(block=True, pump=lambda: pumped.append(1))
+            assert pumped
+        assert runner.stopped and runner.exit_code == EXIT_INTERRUPTED, runner.log_tail[-10:]
+        assert runner.done_event["status"] == "stopped"
+        checkpoint = [e for e in runner.events if e["event"] == "checkpoint"][-1]
+        assert checkpoint["step"] >= before > 0
+        for pid in tree:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+        assert any((run / "checkpoints").glob(f"*{checkpoint['step']:08d}*")), sorted((run / "checkpoints").iterdir())
+
+
+def test_stop_scenario_of_the_self_test_through_the_launcher(tmp_path, monkeypatch):
+    """The function Slicer's self-test runs to stop a training, here through the PythonSlicer stand-in."""
+    from CTDiffusionLib.scene.scenario import run_stop_scenario
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    home = _python_slicer(tmp_path)
+    result = run_stop_scenario(tmp_path / "work", in_slicer=True, slicer_home=str(home), log=lambda m: None)
+    assert result["runner"].argv[0] == str(home / "bin" / "PythonSlicer")
+    assert result["checkpoint"]["step"] >= result["stopped_at"] > 0

@@ -159,8 +159,13 @@ def test_catalog_entry_matches_cmake():
     raw = repo_url.replace("https://github.com/", "https://raw.githubusercontent.com/") + f"/{entry['scm_revision']}/"
     icon = _cmake_set(text, "EXTENSION_ICONURL")[0]
     assert icon.startswith(raw) and (REPO / icon[len(raw):]).is_file(), icon
-    for shot in _cmake_set(text, "EXTENSION_SCREENSHOTURLS"):
+    shots = _cmake_set(text, "EXTENSION_SCREENSHOTURLS")
+    assert shots
+    for shot in shots:  # the catalog shows these: each must be a committed PNG
         assert shot.startswith(raw + "Resources/"), shot
+        assert (REPO / shot[len(raw):]).is_file(), f"{shot} points to a file that is not in the repository"
+        width, height = _png_size(REPO / shot[len(raw):])
+        assert width >= 400 and height >= 200
 
 
 def _png_size(path: Path):

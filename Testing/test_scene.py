@@ -15,6 +15,7 @@ from slicer_fixtures import ORIGIN, SPACING, core_app, write_ct, write_generated
 
 slicer = pytest.importorskip("slicer")
 
+from CTDiffusionLib.profiles import CARDIAC_MASKS  # noqa: E402
 from CTDiffusionLib.scene import comparison, nodes, plots, sources  # noqa: E402
 
 RAS_ORIGIN = (-ORIGIN[0], -ORIGIN[1], ORIGIN[2])  # LPS file origin -> RAS node origin
@@ -72,7 +73,7 @@ def test_import_generated_masks_as_segmentations(core_app, tmp_path):
         names = {seg.GetSegment(seg.GetNthSegmentID(i)).GetName(): seg.GetSegment(seg.GetNthSegmentID(i)).GetColor()
                  for i in range(seg.GetNumberOfSegments())}
         assert set(names) == {"RV", "MYO", "LV"}
-        for label, (name, color) in nodes.CARDIAC_SEGMENTS.items():
+        for name, color in ((c.name, c.color) for c in CARDIAC_MASKS.foreground_classes):
             assert _close(names[name], color)
     # no leftover label map nodes
     assert core_app.scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
@@ -243,3 +244,52 @@ def test_scene_code_has_no_qt_or_torch_imports():
             for name in names:
                 top = name.split(".")[0]
                 assert top not in ("qt", "ctk", "PythonQt", "PySide6", "torch", "monai", "diffusers"), (path, name)
+
+
+def test_generated_names_stay_unique_and_no_temporary_labelmap(core_app, tmp_path):
+    """Two generations import as synthetic_0001 and synthetic_0001_1; loading masks never adds a labelmap node
+    to the scene (a temporary node would flicker in the module's node combos)."""
+    from slicer_fixtures import write_generated
+
+    added = []
+    scene = core_app.scene
+    scene.AddObserver(scene.NodeAddedEvent, lambda caller, event: added.append(caller.GetNthNode(
+        caller.GetNumberOfNodes() - 1).GetClassName()))
+    first = nodes.import_generated(write_generated(tmp_path / "g1", "cardiac-masks", n=1), profile="cardiac-masks")
+    second = nodes.import_generated(write_generated(tmp_path / "g2", "cardiac-masks", n=1), profile="cardiac-masks")
+    assert [n.GetName() for n in first + second] == ["synthetic_0001", "synthetic_0001_1"]
+    assert "vtkMRMLLabelMapVolumeNode" not in added and scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+    ct = nodes.import_generated(write_generated(tmp_path / "g3", "prostate-ct", n=1), profile="prostate-ct")
+    assert ct[0].GetName() == "synthetic_0001_2"
+
+
+def test_source_combo_lists_no_labelmap_as_ct():
+    from CTDiffusionLib.scene.sources import source_node_types
+
+    assert source_node_types("prostate-ct") == (["vtkMRMLScalarVolumeNode"], ["vtkMRMLLabelMapVolumeNode"])
+    types, hidden = source_node_types("cardiac-masks")
+    assert "vtkMRMLLabelMapVolumeNode" in types and hidden == []
+
+
+def test_temporary_labelmaps_are_hidden_from_node_combos(core_app, tmp_path):
+    """Exporting a segmentation needs a labelmap in the scene for a moment: it is hidden from editors (node combos)
+    before it is added, and removed afterwards."""
+    seg = nodes.load_mask_segmentation(write_mask(tmp_path / "m.nii.gz"))
+    shown = []
+
+    def on_added(caller, event, calldata):
+        shown.append((calldata.GetClassName(), calldata.GetHideFromEditors()))
+
+    import vtk
+
+    on_added.CallDataType = vtk.VTK_OBJECT
+    core_app.scene.AddObserver(core_app.scene.NodeAddedEvent, on_added)
+    manifest = nodes.export_nodes([seg], tmp_path / "out", "cardiac-masks")
+    plots.histogram_chart([seg], [seg], profile="cardiac-masks")
+    labelmaps = [hidden for cls, hidden in shown if cls == "vtkMRMLLabelMapVolumeNode"]
+    assert labelmaps and all(labelmaps)
+    assert core_app.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+    import SimpleITK as sitk
+
+    labels = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / manifest["cases"][0]["file"]))))
+    assert list(labels) == [0, 1, 2, 3]

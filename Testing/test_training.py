@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, run_cli
 from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 from CTDiffusionLib.events import read_events
+from CTDiffusionLib.runfolder import is_temporary
 from CTDiffusionLib.training import trainer as trainer_module
 from CTDiffusionLib.training.checkpoints import list_checkpoints, load_checkpoint
 
@@ -71,7 +72,7 @@ def test_kill_9_then_resume(ct_phantoms, tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     saved = list_checkpoints(run / "checkpoints")
-    assert saved and not (run / "model" / "model.json.tmp").exists()
+    assert saved and not any(is_temporary(p) for p in (run / "model").iterdir())  # no half-written bundle file
     assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume") == 0
     state = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
     assert state["step"] == 8
@@ -133,3 +134,19 @@ def test_run_folder_contract(tiny_ct_run):
     assert meta["intensity"]["hu_range"] == [-1024.0, 2000.0] and len(meta["geometry"]["spacing"]) == 3
     assert set(load_file(str(tiny_ct_run / "model" / "model.safetensors")))
     assert list((tiny_ct_run / "cache").glob("*.npz"))
+
+
+def test_typed_training_config_reads_old_and_new_run_folders():
+    """config.json keeps its plain form; the trainer's typed view fills keys older runs lack and ignores extras."""
+    from CTDiffusionLib.training.config import TrainingConfig, total_steps
+
+    old = {"batch_size": 2, "lr": 1e-3, "warmup_steps": 20, "steps": 300, "ema_decay": 0.99, "checkpoint_every": 50,
+           "sample_every": 100, "seed": 0, "epochs": None, "amp": "auto", "compile": False, "grad_checkpoint": False,
+           "weight_decay": 0.0, "grad_clip": 1.0, "keep_checkpoints": 2, "cond_drop": 0.15,
+           "total_steps": 300, "steps_per_epoch": 2}  # no channels_last / fused_attention yet
+    tr = TrainingConfig.from_dict(old)
+    assert tr.batch_size == 2 and tr.channels_last and tr.fused_attention and tr.keep_checkpoints == 2
+    assert total_steps(tr, 5) == (300, 3)
+    assert total_steps(TrainingConfig.from_dict({**old, "epochs": 4}), 5) == (12, 3)
+    with pytest.raises(TypeError):
+        TrainingConfig.from_dict({"lr": 1e-3})  # a config without the essentials is a bug, not a default

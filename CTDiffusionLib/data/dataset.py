@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +17,11 @@ import numpy as np
 import torch
 
 from CTDiffusionLib.data.augment import augment_sample
-from CTDiffusionLib.data.discovery import Case, read_case
-from CTDiffusionLib.data.preprocess import ct_grid_geometry, ct_to_grid, hu_to_unit, labels_to_unit, mask_crops
+from CTDiffusionLib.data.discovery import Case, read_case, subject_of
+from CTDiffusionLib.data.preprocess import case_to_grid, ct_grid_geometry, to_unit
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.profiles import Profile, get_profile
+from CTDiffusionLib.runfolder import atomic_write
 
 log = logging.getLogger("ctdiffusion")
 CACHE_VERSION = 1
@@ -40,39 +41,39 @@ class PreparedData:
         return [i for i, c in enumerate(self.sample_case) if c in wanted]
 
 
-def _cache_key(case: Case, data_cfg: dict, profile: str) -> str:
+def _cache_key(case: Case, data_cfg: dict, profile: Profile) -> str:
     path = Path(case.path)
     stat_paths = sorted(path.iterdir()) if path.is_dir() else [path]
     ident = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in stat_paths if p.is_file()]
-    settings = {"v": CACHE_VERSION, "profile": profile, "grid": data_cfg["grid"], "mode": data_cfg["mode"],
+    settings = {"v": CACHE_VERSION, "profile": profile.name, "grid": data_cfg["grid"], "mode": data_cfg["mode"],
                 "series": case.series_uid}
     return hashlib.sha1(json.dumps([ident, settings]).encode()).hexdigest()[:16]
 
 
-def _prepare_case(case: Case, profile: str, data_cfg: dict) -> tuple[list[np.ndarray], dict]:
-    """Read + resample one case; returns compact arrays and its geometry/statistics."""
-    if profile == "prostate-ct":
-        image = read_case(case, profile)
-        hu = ct_to_grid(image, data_cfg["grid"])
-        spacing, origin, direction = ct_grid_geometry(image, data_cfg["grid"])
-        info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(spacing),
-                "origin": list(origin), "direction": list(direction),
-                "hu": {"mean": float(hu.mean()), "std": float(hu.std()),
-                       "p1": float(np.percentile(hu, 1)), "p99": float(np.percentile(hu, 99))}}
-        return [hu_to_unit(hu).astype(np.float16)], info
+def _prepare_case(case: Case, profile: Profile, data_cfg: dict) -> tuple[list[np.ndarray], dict]:
+    """Read + resample one case; returns compact arrays (intensity: float16 model units, labels: uint8) and its
+    geometry/statistics."""
     image = read_case(case, profile)
-    crops, spacing = mask_crops(image, data_cfg["grid"], data_cfg["mode"])
-    if not crops:
-        raise InputError(f"{case.path} contains no heart labels (only background).",
+    samples, grid_spacing = case_to_grid(image, profile, data_cfg["grid"], data_cfg["mode"])
+    info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(grid_spacing)}
+    if not profile.is_label_map:
+        hu = samples[0]
+        _, origin, direction = ct_grid_geometry(image, data_cfg["grid"])
+        info.update({"origin": list(origin), "direction": list(direction),
+                     "hu": {"mean": float(hu.mean()), "std": float(hu.std()),
+                            "p1": float(np.percentile(hu, 1)), "p99": float(np.percentile(hu, 99))}})
+        return [to_unit(hu, profile)[0].astype(np.float16)], info
+    if not samples:
+        names = ", ".join(c.name for c in profile.foreground_classes)
+        raise InputError(f"{case.path} contains only background (no {names} labels).",
                          "Remove empty masks from the data set.")
-    counts = np.bincount(np.concatenate([c.ravel() for c in crops]), minlength=4)
-    info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(spacing),
-            "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1], "samples": len(crops),
-            "label_voxels": {"RV": int(counts[1]), "MYO": int(counts[2]), "LV": int(counts[3])}}
-    return crops, info
+    counts = np.bincount(np.concatenate([c.ravel() for c in samples]), minlength=profile.channels)
+    info.update({"origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1], "samples": len(samples),
+                 "label_voxels": {c.name: int(counts[c.value]) for c in profile.foreground_classes}})
+    return samples, info
 
 
-def _load_or_prepare(case: Case, profile: str, data_cfg: dict, cache_dir: Path | None):
+def _load_or_prepare(case: Case, profile: Profile, data_cfg: dict, cache_dir: Path | None):
     cache_file = cache_dir / f"{case.case_id}-{_cache_key(case, data_cfg, profile)}.npz" if cache_dir else None
     if cache_file and cache_file.exists():
         with np.load(cache_file, allow_pickle=False) as z:
@@ -81,21 +82,15 @@ def _load_or_prepare(case: Case, profile: str, data_cfg: dict, cache_dir: Path |
         return arrays, info
     arrays, info = _prepare_case(case, profile, data_cfg)
     if cache_file:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, n=len(arrays), info=json.dumps(info), **{f"a{i}": a for i, a in enumerate(arrays)})
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, lambda tmp: np.savez(tmp, n=len(arrays), info=json.dumps(info),
+                                                       **{f"a{i}": a for i, a in enumerate(arrays)}))
     return arrays, info
 
 
-def _subject(case: Case, profile: str) -> str:
-    """Cases of one patient (ACDC ED + ES) must land in the same split."""
-    parent = Path(case.path).parent.name
-    return parent if profile == "cardiac-masks" and parent.startswith("patient") else case.case_id
-
-
-def split_cases(cases: list[Case], profile: str, val_fraction: float, seed: int) -> dict[str, list[int]]:
-    subjects = sorted({_subject(c, profile) for c in cases})
+def split_cases(cases: list[Case], profile, val_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Train/validation split by subject: the cases of one patient (ACDC ED + ES) land on the same side."""
+    profile = get_profile(profile)
+    subjects = sorted({subject_of(c, profile) for c in cases})
     rng = np.random.default_rng(seed)
     order = [subjects[i] for i in rng.permutation(len(subjects))]
     n_val = int(round(val_fraction * len(subjects))) if len(subjects) > 1 else 0
@@ -103,12 +98,13 @@ def split_cases(cases: list[Case], profile: str, val_fraction: float, seed: int)
     val_subjects = set(order[:n_val])
     split = {"train": [], "val": []}
     for i, c in enumerate(cases):
-        split["val" if _subject(c, profile) in val_subjects else "train"].append(i)
+        split["val" if subject_of(c, profile) in val_subjects else "train"].append(i)
     return split
 
 
-def prepare_dataset(cases: list[Case], profile: str, data_cfg: dict, cache_dir: Path | None, seed: int,
+def prepare_dataset(cases: list[Case], profile, data_cfg: dict, cache_dir: Path | None, seed: int,
                     on_case=None) -> PreparedData:
+    profile = get_profile(profile)
     samples, sample_case, infos = [], [], []
     for i, case in enumerate(cases):
         arrays, info = _load_or_prepare(case, profile, data_cfg, cache_dir)
@@ -127,25 +123,27 @@ def prepare_dataset(cases: list[Case], profile: str, data_cfg: dict, cache_dir: 
                         "conditions": dict(c.conditions), **inf} for i, (c, inf) in enumerate(zip(cases, infos))],
              "num_samples": len(samples), "num_train_samples": sum(1 for c in sample_case if c in set(split["train"])),
              "grid": grid}
-    if profile == "prostate-ct":
+    if not profile.is_label_map:
         stats["hu_mean"] = float(np.mean([inf["hu"]["mean"] for inf in infos]))
     return PreparedData(samples, sample_case, list(cases), split, geometry, stats)
 
 
-def to_model_space(sample: np.ndarray, profile: str) -> torch.Tensor:
+def to_model_space(sample: np.ndarray, profile) -> torch.Tensor:
     """Compact stored sample -> channels-first float tensor in [-1, 1]."""
-    if profile == "prostate-ct":
-        return torch.from_numpy(sample.astype(np.float32))[None]
-    return torch.from_numpy(labels_to_unit(sample))
+    profile = get_profile(profile)
+    if profile.is_label_map:
+        return torch.from_numpy(to_unit(sample, profile))
+    return torch.from_numpy(sample.astype(np.float32))[None]  # stored already in model units
 
 
-def make_batch(data: PreparedData, indices, profile: str, aug_cfg: dict | None, rng: np.random.Generator
+def make_batch(data: PreparedData, indices, profile, aug_cfg: dict | None, rng: np.random.Generator
                ) -> torch.Tensor:
     """Stack samples (augmented with `rng` when aug_cfg is given) into a (B, C, spatial...) float tensor."""
+    profile = get_profile(profile)
     out = []
     for i in indices:
         sample = data.samples[i]
         if aug_cfg:
-            sample = augment_sample(sample, aug_cfg, rng, is_label=profile != "prostate-ct")
+            sample = augment_sample(sample, aug_cfg, rng, is_label=profile.is_label_map)
         out.append(to_model_space(sample, profile))
     return torch.stack(out)

@@ -26,8 +26,8 @@ from CTDiffusionLib.data.volume_io import (
     strip_image_suffix,
 )
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.profiles import Profile, get_profile
 
-PROFILES = ("prostate-ct", "cardiac-masks")
 ACDC_GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 ACDC_REQUIRED_KEYS = ("ED", "ES", "Group")
 LIST_FILE_SUFFIX = ".txt"
@@ -60,19 +60,27 @@ class Case:
         return cls(d["case_id"], Path(d["path"]), d.get("series_uid"), d.get("conditions") or {})
 
 
-def read_case(case: Case, profile: str) -> sitk.Image:
-    """Read a discovered case: label volume (UInt8, checked 0..3) for cardiac-masks, CT volume otherwise."""
-    if profile == "cardiac-masks":
-        return read_label_image(case.path)
+def read_case(case: Case, profile) -> sitk.Image:
+    """Read a discovered case: a label map (UInt8, checked against the profile's classes) or an intensity volume."""
+    profile = get_profile(profile)
+    if profile.is_label_map:
+        return read_label_image(case.path, num_labels=len(profile.classes))
     if case.series_uid is not None:
         return read_dicom_series(case.path, case.series_uid)
     return read_image(case.path)
 
 
-def discover_cases(sources: Sequence[str | Path], profile: str) -> list[Case]:
+def subject_of(case: Case, profile) -> str:
+    """The patient a case belongs to: cases of one subject (ACDC ED + ES frames) share train/validation side."""
+    parent = Path(case.path).parent.name
+    if "acdc" in get_profile(profile).folder_layouts and parent.startswith("patient"):
+        return parent
+    return case.case_id
+
+
+def discover_cases(sources: Sequence[str | Path], profile) -> list[Case]:
     """All cases in `sources` for `profile`, sorted by case id; InputError naming the path on any problem."""
-    if profile not in PROFILES:
-        raise InputError(f"Unknown profile {profile!r}.", f"Use one of: {', '.join(PROFILES)}.")
+    profile = get_profile(profile)
     if isinstance(sources, (str, Path)):  # a lone path, not a sequence of characters
         sources = [sources]
     if not sources:
@@ -82,7 +90,7 @@ def discover_cases(sources: Sequence[str | Path], profile: str) -> list[Case]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _cases_from(path: Path, profile: str, allow_list_file: bool) -> list[Case]:
+def _cases_from(path: Path, profile: Profile, allow_list_file: bool) -> list[Case]:
     if not path.exists():
         raise InputError(f"The data path {path} does not exist.", "Check the path (relative paths start from the "
                          "current folder).")
@@ -95,8 +103,12 @@ def _cases_from(path: Path, profile: str, allow_list_file: bool) -> list[Case]:
     return [_file_case(path, profile)]
 
 
-def _cases_from_folder(folder: Path, profile: str) -> list[Case]:
-    if profile == "cardiac-masks":
+# what each folder layout a profile may accept is called in error messages
+_LAYOUT_WORDS = {"acdc": "ACDC patient folders", "dicom": "DICOM series"}
+
+
+def _cases_from_folder(folder: Path, profile: Profile) -> list[Case]:
+    if "acdc" in profile.folder_layouts:
         patient_dirs = _acdc_patient_dirs(folder)
         if patient_dirs:
             return [case for d in patient_dirs for case in _acdc_patient_cases(d)]
@@ -104,16 +116,15 @@ def _cases_from_folder(folder: Path, profile: str) -> list[Case]:
     files = sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and image_suffix(p))
     if files:
         return [_file_case(p, profile) for p in files]
-    if profile == "prostate-ct":
+    if "dicom" in profile.folder_layouts:
         cases = _dicom_cases(folder)
         if cases:
             return cases
-    what = "supported image files or ACDC patient folders" if profile == "cardiac-masks" else \
-        "supported image files or DICOM series"
+    what = " or ".join(["supported image files"] + [_LAYOUT_WORDS[k] for k in profile.folder_layouts])
     raise InputError(f"The folder {folder} holds no {what}.", _ACCEPTED)
 
 
-def _cases_from_list_file(list_file: Path, profile: str) -> list[Case]:
+def _cases_from_list_file(list_file: Path, profile: Profile) -> list[Case]:
     """A .txt with one path per line; relative paths start at the list file's folder; '#' starts a comment line."""
     lines = [line.strip() for line in list_file.read_text(encoding="utf-8-sig").splitlines()]
     entries = [list_file.parent / Path(line).expanduser() for line in lines if line and not line.startswith("#")]
@@ -127,9 +138,9 @@ def _cases_from_list_file(list_file: Path, profile: str) -> list[Case]:
     return [case for entry in entries for case in _cases_from(entry, profile, False)]
 
 
-def _file_case(path: Path, profile: str) -> Case:
+def _file_case(path: Path, profile: Profile) -> Case:
     """A single image file; an ACDC *_gt file next to an Info.cfg keeps its group and phase."""
-    if profile == "cardiac-masks" and _ACDC_GT.match(strip_image_suffix(path)) and (path.parent / "Info.cfg").is_file():
+    if "acdc" in profile.folder_layouts and _ACDC_GT.match(strip_image_suffix(path)) and (path.parent / "Info.cfg").is_file():
         return _acdc_case(path, _checked_acdc_info(path.parent / "Info.cfg"))
     return Case(_safe_id(strip_image_suffix(path)), path)
 

@@ -1,9 +1,11 @@
 """Bring one case to the profile's training grid, and map intensities to model space and back.
 
-prostate-ct: the whole physical extent of the volume is resampled (anti-aliased linear) onto a fixed grid, so volumes
-of different sizes and spacings become comparable; HU are mapped linearly and invertibly to [-1, 1].
-cardiac-masks: crop around the heart, pad to a square (in mm), nearest-neighbour resize (labels are never
-interpolated); one channel per class scaled to [-1, 1]; argmax returns labels.
+Intensity images (prostate CT): the whole physical extent of the volume is resampled (anti-aliased linear) onto a
+fixed grid, so volumes of different sizes and spacings become comparable; HU are mapped linearly and invertibly
+to [-1, 1] over the profile's HU range.
+Label maps (cardiac masks): crop around the foreground (the heart), pad to a square (in mm), nearest-neighbour
+resize (labels are never interpolated); one channel per class scaled to [-1, 1]; argmax returns labels.
+Which of the two applies is the profile's `is_label_map`; the way back is the stored intensity config's "kind".
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from CTDiffusionLib.presets import HU_RANGE, MASK_CLASSES
+from CTDiffusionLib.profiles import CARDIAC_MASKS, PROSTATE_CT, Profile
+
+# defaults of the helpers below for callers that do not pass a profile's values (evaluation, tests)
+HU_RANGE = PROSTATE_CT.hu_range
+NUM_CLASSES = CARDIAC_MASKS.channels
 
 CROP_MARGIN = 0.25  # fraction of the heart's in-plane extent kept around it on each side
 
@@ -29,15 +35,16 @@ def ct_grid_geometry(image: sitk.Image, grid_xyz) -> tuple[tuple, tuple, tuple]:
     return tuple(new_spacing), tuple(new_origin), tuple(image.GetDirection())
 
 
-def ct_to_grid(image: sitk.Image, grid_xyz) -> np.ndarray:
-    """float32 HU array (z, y, x) on the grid; blurs before down-sampling so small grids do not alias."""
+def ct_to_grid(image: sitk.Image, grid_xyz, fill_hu: float = HU_RANGE[0]) -> np.ndarray:
+    """float32 HU array (z, y, x) on the grid; blurs before down-sampling so small grids do not alias; `fill_hu`
+    outside the image."""
     spacing, origin, direction = ct_grid_geometry(image, grid_xyz)
     image = sitk.Cast(image, sitk.sitkFloat32)
     sigma = [max(0.0, (n - o) / 2.0) for n, o in zip(spacing, image.GetSpacing())]
     if max(sigma) > 0:
         image = sitk.SmoothingRecursiveGaussian(image, [max(s, 1e-3) for s in sigma])
     out = sitk.Resample(image, [int(g) for g in grid_xyz], sitk.Transform(), sitk.sitkLinear, origin, spacing,
-                        direction, HU_RANGE[0], sitk.sitkFloat32)
+                        direction, float(fill_hu), sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out)
 
 
@@ -91,7 +98,7 @@ def masks_to_grid(image: sitk.Image, grid, mode: str) -> list[np.ndarray]:
     return mask_crops(image, grid, mode)[0]
 
 
-def labels_to_unit(labels: np.ndarray, num_classes: int = len(MASK_CLASSES)) -> np.ndarray:
+def labels_to_unit(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """(spatial...) uint8 -> (classes, spatial...) float32 in {-1, 1}."""
     onehot = np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
     return np.moveaxis(onehot, -1, 0) * 2.0 - 1.0
@@ -100,3 +107,30 @@ def labels_to_unit(labels: np.ndarray, num_classes: int = len(MASK_CLASSES)) -> 
 def unit_to_labels(x: np.ndarray) -> np.ndarray:
     """(classes, spatial...) -> uint8 labels by argmax."""
     return np.argmax(x, axis=0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- per profile
+def case_to_grid(image: sitk.Image, profile: Profile, grid, mode: str) -> tuple[list[np.ndarray], tuple]:
+    """One read case -> its compact samples on the grid and their spacing (x, y, z): an intensity image gives one
+    float32 HU array, a label map one uint8 crop per heart slice ('2d') or per case ('3d'), none if empty."""
+    if profile.is_label_map:
+        return mask_crops(image, grid, mode)
+    spacing, _, _ = ct_grid_geometry(image, grid)
+    return [ct_to_grid(image, grid, profile.fill_value)], spacing
+
+
+def to_unit(sample: np.ndarray, profile: Profile) -> np.ndarray:
+    """A compact sample in real units (HU or labels) -> model space (channels, spatial...) float32 in [-1, 1]."""
+    if profile.is_label_map:
+        return labels_to_unit(sample, profile.channels)
+    return hu_to_unit(sample, profile.hu_range)[None].astype(np.float32)
+
+
+def from_unit(x: np.ndarray, intensity: dict) -> np.ndarray:
+    """Model space (channels, spatial...) -> real units, by the intensity mapping stored with the model
+    (config.json / model.json "intensity", written by Profile.intensity_config): int16 HU or uint8 labels."""
+    if intensity["kind"] == "onehot":
+        return unit_to_labels(x)
+    if intensity["kind"] == "hu_linear":
+        return unit_to_hu(x[0], tuple(intensity["hu_range"]))
+    raise ValueError(f"unknown intensity mapping {intensity['kind']!r}")

@@ -1,4 +1,6 @@
-"""Child-process jobs of the Slicer module: command lines (commands) and the non-blocking runner (runner).
+"""The Slicer module's decisions, outside the GUI: what the panels offer and send (panel), where runs, exports and
+reports go and what a training reads (plans), the child's command line (commands), the non-blocking runner that
+also stops the engine through Slicer's launcher (runner), and the first-use dependency check (dependencies).
 
 Stdlib + psutil only; importing this package never imports qt, slicer or torch.
 """

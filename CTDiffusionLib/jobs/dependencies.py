@@ -17,6 +17,12 @@ SLICER_OWNED = frozenset({"simpleitk", "numpy", "requests", "vtk", "torch", "pip
 #: Import name of a distribution when it differs from the distribution name.
 IMPORT_NAMES = {"pillow": "PIL", "scikit-image": "skimage", "huggingface-hub": "huggingface_hub"}
 
+#: The PyTorch the engine needs (pyproject.toml: torch>=2.4); the PyTorch extension installs or upgrades it.
+TORCH_MINIMUM = "2.4"
+#: Oldest Slicer the module runs in: 5.10 embeds Python 3.12 (5.6/5.8 embed 3.9, which the engine cannot run on).
+SLICER_MINIMUM = (5, 10)
+PYTHON_MINIMUM = (3, 11)
+
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:(>=|==|~=)\s*([0-9][0-9A-Za-z.+-]*))?")
 
 
@@ -89,10 +95,16 @@ class DependencyStatus:
     torch_installed: bool
     missing: list = field(default_factory=list)  # Requirement objects not satisfied
     restart_recommended: bool = False  # an outdated package is already imported in this process
+    torch_version: str | None = None  # installed PyTorch (None: not installed or unknown)
+
+    @property
+    def torch_too_old(self) -> bool:
+        return self.torch_installed and self.torch_version is not None and not satisfied(
+            Requirement(f"torch>={TORCH_MINIMUM}", "torch", ">=", TORCH_MINIMUM), self.torch_version)
 
     @property
     def ok(self) -> bool:
-        return self.torch_installed and not self.missing
+        return self.torch_installed and not self.torch_too_old and not self.missing
 
     def text(self) -> str:
         if self.ok:
@@ -100,6 +112,9 @@ class DependencyStatus:
         parts = []
         if not self.torch_installed:
             parts.append("PyTorch (installed by the PyTorch extension, GPU build when a GPU is present)")
+        elif self.torch_too_old:
+            parts.append(f"PyTorch {TORCH_MINIMUM} or newer (installed: {self.torch_version}; upgraded by the "
+                         "PyTorch extension, then restart Slicer)")
         if self.missing:
             parts.append(", ".join(r.line for r in self.missing))
         return "To install on first use: " + "; ".join(parts) + "."
@@ -120,4 +135,16 @@ def check(requirements: list[Requirement] | str | Path, modules=None) -> Depende
             if version is not None and import_name in modules:
                 restart = True
     torch = importlib.util.find_spec("torch") is not None
-    return DependencyStatus(torch_installed=torch, missing=missing, restart_recommended=restart)
+    torch_version = installed_version("torch") if torch else None
+    return DependencyStatus(torch_installed=torch, missing=missing, restart_recommended=restart,
+                            torch_version=torch_version)
+
+
+def unsupported_slicer(slicer_version: tuple[int, int], python_version: tuple[int, int] | None = None) -> str | None:
+    """One sentence when this Slicer is too old for CTDiffusion, else None."""
+    python_version = tuple(python_version or sys.version_info[:2])
+    if tuple(slicer_version) < SLICER_MINIMUM or python_version < PYTHON_MINIMUM:
+        return (f"CTDiffusion needs Slicer {SLICER_MINIMUM[0]}.{SLICER_MINIMUM[1]} or newer (this is Slicer "
+                f"{slicer_version[0]}.{slicer_version[1]} with Python {python_version[0]}.{python_version[1]}; "
+                f"the engine needs Python {PYTHON_MINIMUM[0]}.{PYTHON_MINIMUM[1]}+): please install a current Slicer.")
+    return None

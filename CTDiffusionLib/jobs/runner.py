@@ -4,12 +4,18 @@ The caller (the Slicer widget's QTimer, a test loop) calls `poll()` now and then
 child's stdout is read by a daemon thread into a queue, so `poll()` only drains what already arrived. The
 child's stderr (human-readable log) is collected the same way and handed out by `take_log()`.
 
-`cancel()` stops the whole process tree: SIGTERM (CTRL_BREAK on Windows) to the child, which writes a checkpoint
-and exits with code 130 so `--resume` continues the run; its own children are stopped when it is gone, and
-whatever is still alive after the grace period is killed (by `poll()` when `cancel(block=False)`, or before
-returning when `block=True`).
+Stopping. Inside Slicer the process we start is `PythonSlicer`, a launcher (CTKAppLauncher) that runs the real
+interpreter as its own child and does not forward signals: a SIGTERM kills the launcher and leaves the trainer
+running. So the engine reports its own pid in its first ("start") event, and `cancel()` sends the stop request
+(SIGTERM; CTRL_BREAK to the child's process group on Windows) to THAT process, which writes a checkpoint and
+exits with code 130 so `--resume` continues the run. The job is finished only when the worker is gone (not when
+the launcher is), and whatever is still alive after the grace period (long enough for a checkpoint of a
+256x256x26 model, weights + EMA + optimizer > 1 GB) is killed, by `poll()` when `cancel(block=False)` or before
+returning when `block=True`. `stop_in_background()` does the blocking stop on a thread (scene close), and
+`stop_all_jobs(pump=...)` keeps a GUI event loop alive while it waits (application quit).
 
-Stdlib + psutil only: no qt, no slicer, no torch.
+Stdlib + psutil only: no qt, no slicer, no torch. psutil is imported where it is used, never cached at import:
+Slicer installs it on first use, after this module may already have been imported.
 """
 
 from __future__ import annotations
@@ -20,68 +26,108 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-try:  # psutil is one of the packages the Slicer module installs on first use; the panel must load without it
-    import psutil
-except ImportError:  # pragma: no cover - exercised only in a Slicer without the packages yet
-    psutil = None
-
+from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK  # the one exit-code table
 from CTDiffusionLib.events import EventReader, parse_event_line
+from CTDiffusionLib.textformat import format_eta  # re-exported: the panel's progress text uses it
 
 #: States a job goes through.
 IDLE, RUNNING, STOPPING, FINISHED = "idle", "running", "stopping", "finished"
-#: Exit codes of the engine (CTDiffusionLib.errors) repeated here to keep this module light.
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Seconds a stopping job gets to write its checkpoint before it is killed (a 256x256x26 model's checkpoint is
+#: over a gigabyte; on a slow network drive that takes tens of seconds).
+DEFAULT_GRACE_S = 180.0
+#: After the worker is gone, how long to wait for the end of its stdout (a stray grandchild may hold the pipe).
+_PIPE_LINGER_S = 2.0
 
 _LIVE_RUNNERS: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()
 
 
+def _psutil():
+    """psutil if it is importable now (never cached: it may be installed after this module was imported)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil
+
+
 def _process_tree(pid: int) -> list:
     """The process and all its descendants (empty when it is already gone, or without psutil)."""
-    if psutil is None:
+    ps = _psutil()
+    if ps is None:
         return []
     try:
-        root = psutil.Process(pid)
+        root = ps.Process(pid)
         return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
+    except ps.Error:
         return []
 
 
-def _alive(procs: Iterable) -> list:
+def _alive(procs) -> list:
+    ps = _psutil()
     out = []
     for p in procs:
         try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+            if p.is_running() and p.status() != ps.STATUS_ZOMBIE:
                 out.append(p)
-        except psutil.NoSuchProcess:
+        except ps.Error:
             pass
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process (not our own child: Popen tracks that one) still runs."""
+    ps = _psutil()
+    if ps is not None:
+        try:
+            return ps.Process(pid).status() != ps.STATUS_ZOMBIE
+        except ps.Error:
+            return False
+    if os.name == "nt":  # pragma: no cover - psutil is installed together with the engine's packages
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def send_stop_request(pid: int, group: int | None = None) -> None:
+    """Ask one engine process to stop (checkpoint, exit 130): SIGTERM on POSIX; on Windows CTRL_BREAK to its
+    console process group (the group our child leads, which the worker shares with the launcher)."""
+    try:
+        if os.name == "nt":  # pragma: no cover - exercised on Windows only
+            os.kill(group if group is not None else pid, signal.CTRL_BREAK_EVENT)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+
+
 def terminate_tree(pid: int, grace_s: float = 10.0, procs: Sequence | None = None) -> list[int]:
     """SIGTERM a process tree, wait up to `grace_s`, then SIGKILL what is left. Returns the pids it had to kill."""
-    if psutil is None:
+    ps = _psutil()
+    if ps is None:
         raise RuntimeError("psutil is needed to stop a process tree")
     procs = list(procs) if procs is not None else _process_tree(pid)
     for p in procs:
         try:
             p.terminate()
-        except psutil.NoSuchProcess:
+        except ps.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=max(0.0, grace_s))
+    _, alive = ps.wait_procs(procs, timeout=max(0.0, grace_s))
     killed = []
     for p in alive:
         try:
             p.kill()
             killed.append(p.pid)
-        except psutil.NoSuchProcess:
+        except ps.Error:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    ps.wait_procs(alive, timeout=5)
     return killed
 
 
@@ -90,13 +136,13 @@ class JobRunner:
 
     runner = JobRunner(argv, env=..., events_file=RUN_DIR/events.jsonl)
     runner.start()
-    ... every 200 ms: for event in runner.poll(): ...
-    runner.cancel()            # Stop: SIGTERM tree, grace period, kill the rest (poll() finishes the job)
-    runner.is_running, runner.exit_code, runner.state, runner.last_error, runner.done_event
+    ... every 250 ms: for event in runner.poll(): ...
+    runner.cancel()            # Stop: stop request to the worker, grace period, kill the rest (poll() finishes)
+    runner.is_running, runner.exit_code, runner.state, runner.last_error, runner.done_event, runner.worker_pid
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 events_file: str | None = None, grace_s: float = 20.0,
+                 events_file: str | None = None, grace_s: float = DEFAULT_GRACE_S,
                  on_event: Callable[[dict], None] | None = None):
         self.argv = [str(a) for a in argv]
         self.env = dict(env) if env is not None else None
@@ -110,6 +156,7 @@ class JobRunner:
         self.last_error: dict | None = None
         self.done_event: dict | None = None
         self.cancel_requested = False
+        self.worker_pid: int | None = None  # the engine process (the child itself, or the launcher's child)
         self.start_time: float | None = None
         self.end_time: float | None = None
         self._proc: subprocess.Popen | None = None
@@ -119,9 +166,12 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._stdout_closed = threading.Event()
         self._kill_deadline: float | None = None
-        self._tree: list = []
+        self._tree: dict = {}  # pid -> psutil.Process: every descendant seen while the child was alive
+        self._tree_checked = 0.0
         self._log_tail: collections.deque[str] = collections.deque(maxlen=200)
-        self._exited_at: float | None = None
+        self._gone_at: float | None = None
+        self._lock = threading.RLock()
+        self._stopper: threading.Thread | None = None
 
     @classmethod
     def from_command(cls, command, **kwargs) -> "JobRunner":
@@ -172,7 +222,14 @@ class JobRunner:
 
     @property
     def exit_code(self) -> int | None:
-        return self._proc.returncode if self._proc is not None and self.state == FINISHED else None
+        """The engine's exit code: what it reported in its last event (through a launcher that was killed, the
+        launcher's own code says nothing), else the child's return code."""
+        if self._proc is None or self.state != FINISHED:
+            return None
+        for event in (self.done_event, self.last_error):
+            if event and isinstance(event.get("exit_code"), int):
+                return event["exit_code"]
+        return self._proc.returncode
 
     @property
     def stopped(self) -> bool:
@@ -184,9 +241,13 @@ class JobRunner:
         return self.state == FINISHED and self.exit_code == EXIT_OK and not self.cancel_requested
 
     def poll(self) -> list[dict]:
-        """New events since the last call. Never blocks. Finishes the job once the child is gone."""
+        """New events since the last call. Never blocks. Finishes the job once the child and its worker are gone."""
         if self._proc is None:
             return []
+        with self._lock:
+            return self._poll_locked()
+
+    def _poll_locked(self) -> list[dict]:
         chunk = []
         while True:
             try:
@@ -196,16 +257,33 @@ class JobRunner:
         new = self._reader.feed("".join(chunk)) if chunk else []
         for event in new:
             self._record(event)
+        if self.state not in (RUNNING, STOPPING):
+            return new
+        if self._proc.poll() is None and time.monotonic() - self._tree_checked > 1.0:
+            self._remember_tree()
         if self.state == STOPPING and self._kill_deadline is not None and time.monotonic() >= self._kill_deadline:
             self._kill_remaining()
-        if self.state in (RUNNING, STOPPING) and self._proc.poll() is not None:
-            # The child exited. Its last lines may still be in the pipe: finish once the reader saw EOF (or,
-            # if a stray grandchild holds the pipe open, a moment later) -- never by waiting here.
-            if self._exited_at is None:
-                self._exited_at = time.monotonic()
-            if self._stdout_closed.is_set() or time.monotonic() - self._exited_at > 2.0:
+        if self._proc.poll() is not None:
+            worker_alive = self.worker_pid not in (None, self._proc.pid) and _pid_alive(self.worker_pid)
+            if worker_alive and self.state == RUNNING:
+                # The launcher died (killed by someone else, crashed) but the engine runs on without a parent
+                # that reads its events: stop it properly, it writes its checkpoint.
+                self.cancel_requested = True
+                self._begin_stop(self.grace_s)
+            if worker_alive:
+                return new
+            # Child and worker exited. Their last lines may still be in the pipe: finish once the reader saw EOF
+            # (or, if a stray grandchild holds the pipe open, a moment later) -- never by waiting here.
+            if self._gone_at is None:
+                self._gone_at = time.monotonic()
+            if self._stdout_closed.is_set() or time.monotonic() - self._gone_at > _PIPE_LINGER_S:
                 new += self._finish()
         return new
+
+    def _remember_tree(self) -> None:
+        self._tree_checked = time.monotonic()
+        for p in _process_tree(self._proc.pid)[1:]:
+            self._tree.setdefault(p.pid, p)
 
     def _finish(self) -> list[dict]:
         rest = []
@@ -217,23 +295,22 @@ class JobRunner:
         tail = self._reader.feed("".join(rest) + "\n")
         for event in tail:
             self._record(event)
-        known = {p.pid for p in self._tree}
-        self._tree += [p for p in _process_tree(self._proc.pid)[1:] if p.pid not in known]
-        leftovers = _alive(p for p in self._tree if p.pid != self._proc.pid)
-        if leftovers:  # helpers the child left behind (it is gone, so nobody else will stop them)
-            terminate_tree(leftovers[0].pid, grace_s=0.5, procs=leftovers)
-        elif psutil is None and self.cancel_requested:
+        leftovers = _alive(self._tree.values())
+        if leftovers:  # helpers the worker left behind (it is gone, so nobody else will stop them)
+            terminate_tree(leftovers[0].pid, grace_s=1.0, procs=leftovers)
+        elif _psutil() is None and self.cancel_requested:
             self._kill_group()
         self.state = FINISHED
         self.end_time = time.time()
         _LIVE_RUNNERS.discard(self)
         return tail
-        return new
 
     def _record(self, event: dict) -> None:
         self.events.append(event)
         kind = event.get("event")
-        if kind == "progress":
+        if kind == "start" and self.worker_pid is None:
+            self._adopt_worker(event.get("pid"))
+        elif kind == "progress":
             self.last_progress = event
         elif kind == "error":
             self.last_error = event
@@ -241,6 +318,18 @@ class JobRunner:
             self.done_event = event
         if self.on_event is not None:
             self.on_event(event)
+
+    def _adopt_worker(self, pid) -> None:
+        """The pid the engine reported, if it is the child or one of its descendants (never a stranger)."""
+        if not isinstance(pid, int) or pid <= 0:
+            return
+        if pid != self._proc.pid:
+            self._remember_tree()
+            if _psutil() is not None and pid not in self._tree:
+                return
+        self.worker_pid = pid
+        if self.state == STOPPING and pid != self._proc.pid:
+            send_stop_request(pid, group=self._proc.pid)  # asked to stop before the worker said who it was
 
     def take_log(self) -> list[str]:
         """New stderr lines (the human-readable log) since the last call."""
@@ -257,8 +346,10 @@ class JobRunner:
     def log_tail(self) -> list[str]:
         return list(self._log_tail)
 
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> bool:
-        """Poll until finished (tests and scripts only; the GUI never calls this). True when it finished."""
+    def wait(self, timeout: float | None = None, interval: float = 0.05,
+             pump: Callable[[], None] | None = None) -> bool:
+        """Poll until finished (tests, scripts, the blocking stop). `pump` runs between polls (a GUI's event
+        loop). True when it finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.state in (RUNNING, STOPPING):
             self.poll()
@@ -266,79 +357,89 @@ class JobRunner:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+            if pump is not None:
+                pump()
             time.sleep(interval)
         return self.state == FINISHED
 
     # --------------------------------------------------------------------------------------------- cancel
-    def cancel(self, block: bool = False, grace_s: float | None = None) -> None:
-        """Ask the child (and its children) to stop: SIGTERM now, SIGKILL what is left after the grace period.
+    def cancel(self, block: bool = False, grace_s: float | None = None,
+               pump: Callable[[], None] | None = None) -> None:
+        """Ask the engine to stop: stop request now, kill what is left after the grace period.
 
-        With block=False (the GUI) this returns at once and `poll()` escalates after the grace period; with
-        block=True (closing Slicer/the scene, tests) it returns once the whole tree is gone.
+        With block=False (the GUI's Stop) this returns at once and `poll()` escalates after the grace period;
+        with block=True (closing the scene/Slicer, tests) it returns once the whole tree is gone, calling `pump`
+        (e.g. the GUI's processEvents) while it waits.
         """
         if self._proc is None or self.state == FINISHED:
             return
         grace = self.grace_s if grace_s is None else grace_s
-        self.cancel_requested = True
-        if self.state == RUNNING:
-            self._tree = _process_tree(self._proc.pid)
-            self.state = STOPPING
-            self._kill_deadline = time.monotonic() + grace
-            self._signal_tree()
+        with self._lock:
+            self.cancel_requested = True
+            if self.state == RUNNING:
+                self._begin_stop(grace)
+            elif grace_s is not None and self._kill_deadline is not None:
+                self._kill_deadline = min(self._kill_deadline, time.monotonic() + grace)
         if block:
-            self._wait_root(max(0.0, self._kill_deadline - time.monotonic()))
-            if self._proc.poll() is None or _alive(self._descendants()):
-                self._kill_remaining()
-            self.wait(timeout=10)
+            self.wait(pump=pump)
         else:
             self.poll()
 
-    def _signal_tree(self) -> None:
-        """SIGTERM goes to the child first: it is the one that writes the checkpoint, and its helpers (data
-        loader workers) must stay alive until it has; the helpers still running when the child is gone, or when
-        the grace period ends, are killed with it (see `_finish` / `_kill_remaining`)."""
-        if os.name == "nt":
-            try:
-                self._proc.send_signal(signal.CTRL_BREAK_EVENT)  # the child's own process group
-            except (OSError, ValueError):
-                pass
-            return
-        try:
-            self._proc.send_signal(signal.SIGTERM)
-        except OSError:
-            pass
+    def _begin_stop(self, grace: float) -> None:
+        if self._proc.poll() is None:
+            self._remember_tree()
+        self.state = STOPPING
+        self._kill_deadline = time.monotonic() + grace
+        if self.worker_pid is not None:
+            # the engine itself; its helpers (data-loader workers) must live until it has saved
+            send_stop_request(self.worker_pid, group=self._proc.pid)
+        else:
+            # it has not started yet (still importing): nothing to save, every process of the job may go
+            send_stop_request(self._proc.pid, group=self._proc.pid)
+            for pid in self._tree:
+                send_stop_request(pid, group=self._proc.pid)
 
-    def _descendants(self) -> list:
-        """Known and current descendants of the child (not the child itself: Popen owns and reaps it)."""
-        procs = [p for p in self._tree if p.pid != self._proc.pid]
-        procs += [p for p in _process_tree(self._proc.pid)[1:] if p not in procs]
-        return procs
+    def stop_in_background(self, grace_s: float | None = None) -> threading.Thread:
+        """Blocking stop on a daemon thread (closing a scene must not freeze the GUI while the engine saves).
+        `stop_all_jobs` still waits for it when the application quits."""
+        if self._stopper is None:
+            self._stopper = threading.Thread(target=self.cancel, kwargs={"block": True, "grace_s": grace_s},
+                                             name="CTDiffusion stop", daemon=True)
+            self._stopper.start()
+        return self._stopper
+
+    def _kill_remaining(self) -> None:
+        self._kill_deadline = None
+        if self._proc.poll() is None:
+            self._remember_tree()
+            try:
+                self._proc.kill()
+            except OSError:
+                pass
+        ps = _psutil()
+        if ps is None:
+            self._kill_group()
+            if self.worker_pid not in (None, self._proc.pid):
+                try:
+                    os.kill(self.worker_pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+                except OSError:
+                    pass
+            self._wait_root(5)
+            return
+        others = _alive(self._tree.values())
+        for p in others:
+            try:
+                p.kill()
+            except ps.Error:
+                pass
+        self._wait_root(5)
+        ps.wait_procs(others, timeout=5)  # never the child itself: psutil would reap it behind Popen's back
 
     def _wait_root(self, timeout: float) -> None:
         try:
             self._proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
-
-    def _kill_remaining(self) -> None:
-        self._kill_deadline = None
-        others = self._descendants()
-        if self._proc.poll() is None:
-            try:
-                self._proc.kill()
-            except OSError:
-                pass
-        if psutil is None:
-            self._kill_group()
-            self._wait_root(5)
-            return
-        for p in _alive(others):
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self._wait_root(5)
-        psutil.wait_procs(others, timeout=5)  # never the child itself: psutil would reap it behind Popen's back
 
     def _kill_group(self) -> None:
         """Without psutil: the child leads its own session, so its process group is the whole tree (POSIX)."""
@@ -352,10 +453,10 @@ class JobRunner:
         """Immediate SIGKILL of the whole tree (no checkpoint)."""
         if self._proc is None or self.state == FINISHED:
             return
-        self.cancel_requested = True
-        self._tree = _process_tree(self._proc.pid)
-        self.state = STOPPING
-        self._kill_remaining()
+        with self._lock:
+            self.cancel_requested = True
+            self.state = STOPPING
+            self._kill_remaining()
         self.wait(timeout=10)
 
     # ---------------------------------------------------------------------------------------------- report
@@ -390,33 +491,27 @@ class JobRunner:
             pass
 
 
-def stop_all_jobs(grace_s: float = 10.0) -> None:
-    """Stop every running job of this process (Slicer quits, scene closes, interpreter exits)."""
-    for runner in list(_LIVE_RUNNERS):
+def running_jobs() -> list[JobRunner]:
+    return [r for r in list(_LIVE_RUNNERS) if r.is_running]
+
+
+def stop_all_jobs(grace_s: float | None = None, pump: Callable[[], None] | None = None) -> None:
+    """Stop every running job of this process (Slicer quits, interpreter exits), each with its checkpoint;
+    `pump` keeps a GUI responsive (and a progress dialog moving) while they save."""
+    runners = running_jobs()
+    for runner in runners:  # all of them save at the same time
         try:
-            runner.cancel(block=True, grace_s=grace_s)
+            runner.cancel(block=False, grace_s=grace_s)
+        except Exception:
+            pass
+    for runner in runners:
+        try:
+            runner.wait(pump=pump)
         except Exception:
             pass
 
 
-atexit.register(stop_all_jobs, 5.0)
-
-
-def format_eta(seconds: float | None) -> str:
-    """ETA for a progress bar: '1 h 05 min', '4 min 10 s', '12 s', '' when unknown."""
-    if seconds is None:
-        return ""
-    try:
-        s = int(round(float(seconds)))
-    except (TypeError, ValueError):
-        return ""
-    if s < 0:
-        return ""
-    if s >= 3600:
-        return f"{s // 3600} h {(s % 3600) // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
+atexit.register(stop_all_jobs)
 
 
 def describe_progress(event: dict | None) -> str:
@@ -436,5 +531,5 @@ def describe_progress(event: dict | None) -> str:
     return " · ".join(p for p in parts if p)
 
 
-__all__ = ["JobRunner", "terminate_tree", "stop_all_jobs", "format_eta", "describe_progress", "parse_event_line",
+__all__ = ["JobRunner", "terminate_tree", "stop_all_jobs", "running_jobs", "send_stop_request", "DEFAULT_GRACE_S", "format_eta", "describe_progress", "parse_event_line",
            "IDLE", "RUNNING", "STOPPING", "FINISHED", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]

@@ -152,17 +152,100 @@ def match_window_level(reference, target) -> None:
 
 
 @dataclass
+class ViewState:
+    """What the comparison changes and gives back when the module is left: the layout and the views' links."""
+
+    arrangement: int
+    links: dict  # slice view layout name -> (linked control, hot-linked control)
+    labels: dict  # slice view layout name -> its view label ("R", "Y") before it said "Real"/"Synthetic"
+
+
+def remember_view_state(scene=None) -> ViewState:
+    scene = get_scene(scene)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    links = {}
+    for i in range(composites.GetNumberOfItems()):
+        c = composites.GetItemAsObject(i)
+        links[c.GetLayoutName()] = (c.GetLinkedControl(), c.GetHotLinkedControl())
+    labels = {}
+    for name in (REAL_VIEW, SYNTHETIC_VIEW):
+        node = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
+        if node is not None:
+            labels[name] = node.GetLayoutLabel()
+    return ViewState(layout_node(scene).GetViewArrangement(), links, labels)
+
+
+def restore_view_state(state: ViewState | None, scene=None) -> None:
+    """The user's layout and view links as they were before the comparison took over."""
+    if state is None:
+        return
+    scene = get_scene(scene)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(composites.GetNumberOfItems()):
+        c = composites.GetItemAsObject(i)
+        if c.GetLayoutName() in state.links:
+            linked, hot = state.links[c.GetLayoutName()]
+            c.SetLinkedControl(linked)
+            c.SetHotLinkedControl(hot)
+    for name, label in state.labels.items():
+        node = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
+        if node is not None and label:
+            node.SetLayoutLabel(label)
+    layout_node(scene).SetViewArrangement(state.arrangement)
+    after_layout_change(scene)
+
+
+def _ras_bounds(node) -> list[float] | None:
+    if node is None:
+        return None
+    b = [0.0] * 6
+    node.GetRASBounds(b)
+    return b if b[0] <= b[1] and b[2] <= b[3] and b[4] <= b[5] else None
+
+
+def fit_views(nodes, views=(REAL_VIEW, SYNTHETIC_VIEW), scene=None) -> list[float] | None:
+    """Fit the axial views to what they show: field of view around the union of the nodes' bounds (volumes or
+    segmentations) and the same slice position in every view: the middle of the slab all nodes cover (a single
+    generated 2D slice included), or of the union when they do not overlap."""
+    scene = get_scene(scene)
+    bounds = [b for b in (_ras_bounds(n) for n in nodes) if b is not None]
+    if not bounds:
+        return None
+    union = [min(b[0] for b in bounds), max(b[1] for b in bounds), min(b[2] for b in bounds),
+             max(b[3] for b in bounds), min(b[4] for b in bounds), max(b[5] for b in bounds)]
+    center = [(union[0] + union[1]) / 2, (union[2] + union[3]) / 2, (union[4] + union[5]) / 2]
+    low, high = max(b[4] for b in bounds), min(b[5] for b in bounds)
+    if low <= high:
+        center[2] = (low + high) / 2
+    for name in views:
+        node = slice_node(scene, name)
+        dims = node.GetDimensions()
+        aspect = dims[1] / dims[0] if dims[0] else 1.0
+        width, height = max(union[1] - union[0], 1e-3), max(union[3] - union[2], 1e-3)
+        if height / width > aspect:
+            width = height / aspect
+        else:
+            height = width * aspect
+        node.SetFieldOfView(width * 1.05, height * 1.05, node.GetFieldOfView()[2])
+        node.JumpSliceByCentering(*center)
+    return center
+
+
+@dataclass
 class Comparison:
     layout: object
     real_view: str
     synthetic_view: str
     real: object
     synthetic: object
+    previous: ViewState | None = None  # the user's layout/links before; None when the comparison was already up
 
 
 def setup_comparison(real, synthetic, scene=None, link: bool = True) -> Comparison:
-    """Side-by-side layout, real left / synthetic right, axial, linked navigation, same window/level."""
+    """Side-by-side layout, real left / synthetic right, axial, fitted to the data, linked navigation, the same
+    window/level. `previous` lets the module give the user's layout back when it is left."""
     scene = get_scene(scene)
+    previous = None if layout_node(scene).GetViewArrangement() == LAYOUT_ID else remember_view_state(scene)
     layout = show_comparison_layout(scene)
     for name in (REAL_VIEW, SYNTHETIC_VIEW):
         node = slice_node(scene, name)
@@ -176,7 +259,9 @@ def setup_comparison(real, synthetic, scene=None, link: bool = True) -> Comparis
         composite = slice_composite_node(scene, name)
         composite.SetLinkedControl(1 if link else 0)
         composite.SetHotLinkedControl(0)
-    return Comparison(layout, REAL_VIEW, SYNTHETIC_VIEW, real, synthetic)
+        slice_node(scene, name).SetLayoutLabel("Real" if name == REAL_VIEW else "Synthetic")
+    fit_views([real, synthetic], scene=scene)
+    return Comparison(layout, REAL_VIEW, SYNTHETIC_VIEW, real, synthetic, previous)
 
 
 def show_sample(node, scene=None, reference=None) -> None:

@@ -13,26 +13,12 @@ from pathlib import Path
 
 import slicer
 
+from CTDiffusionLib.profiles import CARDIAC_MASKS, PROSTATE_CT, DisplayWindow, Profile, get_profile
 from CTDiffusionLib.scene.core import get_scene, module_logic, subject_hierarchy
 
-PROFILE_CT = "prostate-ct"
-PROFILE_MASKS = "cardiac-masks"
 SYNTHETIC_FOLDER_NAME = "CTDiffusion synthetic"
 ATTRIBUTE_PREFIX = "CTDiffusion."
 
-#: label value -> (segment name, RGB 0..1); fixed so every synthetic and real mask looks the same.
-CARDIAC_SEGMENTS = {
-    1: ("RV", (0.27, 0.51, 0.93)),
-    2: ("MYO", (0.36, 0.80, 0.35)),
-    3: ("LV", (0.93, 0.30, 0.27)),
-}
-_SEGMENT_ALIASES = {
-    "rv": 1, "right ventricle": 1, "rightventricle": 1, "right ventricular cavity": 1,
-    "myo": 2, "myocardium": 2, "lv myocardium": 2, "left ventricular myocardium": 2,
-    "lv": 3, "left ventricle": 3, "leftventricle": 3, "left ventricular cavity": 3,
-}
-#: Soft-tissue window/level in HU.
-SOFT_TISSUE_WINDOW, SOFT_TISSUE_LEVEL = 400.0, 40.0
 # vtkSlicerVolumesLogic.AddArchetypeVolume loading options (bit flags)
 LOAD_LABELMAP, LOAD_SINGLE_FILE = 1, 4
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -49,10 +35,6 @@ def strip_volume_suffix(name: str) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def label_for_segment_name(name: str) -> int | None:
-    return _SEGMENT_ALIASES.get(name.strip().lower())
 
 
 def is_segmentation(node) -> bool:
@@ -78,8 +60,10 @@ def volume_geometry(node) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ export
-def _segmentation_as_labelmap(seg_node, reference_volume=None):
-    """A temporary labelmap with label values 1 RV, 2 MYO, 3 LV (by segment name) in the segmentation's geometry."""
+def _segmentation_as_labelmap(seg_node, profile: Profile | None = None, reference_volume=None):
+    """A temporary labelmap with the profile's label values (by segment name, e.g. 1 RV, 2 MYO, 3 LV) in the
+    segmentation's geometry; without a profile the segments keep their order (1..n). The caller removes it from
+    the scene; it is hidden from editors before it is added, so it never shows (flickers) in node combos."""
     import vtk
 
     scene = seg_node.GetScene()
@@ -88,7 +72,7 @@ def _segmentation_as_labelmap(seg_node, reference_volume=None):
     others: list[str] = []
     for i in range(segmentation.GetNumberOfSegments()):
         seg_id = segmentation.GetNthSegmentID(i)
-        label = label_for_segment_name(segmentation.GetSegment(seg_id).GetName())
+        label = profile.label_for_name(segmentation.GetSegment(seg_id).GetName()) if profile else None
         if label is not None and label not in by_label:
             by_label[label] = seg_id
         else:
@@ -97,10 +81,13 @@ def _segmentation_as_labelmap(seg_node, reference_volume=None):
     order = sorted(by_label) if by_label else []
     for label in order:
         ids.InsertNextValue(by_label[label])
-    if not order:  # not a cardiac mask: keep the segment order
+    if not order:  # no segment named after a class: keep the segment order
         for seg_id in others:
             ids.InsertNextValue(seg_id)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", seg_node.GetName() + "_labels")
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()  # the export needs it in the scene
+    labelmap.SetName(seg_node.GetName() + "_labels")
+    labelmap.SetHideFromEditors(1)
+    labelmap = scene.AddNode(labelmap)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     ok = logic.ExportSegmentsToLabelmapNode(seg_node, ids, labelmap, reference_volume,
                                             slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
@@ -149,7 +136,7 @@ def export_nodes(nodes, folder: str | Path, profile: str) -> dict:
         used.add(unique)
         path = folder / f"{unique}.nii.gz"
         if is_segmentation(node):
-            labelmap = _segmentation_as_labelmap(node)
+            labelmap = _segmentation_as_labelmap(node, get_profile(profile))
             try:
                 write_volume_node(labelmap, path)
                 geometry = volume_geometry(labelmap)
@@ -245,19 +232,20 @@ def _tag(node, sample: GeneratedSample | None, source: str | None = None) -> Non
         node.SetAttribute(ATTRIBUTE_PREFIX + "source", source)
 
 
-def set_soft_tissue_window(volume_node, window: float = SOFT_TISSUE_WINDOW, level: float = SOFT_TISSUE_LEVEL) -> None:
+def set_display_window(volume_node, window: DisplayWindow) -> None:
+    """The profile's grey window (CT: soft tissue, -160..240 HU), fixed rather than automatic."""
     display = volume_node.GetDisplayNode()
     if display is None:
         volume_node.CreateDefaultDisplayNodes()
         display = volume_node.GetDisplayNode()
     display.SetAutoWindowLevel(0)
-    display.SetWindowLevel(window, level)
+    display.SetWindowLevel(window.width, window.level)
     if display.GetColorNodeID() is None or "Grey" not in (display.GetColorNodeID() or ""):
         display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
 
 
-def load_ct_volume(path: str | Path, name: str | None = None, scene=None):
-    """A scalar volume node in HU with soft-tissue window/level."""
+def load_ct_volume(path: str | Path, name: str | None = None, scene=None, profile: Profile = PROSTATE_CT):
+    """A scalar volume node in HU with the profile's display window."""
     get_scene(scene)
     path = Path(path)
     logic = module_logic("Volumes")
@@ -265,68 +253,77 @@ def load_ct_volume(path: str | Path, name: str | None = None, scene=None):
     node = logic.AddArchetypeVolume(str(path), name or strip_volume_suffix(path.name), LOAD_SINGLE_FILE)
     if node is None:
         raise RuntimeError(f"Could not load {path} as a volume.")
-    set_soft_tissue_window(node)
+    set_display_window(node, profile.display_window)
     return node
 
 
-def style_cardiac_segments(seg_node, add_missing: bool = True) -> None:
-    """Name/color segments RV, MYO, LV by their label value (or existing name) and add empty missing ones."""
+def style_segments(seg_node, profile: Profile = CARDIAC_MASKS, add_missing: bool = True) -> None:
+    """Name/colour segments after the profile's classes (RV, MYO, LV) by label value or existing name; add empty
+    missing ones."""
+    classes = {c.value: c for c in profile.foreground_classes}
     segmentation = seg_node.GetSegmentation()
     present = set()
     for i in range(segmentation.GetNumberOfSegments()):
         seg_id = segmentation.GetNthSegmentID(i)
         segment = segmentation.GetSegment(seg_id)
-        label = label_for_segment_name(segment.GetName())
+        label = profile.label_for_name(segment.GetName())
         if label is None:
             try:
                 label = int(segment.GetName())
             except ValueError:
-                label = segment.GetLabelValue() if segment.GetLabelValue() in CARDIAC_SEGMENTS else None
-        if label in CARDIAC_SEGMENTS:
-            name, color = CARDIAC_SEGMENTS[label]
-            segment.SetName(name)
-            segment.SetColor(*color)
+                label = segment.GetLabelValue() if segment.GetLabelValue() in classes else None
+        if label in classes:
+            segment.SetName(classes[label].name)
+            segment.SetColor(*classes[label].color)
             present.add(label)
     if add_missing:
-        for label, (name, color) in CARDIAC_SEGMENTS.items():
+        for label, cls in classes.items():
             if label not in present:
-                seg_id = segmentation.AddEmptySegment(name, name)
-                segmentation.GetSegment(seg_id).SetColor(*color)
+                seg_id = segmentation.AddEmptySegment(cls.name, cls.name)
+                segmentation.GetSegment(seg_id).SetColor(*cls.color)
 
 
-def load_mask_segmentation(path: str | Path, name: str | None = None, scene=None):
-    """A segmentation node with segments RV, MYO, LV (fixed colors) from a uint8 label volume."""
+def load_mask_segmentation(path: str | Path, name: str | None = None, scene=None, profile: Profile = CARDIAC_MASKS):
+    """A segmentation node with the profile's segments (RV, MYO, LV in fixed colours) from a label volume.
+
+    The label volume is read into a labelmap node that never enters the scene, so no temporary node shows up
+    (and flickers) in the node combos while the segmentation is built."""
     scene = get_scene(scene)
     path = Path(path)
-    base = name or strip_volume_suffix(path.name)
-    logic = module_logic("Volumes")
-    labelmap = logic.AddArchetypeVolume(str(path), base + "_labels", LOAD_LABELMAP | LOAD_SINGLE_FILE)
-    if labelmap is None:
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetSingleFile(1)
+    if not storage.ReadData(labelmap) or labelmap.GetImageData() is None:
         raise RuntimeError(f"Could not load {path} as a label volume.")
-    try:
-        seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", base)
-        seg_node.CreateDefaultDisplayNodes()
-        seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg_node):
-            scene.RemoveNode(seg_node)
-            raise RuntimeError(f"Could not turn {path} into a segmentation.")
-        style_cardiac_segments(seg_node)
-    finally:
-        display = labelmap.GetDisplayNode()
-        scene.RemoveNode(labelmap)
-        if display is not None and display.GetScene() is scene:
-            scene.RemoveNode(display)
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or strip_volume_suffix(path.name))
+    seg_node.CreateDefaultDisplayNodes()
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg_node):
+        scene.RemoveNode(seg_node)
+        raise RuntimeError(f"Could not turn {path} into a segmentation.")
+    style_segments(seg_node, profile)
     return seg_node
 
 
+def unique_node_name(base: str, scene=None) -> str:
+    """`base`, or base_1, base_2 ... when a node of that name is already in the scene."""
+    scene = get_scene(scene)
+    name, n = base, 0
+    while scene.GetFirstNodeByName(name) is not None:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 def load_result(sample: GeneratedSample, profile: str | None = None, scene=None):
-    profile = sample.profile or profile
-    if profile == PROFILE_MASKS:
-        node = load_mask_segmentation(sample.path, scene=scene)
-    elif profile == PROFILE_CT or profile is None:
-        node = load_ct_volume(sample.path, scene=scene)
+    profile = get_profile(sample.profile or profile or PROSTATE_CT)
+    # synthetic_0001 of the second generation becomes synthetic_0001_1: names stay unique across runs
+    name = unique_node_name(strip_volume_suffix(sample.path.name), scene)
+    if profile.is_label_map:
+        node = load_mask_segmentation(sample.path, name=name, scene=scene, profile=profile)
     else:
-        raise ValueError(f"unknown profile {profile!r}")
+        node = load_ct_volume(sample.path, name=name, scene=scene, profile=profile)
     _tag(node, sample)
     return node
 

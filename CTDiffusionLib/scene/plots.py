@@ -10,7 +10,8 @@ from pathlib import Path
 import slicer
 
 from CTDiffusionLib.scene.core import get_scene
-from CTDiffusionLib.scene.nodes import CARDIAC_SEGMENTS, is_segmentation
+from CTDiffusionLib.profiles import PROFILES, get_profile
+from CTDiffusionLib.scene.nodes import is_segmentation
 
 LOSS_TABLE_NAME = "CTDiffusion loss"
 LOSS_CHART_NAME = "CTDiffusion training loss"
@@ -190,13 +191,13 @@ def memorised_samples(samples_table) -> list[str]:
     return [row[0] for row in table_rows(samples_table) if row[-1] == MEMORISED_FLAG]
 
 
-def _voxels(node):
+def _voxels(node, profile=None):
     import numpy as np
 
     if is_segmentation(node):
         from CTDiffusionLib.scene.nodes import _segmentation_as_labelmap
 
-        labelmap = _segmentation_as_labelmap(node)
+        labelmap = _segmentation_as_labelmap(node, profile)
         try:
             return np.array(slicer.util.arrayFromVolume(labelmap))
         finally:
@@ -204,8 +205,9 @@ def _voxels(node):
     return np.asarray(slicer.util.arrayFromVolume(node))
 
 
-def histogram_chart(real_nodes, generated_nodes, scene=None, hu_range=(-1024.0, 2000.0), bins: int = 64):
-    """Real vs generated histograms in one chart: HU densities for CT, class voxel fractions for masks.
+def histogram_chart(real_nodes, generated_nodes, scene=None, profile=None, bins: int = 64):
+    """Real vs generated histograms in one chart: HU densities over the profile's HU range for intensity images,
+    class voxel fractions for label maps (segmentation nodes without a profile: the label-map profile).
 
     Returns (chart_node, table_node)."""
     import numpy as np
@@ -213,26 +215,30 @@ def histogram_chart(real_nodes, generated_nodes, scene=None, hu_range=(-1024.0, 
     scene = get_scene(scene)
     real_nodes = [n for n in real_nodes if n is not None]
     generated_nodes = [n for n in generated_nodes if n is not None]
-    masks = any(is_segmentation(n) for n in real_nodes + generated_nodes)
+    if profile is None:
+        masks = any(is_segmentation(n) for n in real_nodes + generated_nodes)
+        profile = next(p for p in PROFILES.values() if p.is_label_map == masks)
+    profile = get_profile(profile)
+    masks = profile.is_label_map
+    classes = profile.foreground_classes
     table_node = _new_or_existing(scene, "vtkMRMLTableNode", HISTOGRAM_TABLE_NAME)
     chart = _new_or_existing(scene, "vtkMRMLPlotChartNode", HISTOGRAM_CHART_NAME)
     chart.RemoveAllPlotSeriesNodeIDs()
     if masks:
         def fractions(nodes):
-            counts = np.zeros(len(CARDIAC_SEGMENTS) + 1)
+            counts = np.zeros(len(classes) + 1)
             for n in nodes:
-                v = _voxels(n)
-                counts += np.bincount(v.ravel().astype(np.int64).clip(0, len(CARDIAC_SEGMENTS)),
-                                      minlength=len(CARDIAC_SEGMENTS) + 1)
+                v = _voxels(n, profile)
+                counts += np.bincount(v.ravel().astype(np.int64).clip(0, len(classes)), minlength=len(classes) + 1)
             fg = counts[1:].sum()
             return counts[1:] / fg if fg else counts[1:]
 
-        x = np.arange(1, len(CARDIAC_SEGMENTS) + 1, dtype=float)
+        x = np.arange(1, len(classes) + 1, dtype=float)
         real, gen = fractions(real_nodes), fractions(generated_nodes)
-        x_name, title, x_title, y_title, style = "label", "Class share of foreground", "label (1 RV, 2 MYO, 3 LV)", \
+        x_name, title, x_title, y_title, style = "label", "Class share of foreground", "label (" + ", ".join(f"{c.value} {c.name}" for c in classes) + ")", \
             "fraction", "bar"
     else:
-        edges = np.linspace(hu_range[0], hu_range[1], bins + 1)
+        edges = np.linspace(profile.hu_range[0], profile.hu_range[1], bins + 1)
 
         def density(nodes):
             h = np.zeros(bins)

@@ -16,7 +16,8 @@ from CTDiffusionLib.jobs import GenerateSettings, JobRunner, PhantomSettings, Tr
 from CTDiffusionLib.scene.comparison import LAYOUT_ID, REAL_VIEW, SYNTHETIC_VIEW, setup_comparison, \
     slice_composite_node
 from CTDiffusionLib.scene.core import get_scene, subject_hierarchy
-from CTDiffusionLib.scene.nodes import PROFILE_CT, SYNTHETIC_FOLDER_NAME, export_nodes, import_generated, \
+from CTDiffusionLib.profiles import PROSTATE_CT
+from CTDiffusionLib.scene.nodes import SYNTHETIC_FOLDER_NAME, export_nodes, import_generated, \
     list_generated, load_ct_volume, place_in
 from CTDiffusionLib.scene.plots import LossCurve
 
@@ -78,7 +79,7 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
 
     log("Writing phantom CT volumes ...")
     phantoms = work / "phantoms"
-    run_job(build_command(PhantomSettings(PROFILE_CT, 3, str(phantoms), seed=1, size=size), in_slicer=in_slicer),
+    run_job(build_command(PhantomSettings(PROSTATE_CT.name, 3, str(phantoms), seed=1, size=size), in_slicer=in_slicer),
             timeout_s, pump)
     files = sorted(p for p in phantoms.iterdir() if p.name.endswith((".nii.gz", ".nii", ".nrrd")))
     _check(len(files) == 3, f"expected 3 phantom volumes in {phantoms}, found {len(files)}")
@@ -97,12 +98,12 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
 
     log("Exporting the selected nodes to the run folder ...")
     run_dir = work / "run"
-    manifest = export_nodes(real_nodes, work / "data", PROFILE_CT)
+    manifest = export_nodes(real_nodes, work / "data", PROSTATE_CT.name)
     _check(len(manifest["cases"]) == 3, "export wrote the wrong number of cases")
 
     log(f"Training {steps} steps on CPU in a child process ...")
     curve = LossCurve(scene)
-    train = build_command(TrainSettings(PROFILE_CT, [str(work / "data")], str(run_dir), preset="tiny", steps=steps,
+    train = build_command(TrainSettings(PROSTATE_CT.name, [str(work / "data")], str(run_dir), preset="tiny", steps=steps,
                                         batch_size=2, device="cpu"), in_slicer=in_slicer)
     runner = run_job(train, timeout_s, pump, on_event=curve.add)
     kinds = [e.get("event") for e in runner.events]
@@ -154,3 +155,47 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
                   synthetic_folder=folder)
     log("Scenario passed.")
     return result
+
+
+def run_stop_scenario(work_dir: str | Path, in_slicer: bool | None = None, slicer_home: str | None = None,
+                      timeout_s: float = 600, log: Callable[[str], None] = print,
+                      pump: Callable[[], None] | None = None) -> dict:
+    """Stop a running training the way the module does (inside Slicer: through the PythonSlicer launcher, which
+    does not forward signals) and check the trainer saved a checkpoint at the step where it stopped and that no
+    process of the job is left."""
+    work = Path(work_dir)
+    data, run_dir = work / "stop-phantoms", work / "stop-run"
+    log("Writing phantom CT volumes for the stop test ...")
+    run_job(build_command(PhantomSettings(PROSTATE_CT.name, 2, str(data), seed=3, size=(48, 48, 12)), in_slicer=in_slicer,
+                          slicer_home=slicer_home), timeout_s, pump)
+    log("Starting a long training and stopping it ...")
+    train = build_command(TrainSettings(PROSTATE_CT.name, [str(data)], str(run_dir), preset="tiny", steps=100000,
+                                        batch_size=2, device="cpu", checkpoint_every=100000, sample_every=0),
+                          in_slicer=in_slicer, slicer_home=slicer_home)
+    runner = JobRunner.from_command(train).start()
+    deadline = time.monotonic() + timeout_s
+    while runner.is_running and sum(e.get("event") == "progress" for e in runner.events) < 2:
+        runner.poll()
+        if pump is not None:
+            pump()
+        if time.monotonic() > deadline:
+            runner.kill()
+            raise ScenarioError("the training did not report progress in time:\n" + "\n".join(runner.log_tail[-20:]))
+        time.sleep(0.05)
+    _check(runner.is_running, "the training ended before it could be stopped:\n" + "\n".join(runner.log_tail[-20:]))
+    _check(runner.worker_pid is not None, "the engine did not report its process id in its start event")
+    stopped_at = max(e.get("step") or 0 for e in runner.events if e.get("event") == "progress")
+    pids = {runner.pid, runner.worker_pid}
+    runner.cancel(block=True, pump=pump)
+    _check(runner.stopped and runner.exit_code == 130,
+           f"the training did not stop cleanly (exit code {runner.exit_code}):\n" + "\n".join(runner.log_tail[-20:]))
+    checkpoints = [e for e in runner.events if e.get("event") == "checkpoint"]
+    _check(checkpoints and checkpoints[-1].get("step", -1) >= stopped_at,
+           f"no checkpoint at the step where the training stopped ({stopped_at})")
+    _check(Path(checkpoints[-1]["path"]).is_file(), f"{checkpoints[-1]['path']} was reported but is not on disk")
+    from CTDiffusionLib.jobs.runner import _pid_alive
+
+    left = [pid for pid in pids if pid and _pid_alive(pid)]
+    _check(not left, f"processes left behind after stopping: {left}")
+    log(f"Stopped at step {stopped_at}; checkpoint {checkpoints[-1]['path']}.")
+    return {"runner": runner, "stopped_at": stopped_at, "checkpoint": checkpoints[-1], "run_dir": run_dir}

@@ -7,7 +7,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from CTDiffusionLib.scene.nodes import PROFILE_CT, PROFILE_MASKS, VOLUME_SUFFIXES, is_scalar_volume, is_segmentation
+from CTDiffusionLib.profiles import get_profile
+from CTDiffusionLib.scene.nodes import VOLUME_SUFFIXES, is_scalar_volume, is_segmentation
+
+
+def source_node_types(profile) -> tuple[list[str], list[str]]:
+    """(nodeTypes, hideChildNodeTypes) of the Data section's node combo: the profile's source node classes; a
+    labelmap is a vtkMRMLScalarVolumeNode subclass, so intensity profiles hide labelmaps explicitly."""
+    types = list(get_profile(profile).slicer_source_node_classes)
+    label_map = "vtkMRMLLabelMapVolumeNode"
+    hidden = [label_map] if label_map not in types and "vtkMRMLScalarVolumeNode" in types else []
+    return types, hidden
 
 
 @dataclass
@@ -43,25 +53,26 @@ def _most_common(values, fmt) -> str:
     return top + (f" (+{others} other{'s' if others != 1 else ''})" if others else "") if n else top
 
 
-def summarize_nodes(nodes, profile: str) -> DataSummary:
+def summarize_nodes(nodes, profile) -> DataSummary:
+    profile = get_profile(profile)
     summary = DataSummary()
     for node in nodes:
         if node is None:
             continue
         name = node.GetName()
-        if profile == PROFILE_MASKS and not (is_segmentation(node) or node.IsA("vtkMRMLLabelMapVolumeNode")):
-            summary.problems.append(f"{name} is not a segmentation or label map (cardiac masks need RV/MYO/LV labels).")
+        if profile.is_label_map and not (is_segmentation(node) or node.IsA("vtkMRMLLabelMapVolumeNode")):
+            summary.problems.append(f"{name} is not a segmentation or label map ({profile.label} need "
+                                    f"{'/'.join(c.name for c in profile.foreground_classes)} labels).")
             continue
-        if profile == PROFILE_CT and not is_scalar_volume(node):
-            summary.problems.append(f"{name} is not a scalar volume (prostate CT needs CT volumes in HU).")
+        if not profile.is_label_map and not is_scalar_volume(node):
+            summary.problems.append(f"{name} is not a scalar volume ({profile.label} needs volumes in HU).")
             continue
         if is_segmentation(node):
-            from CTDiffusionLib.scene.nodes import label_for_segment_name
-
             seg = node.GetSegmentation()
             names = [seg.GetSegment(seg.GetNthSegmentID(i)).GetName() for i in range(seg.GetNumberOfSegments())]
-            if not any(label_for_segment_name(n) for n in names):
-                summary.problems.append(f"{name} has no segment named RV, MYO or LV.")
+            if not any(profile.label_for_name(n) for n in names):
+                summary.problems.append(f"{name} has no segment named "
+                                        + " or ".join(c.name for c in profile.foreground_classes) + ".")
             from CTDiffusionLib.scene.nodes import volume_geometry
 
             geometry = volume_geometry(node)
@@ -71,7 +82,7 @@ def summarize_nodes(nodes, profile: str) -> DataSummary:
                 summary.problems.append(f"{name} has no image data.")
                 continue
             geometry = {"size": tuple(image.GetDimensions()), "spacing": tuple(node.GetSpacing())}
-            if profile == PROFILE_CT:
+            if not profile.is_label_map:
                 lo, hi = image.GetScalarRange()
                 if lo > -200 or hi - lo < 50:  # CT in HU has air near -1000
                     summary.problems.append(f"{name} does not look like CT in HU (range {lo:.0f}..{hi:.0f}).")
@@ -86,15 +97,16 @@ def _volume_files(folder: Path) -> list[Path]:
                   and not p.name.lower().endswith(".raw"))
 
 
-def summarize_folder(folder: str | Path, profile: str) -> DataSummary:
+def summarize_folder(folder: str | Path, profile) -> DataSummary:
     """Count cases in a folder (files, ACDC patients, DICOM series folders) and read headers of volume files."""
     summary = DataSummary()
     folder = Path(folder) if folder else None
     if folder is None or not folder.is_dir():
         summary.problems.append(f"Folder {folder} does not exist." if folder else "No folder selected.")
         return summary
+    profile = get_profile(profile)
     files = _volume_files(folder)
-    if profile == PROFILE_MASKS:
+    if "acdc" in profile.folder_layouts:
         acdc = [p for p in files if p.name.lower().endswith(("_gt.nii.gz", "_gt.nii"))]
         if acdc:
             files = acdc
@@ -129,9 +141,9 @@ def summarize_folder(folder: str | Path, profile: str) -> DataSummary:
         size = tuple(int(v) for v in reader.GetSize())
         summary.sizes.append(size)
         summary.spacings.append(tuple(float(v) for v in reader.GetSpacing()))
-        if profile == PROFILE_MASKS and reader.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16,
+        if profile.is_label_map and reader.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16,
                                                                     sitk.sitkInt16, sitk.sitkInt32, sitk.sitkUInt32):
             summary.problems.append(f"{path.name} is not an integer label volume.")
-        if len(size) >= 3 and size[2] == 1 and profile == PROFILE_CT:
-            summary.problems.append(f"{path.name} is a single slice; prostate CT needs 3D volumes.")
+        if len(size) >= 3 and size[2] == 1 and not profile.is_label_map:
+            summary.problems.append(f"{path.name} is a single slice; {profile.label} needs 3D volumes.")
     return summary

@@ -1,45 +1,30 @@
-"""Checkpoints: written atomically (temp file + rename), loaded without unpickling (weights_only=True).
+"""Checkpoints: written atomically (runfolder.atomic_write), loaded without unpickling (weights_only=True).
 
-A crash or kill -9 can leave at most a *.tmp file, which is ignored; resume takes the newest checkpoint that loads.
+A crash or kill -9 can leave at most a hidden temporary file, which is ignored; resume takes the newest checkpoint
+that loads. Names and listing are the run-folder layout's (runfolder.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import re
 from pathlib import Path
 
 import torch
 
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.runfolder import atomic_write, checkpoint_name, list_checkpoints
 
 log = logging.getLogger("ctdiffusion")
-PATTERN = re.compile(r"^step_(\d{8})\.pt$")
-
-
-def checkpoint_path(folder: Path, step: int) -> Path:
-    return folder / f"step_{step:08d}.pt"
+__all__ = ["save_checkpoint", "list_checkpoints", "load_checkpoint", "load_latest"]
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(folder, step)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:  # make the bytes durable before the rename publishes them
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write step_XXXXXXXX.pt atomically, then drop all but the newest `keep` checkpoints."""
+    path = atomic_write(Path(folder) / checkpoint_name(step), lambda tmp: torch.save(state, tmp))
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
-
-
-def list_checkpoints(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if PATTERN.match(p.name)), key=lambda p: p.name)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -1,28 +1,60 @@
-"""The run's fully resolved configuration (config.json): preset + command-line overrides, enough to reproduce."""
+"""The run's fully resolved configuration (config.json): preset + command-line overrides, enough to reproduce.
+
+config.json stays a plain JSON document (old run folders must keep resuming); `TrainingConfig` is the typed view
+of its "training" section that the trainer reads.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from CTDiffusionLib.data.augment import parse_augment
 from CTDiffusionLib.diffusion.schedulers import default_diffusion_config
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.presets import HU_RANGE, MASK_CLASSES, resolve_preset
+from CTDiffusionLib.presets import resolve_preset
+from CTDiffusionLib.profiles import get_profile
+from CTDiffusionLib.runfolder import RUN_FORMAT
+from CTDiffusionLib.textformat import parse_size
 
-CONFIG_FORMAT = "ctdiffusion-run/1"
+CONFIG_FORMAT = RUN_FORMAT
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """config.json "training", typed. Keys missing from older run folders take the defaults below; keys this
+    version does not know are left in the JSON untouched."""
+
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    steps: int
+    ema_decay: float
+    checkpoint_every: int
+    sample_every: int = 0
+    seed: int = 0
+    epochs: int | None = None
+    amp: str = "auto"
+    compile: bool = False
+    grad_checkpoint: bool = False
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    keep_checkpoints: int = 2
+    cond_drop: float = 0.15
+    channels_last: bool = True
+    fused_attention: bool = True
+
+    @classmethod
+    def from_dict(cls, training: dict) -> TrainingConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in training.items() if k in names})
 
 
 def parse_grid(text: str, mode: str) -> list[int]:
-    try:
-        grid = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        grid = []
-    want = 2 if mode == "2d" else 3
-    if len(grid) != want or min(grid) < 1:
-        raise InputError(f"--grid {text!r} does not fit this preset's {mode} mode.",
-                         "Give " + ("XxY (e.g. 64x64)." if want == 2 else "XxYxZ (e.g. 256x256x26)."))
-    return grid
+    dims = 2 if mode == "2d" else 3
+    return list(parse_size(text, "--grid", (dims,), f"this preset's {mode} mode"))
 
 
 def check_grid(grid: list[int], model_spec: dict, mode: str) -> None:
@@ -37,7 +69,8 @@ def check_grid(grid: list[int], model_spec: dict, mode: str) -> None:
 
 
 def build_config(args, sources: list[str]) -> dict:
-    preset_name, preset = resolve_preset(args.profile, args.preset)
+    profile = get_profile(args.profile)
+    preset_name, preset = resolve_preset(profile, args.preset)
     mode = preset.get("mode", "3d")
     grid = parse_grid(args.grid, mode) if args.grid else list(preset["grid"])
     check_grid(grid, preset["model"], mode)
@@ -64,15 +97,13 @@ def build_config(args, sources: list[str]) -> dict:
     if args.conditions:
         conditions = (str(Path(args.conditions).resolve()) if args.conditions.lower().endswith(".csv")
                       else [k.strip() for k in args.conditions.split(",") if k.strip()])
-    intensity = ({"kind": "hu_linear", "hu_range": list(HU_RANGE)} if args.profile == "prostate-ct"
-                 else {"kind": "onehot", "classes": list(MASK_CLASSES)})
     return {
         "format": CONFIG_FORMAT,
-        "profile": args.profile,
+        "profile": profile.name,
         "preset": preset_name,
         "data": {"sources": sources, "grid": grid, "mode": mode, "val_fraction": val_fraction,
                  "augment": parse_augment(args.augment, preset["augment"]), "conditions": conditions},
-        "intensity": intensity,
+        "intensity": profile.intensity_config(),
         "model": preset["model"],
         "diffusion": default_diffusion_config(args.schedule or preset.get("schedule", "linear"),
                                               args.prediction or preset.get("prediction", "v")),
@@ -80,8 +111,8 @@ def build_config(args, sources: list[str]) -> dict:
     }
 
 
-def total_steps(training: dict, num_train_samples: int) -> tuple[int, int]:
+def total_steps(training: TrainingConfig, num_train_samples: int) -> tuple[int, int]:
     """(total optimisation steps, steps per epoch); --epochs converts via the training-set size."""
-    per_epoch = max(1, math.ceil(num_train_samples / training["batch_size"]))
-    steps = training["epochs"] * per_epoch if training.get("epochs") else training["steps"]
+    per_epoch = max(1, math.ceil(num_train_samples / training.batch_size))
+    steps = training.epochs * per_epoch if training.epochs else training.steps
     return steps, per_epoch

@@ -11,29 +11,30 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
-from CTDiffusionLib.diffusion.schedulers import training_scheduler, training_target
+from CTDiffusionLib.diffusion.loss import diffusion_loss
+from CTDiffusionLib.diffusion.schedulers import scheduler_config, training_scheduler
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
 from CTDiffusionLib.models.bundle import save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
+from CTDiffusionLib.profiles import get_profile
+from CTDiffusionLib.runfolder import INPUT, RunFolder, read_config, write_json
 from CTDiffusionLib.runtime import Distributed, autocast_dtype, init_distributed, resolve_device
+from CTDiffusionLib.textformat import format_eta
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
-from CTDiffusionLib.training.config import CONFIG_FORMAT, build_config, total_steps
+from CTDiffusionLib.training.config import TrainingConfig, build_config, total_steps
 
 log = logging.getLogger("ctdiffusion")
-RUN_INPUT_DIR = "input"  # a run folder may hold exported input data (the Slicer module puts it there)
 VAL_SAMPLES_MAX = 64
 
 
@@ -45,7 +46,8 @@ class StopFlag:
         self._previous = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGBREAK: what CTRL_BREAK (the Slicer module's Stop on Windows) raises in Python
+        for sig in (signal.SIGINT, signal.SIGTERM, *filter(None, [getattr(signal, "SIGBREAK", None)])):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. called from a test thread): no signal handling
@@ -59,35 +61,21 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 # ---------------------------------------------------------------- run folder
 def open_run_folder(out: Path, resume: bool) -> dict | None:
     """Checks --out against --resume; returns the stored config when resuming."""
-    config_file = out / "config.json"
+    run = RunFolder(out)
     if resume:
-        if not config_file.exists():
-            raise InputError(f"--resume: {out} holds no run (config.json is missing).",
+        if not run.is_run():
+            raise InputError(f"--resume: {out} holds no run ({run.config.name} is missing).",
                              "Point --out at an existing run folder, or drop --resume to start a new run.")
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if config.get("format") != CONFIG_FORMAT:
-            raise InputError(f"{config_file} is not a CTDiffusion run configuration.", "Check --out.")
-        return config
-    if config_file.exists():
+        return read_config(out)
+    if run.is_run():
         raise InputError(f"{out} already holds a training run.",
                          "Add --resume to continue it, or choose a new --out folder.")
-    if out.exists() and any(p.name != RUN_INPUT_DIR for p in out.iterdir()):
+    if out.exists() and any(p.name != INPUT for p in out.iterdir()):  # input/: data the Slicer module exported
         raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
     return None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def load_cases(config: dict):
@@ -164,24 +152,25 @@ class Trainer:
                  device: torch.device, events, dist: Distributed = Distributed()):
         self.config, self.run_dir, self.data, self.vocab = config, run_dir, data, vocab
         self.device, self.events, self.dist = device, events, dist
-        tr = config["training"]
-        self.seed = int(tr["seed"])
-        self.profile = config["profile"]
+        self.run = RunFolder(run_dir)
+        tr = self.training = TrainingConfig.from_dict(config["training"])
+        self.seed = int(tr.seed)
+        self.profile = get_profile(config["profile"])
         self.train_idx = data.sample_indices("train")
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
         torch.manual_seed(self.seed)
         self.model = build_model(runtime_model_spec(config), vocab.num_embeddings if vocab else None).to(device)
-        if device.type == "cuda" and tr.get("channels_last", True) and config["data"]["mode"] == "3d":
+        if device.type == "cuda" and tr.channels_last and config["data"]["mode"] == "3d":
             self.model = self.model.to(memory_format=torch.channels_last_3d)  # cuDNN's faster NDHWC kernels
-        self.ema = AveragedModel(self.model, multi_avg_fn=warmup_ema_update(tr["ema_decay"]), use_buffers=True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
+        self.ema = AveragedModel(self.model, multi_avg_fn=warmup_ema_update(tr.ema_decay), use_buffers=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
         from diffusers.optimization import get_cosine_schedule_with_warmup
 
-        self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(tr["warmup_steps"], self.total // 4),
+        self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(tr.warmup_steps, self.total // 4),
                                                            self.total)
         self.noise_schedule = training_scheduler(config["diffusion"])
-        self.amp_dtype = autocast_dtype(device, tr.get("amp"))
+        self.amp_dtype = autocast_dtype(device, tr.amp)
         self.step = 0
         self.forward = self.model
         if dist.enabled:
@@ -189,7 +178,7 @@ class Trainer:
 
             self.forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
                                                    else None)
-        if tr.get("compile"):
+        if tr.compile:
             self.forward = torch.compile(self.forward)
         self.stop = StopFlag()
 
@@ -208,17 +197,16 @@ class Trainer:
 
     def bundle_meta(self) -> dict:
         c = self.config
-        return {"profile": self.profile, "preset": c["preset"], "model": c["model"], "diffusion": c["diffusion"],
-                "intensity": dict(c["intensity"]),
+        return {"profile": self.profile.name, "preset": c["preset"], "model": c["model"], "diffusion": c["diffusion"],
+                "scheduler": scheduler_config(c["diffusion"]), "intensity": dict(c["intensity"]),
                 "data": {"grid": c["data"]["grid"], "mode": c["data"]["mode"]},
                 "geometry": self.data.geometry, "conditions": self.vocab.to_dict() if self.vocab else {},
                 "training": {"step": self.step, "total_steps": self.total}}
 
     def save(self) -> Path:
-        path = save_checkpoint(self.run_dir / "checkpoints", self.step, self.state_dict(),
-                               self.config["training"]["keep_checkpoints"])
-        save_bundle(self.run_dir / "model", self.ema.module.state_dict(), self.bundle_meta())
-        self.events.emit("checkpoint", path=str(path), step=self.step, bundle=str(self.run_dir / "model"))
+        path = save_checkpoint(self.run.checkpoints, self.step, self.state_dict(), self.training.keep_checkpoints)
+        save_bundle(self.run.model, self.ema.module.state_dict(), self.bundle_meta())
+        self.events.emit("checkpoint", path=str(path), step=self.step, bundle=str(self.run.model))
         return path
 
     # -- one step
@@ -229,24 +217,20 @@ class Trainer:
         return t.chunk(self.dist.world_size)[self.dist.rank]
 
     def train_step(self) -> float:
-        tr = self.config["training"]
-        bs = tr["batch_size"]
+        tr = self.training
+        bs = tr.batch_size
         indices = step_batch_indices(self.train_idx, bs, self.seed, self.step, self.per_epoch)
         rng = step_rng(self.seed, self.step, 1)
         x0 = make_batch(self.data, indices, self.profile, self.config["data"]["augment"] or None, rng)
-        labels = condition_labels(self.vocab, self.data, indices, tr["cond_drop"], rng)
+        labels = condition_labels(self.vocab, self.data, indices, tr.cond_drop, rng)
         g = torch.Generator("cpu").manual_seed(int(step_rng(self.seed, self.step, 2).integers(2**62)))
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (bs,), generator=g)
         x0, noise, t, labels = (self._local(v) for v in (x0, noise, t, labels))
         x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
         labels = labels.to(self.device) if labels is not None else None
-        xt = self.noise_schedule.add_noise(x0, noise, t)
-        target = training_target(self.noise_schedule, x0, noise, t)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            pred = self.forward(xt, t, class_labels=labels) if labels is not None else self.forward(xt, t)
-        loss = F.mse_loss(pred.float(), target.float())
+        loss = diffusion_loss(self.forward, self.noise_schedule, x0, noise, t, labels, self.amp_dtype)
         if not torch.isfinite(loss):
             raise TrainingFailed(
                 f"The training loss became {loss.item()} at step {self.step + 1}; stopping instead of saving a "
@@ -254,7 +238,7 @@ class Trainer:
                 "for extreme values.")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
         self.optimizer.step()
         self.lr_schedule.step()
         self.ema.update_parameters(self.model)
@@ -270,7 +254,7 @@ class Trainer:
         g = torch.Generator("cpu").manual_seed(self.seed + 7919)
         n_t = self.noise_schedule.config.num_train_timesteps
         total, count = 0.0, 0
-        bs = self.config["training"]["batch_size"]
+        bs = self.training.batch_size
         for start in range(0, len(self.val_idx), bs):
             chunk = self.val_idx[start:start + bs]
             x0 = make_batch(self.data, chunk, self.profile, None, None).to(self.device)
@@ -280,11 +264,8 @@ class Trainer:
             if self.vocab:
                 labels = torch.tensor([self.vocab.encode(dict(self.data.cases[self.data.sample_case[i]].conditions))
                                        for i in chunk], device=self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                xt = self.noise_schedule.add_noise(x0, noise, t)
-                pred = self.model(xt, t, class_labels=labels) if labels is not None else self.model(xt, t)
-            target = training_target(self.noise_schedule, x0, noise, t)
-            total += F.mse_loss(pred.float(), target.float(), reduction="sum").item() / x0[0].numel()
+            loss = diffusion_loss(self.model, self.noise_schedule, x0, noise, t, labels, self.amp_dtype, "sum")
+            total += loss.item() / x0[0].numel()
             count += len(chunk)
         return total / count
 
@@ -293,7 +274,7 @@ class Trainer:
         from CTDiffusionLib.previews import save_mid_slice_png
 
         meta = {**self.bundle_meta(), "sha256": None}
-        folder = self.run_dir / "samples"
+        folder = self.run.samples
         paths = generate(self.ema.module.eval(), meta, 2, folder, sampler_name="ddim", steps=20, seed=self.seed,
                          device=self.device, autocast_dtype=self.amp_dtype, prefix=f"step_{self.step:08d}")
         png = save_mid_slice_png(paths[0], paths[0].with_suffix("").with_suffix(".png"), self.profile)
@@ -309,7 +290,7 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def fit(self) -> dict:
-        tr = self.config["training"]
+        tr = self.training
         self.stop.install()
         main = self.dist.is_main
         t_start, step_start = time.time(), self.step
@@ -336,15 +317,15 @@ class Trainer:
                 if main and (time.time() - last_log > 15 or self.step == self.total):
                     last_log = time.time()
                     log.info("step %d/%d (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, self.total, epoch,
-                             loss_avg, rate, format_seconds((self.total - self.step) / max(rate, 1e-9)))
+                             loss_avg, rate, format_eta((self.total - self.step) / max(rate, 1e-9)))
                 if end_of_epoch and main:
                     val = self.validation_loss()
                     if val is not None:
                         self.events.emit("progress", phase="validate", step=self.step, total=self.total,
                                          epoch=epoch, val_loss=val)
-                if main and (self.step % tr["checkpoint_every"] == 0 or self.step == self.total):
+                if main and (self.step % tr.checkpoint_every == 0 or self.step == self.total):
                     self.save()
-                if main and tr.get("sample_every") and self.step % tr["sample_every"] == 0:
+                if main and tr.sample_every and self.step % tr.sample_every == 0:
                     self.preview()
         finally:
             self.stop.restore()
@@ -386,12 +367,13 @@ def train_from_args(args, events) -> int:
                          f"Use a multiple of {dist.world_size} (each process trains on its share).")
     device = resolve_device(args.device, dist.local_rank)
     cases, vocab = load_cases(config)
+    run = RunFolder(out)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        events.set_log_path(out / "events.jsonl")
+        events.set_log_path(run.events)
     else:
         _barrier(dist)  # rank 0 fills the preprocessing cache first; the other ranks then read it (no write race)
-    data = prepare_dataset(cases, config["profile"], config["data"], out / "cache", config["training"]["seed"])
+    data = prepare_dataset(cases, config["profile"], config["data"], run.cache, config["training"]["seed"])
     if dist.is_main:
         _barrier(dist)
     if not data.sample_indices("train"):
@@ -399,14 +381,14 @@ def train_from_args(args, events) -> int:
     trainer = Trainer(config, out, data, vocab, device, events, dist)
     resumed_from = None
     if args.resume:
-        latest = load_latest(out / "checkpoints")
+        latest = load_latest(run.checkpoints)
         if latest:
             resumed_from, state = latest
             trainer.load_state_dict(state)
     config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.total, trainer.per_epoch
     if dist.is_main:
-        write_json_atomic(out / "config.json", config)
-        write_json_atomic(out / "dataset.json", {**data.stats, "split": {
+        write_json(run.config, config)
+        write_json(run.dataset, {**data.stats, "split": {
             k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "geometry": data.geometry,
             "conditions": vocab.to_dict() if vocab else {}})
     events.emit("start", command="train", run_dir=str(out), profile=config["profile"], preset=config["preset"],
@@ -419,11 +401,11 @@ def train_from_args(args, events) -> int:
              len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
     if trainer.step >= trainer.total:
         log.info("nothing to do: the run is already at step %d of %d", trainer.step, trainer.total)
-        if dist.is_main and not (out / "model" / "model.json").exists():
+        if dist.is_main and not run.bundle.exists():
             trainer.save()
     result = trainer.fit()
     events.emit("done", status="completed", step=trainer.step, total=trainer.total, run_dir=str(out),
-                bundle=str(out / "model"), **result)
+                bundle=str(run.model), **result)
     if dist.enabled:
         import torch.distributed as tdist
 

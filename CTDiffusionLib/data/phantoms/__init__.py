@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
-
-PHANTOM_PROFILES = ("prostate-ct", "cardiac-masks")
-_MIN_SIZE_XYZ = {"prostate-ct": (16, 16, 1), "cardiac-masks": (16, 16, 2)}
+from CTDiffusionLib.profiles import Profile, get_profile
 
 
-def write_phantom_dataset(profile: str, num: int, out, seed: int = 0, size_xyz: tuple | None = None) -> Path:
+def write_phantom_dataset(profile, num: int, out, seed: int = 0, size_xyz: tuple | None = None) -> Path:
     """Write `num` phantom cases of `profile` into the new (or empty) folder `out`; deterministic for `seed`.
 
     The set is built in a hidden sibling folder and renamed into place at the end, so an error or Ctrl-C
     never leaves a half-written data set behind.
     """
-    from CTDiffusionLib.data.phantoms import cardiac_masks, prostate_ct
-
-    writers = {"prostate-ct": (prostate_ct.write_prostate_ct_dataset, prostate_ct.DEFAULT_SIZE_XYZ),
-               "cardiac-masks": (cardiac_masks.write_cardiac_dataset, cardiac_masks.DEFAULT_SIZE_XYZ)}
-    if profile not in writers:
-        raise InputError(f"Unknown phantom profile {profile!r}.", f"Use one of: {', '.join(PHANTOM_PROFILES)}.")
+    profile = get_profile(profile)
+    writer = profile.phantom_writer()  # the profile's generator module; it also knows its default size
     if int(num) < 1:
         raise InputError(f"The number of phantom cases must be at least 1, got {num}.", "Pass --num 1 or more.")
-    writer, default_size = writers[profile]
-    size = _checked_size(profile, size_xyz or default_size)
+    size = _checked_size(profile, size_xyz or sys.modules[writer.__module__].DEFAULT_SIZE_XYZ)
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"The output folder {out} already exists and is not empty.",
@@ -47,10 +41,10 @@ def write_phantom_dataset(profile: str, num: int, out, seed: int = 0, size_xyz: 
     return out
 
 
-def _checked_size(profile: str, size_xyz) -> tuple[int, int, int]:
+def _checked_size(profile: Profile, size_xyz) -> tuple[int, int, int]:
     size = tuple(int(s) for s in size_xyz)
-    minimum = _MIN_SIZE_XYZ[profile]
+    minimum = profile.phantom_min_size
     if len(size) != 3 or any(s < m for s, m in zip(size, minimum)):
-        raise InputError(f"The phantom size {'x'.join(map(str, size))} is too small or not 3D for {profile}.",
+        raise InputError(f"The phantom size {'x'.join(map(str, size))} is too small or not 3D for {profile.name}.",
                          f"Give XxYxZ voxels, at least {'x'.join(map(str, minimum))}.")
     return size

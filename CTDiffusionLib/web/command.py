@@ -1,0 +1,57 @@
+"""`ctdiffusion view`: resolve the inputs (InputError, exit 2, before anything starts), then serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.profiles import PROFILE_NAMES
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_view_parser(sub) -> None:
+    p = sub.add_parser("view", help="browser viewer: real vs synthetic slices, quality report, live training")
+    p.add_argument("folder", nargs="?", default=None,
+                   help="a run folder, a folder written by `generate`, a report folder, or a `demo` output folder")
+    p.add_argument("--real", default=None, help="folder of real volumes (default: the run's training data)")
+    p.add_argument("--generated", default=None, help="folder of generated volumes")
+    p.add_argument("--report", default=None, help="report folder with metrics.json (written by `evaluate`)")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=None,
+                   help="data type, when no run config, sidecar or report names it")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; 0.0.0.0 exposes the data to the network)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--cache", type=int, default=3, help="volumes per side kept in memory while browsing")
+
+
+def run_view(args) -> int:
+    from CTDiffusionLib.web.sources import resolve_inputs
+
+    inputs = resolve_inputs(args.folder, real=args.real, generated=args.generated, report=args.report,
+                            profile=args.profile)
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a port number.", "Use a number from 1024 to 65535.")
+    if args.cache < 1:
+        raise InputError(f"--cache {args.cache} must be at least 1.", "Use e.g. --cache 3.")
+    for name in ("trame", "trame_client", "trame_server", "trame_rca", "trame_slicer", "wslink", "aiohttp"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # their INFO level logs every template token
+    if not os.environ.get("DISPLAY"):  # headless server: render offscreen through EGL instead of an X window
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    try:
+        from CTDiffusionLib.web.app import serve
+    except ImportError as exc:
+        raise InputError(f"The viewer needs the web extra, which is not installed ({exc.name} is missing).",
+                         "Install it with: pip install -c constraints.txt 'ctdiffusion[web]'.") from None
+    if args.host not in LOOPBACK:
+        print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can see "
+              "these volumes and reports.", file=sys.stderr)
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+
+    def announce(**_):
+        print(f"CTDiffusion viewer: open http://{shown}:{args.port}/ (Ctrl+C stops it)", file=sys.stderr, flush=True)
+
+    serve(inputs, host=args.host, port=args.port, cache_size=args.cache, on_ready=announce)
+    return 0
