@@ -73,7 +73,7 @@ def figure(demo: Path, out: Path, rows: int = 2) -> None:
 def evaluate_noise(demo: Path, noise_report: Path) -> None:
     from CTDiffusionLib.cli import main
     from CTDiffusionLib.data.volume_io import array_to_image, write_image
-    from CTDiffusionLib.presets import HU_RANGE
+    from CTDiffusionLib.profiles import get_profile
 
     folder = noise_report.parent / (noise_report.name + "_volumes")
     folder.mkdir(parents=True)
@@ -81,7 +81,8 @@ def evaluate_noise(demo: Path, noise_report: Path) -> None:
     for path in sorted((demo / "generated").glob("*.nii.gz")):
         array, geometry = image_to_array(read_image(path))
         x = np.clip(rng.standard_normal(array.shape), -1, 1)
-        hu = (x + 1) / 2 * (HU_RANGE[1] - HU_RANGE[0]) + HU_RANGE[0]
+        low, high = get_profile("prostate-ct").hu_range
+        hu = (x + 1) / 2 * (high - low) + low
         write_image(array_to_image(np.rint(hu).astype(np.int16), geometry), folder / path.name)
     code = main(["evaluate", "--real", str(demo / "data" / "heldout"), "--train", str(demo / "data" / "train"),
                  "--generated", str(folder), "--out", str(noise_report), "--device", "cpu"])
