@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     except CTDiffusionError as exc:
         events.emit("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
         print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists():
+        if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists() \
+                and not getattr(exc, "output_in_use", False):  # never remove a folder another run writes to
             shutil.rmtree(new_out, ignore_errors=True)  # nothing half-written left behind
         return exc.exit_code
     except KeyboardInterrupt:

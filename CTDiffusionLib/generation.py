@@ -10,12 +10,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from CTDiffusionLib.data.preprocess import ct_grid_geometry, from_unit
-from CTDiffusionLib.data.volume_io import Geometry, array_to_image, read_image, write_image
+from CTDiffusionLib.data.preprocess import ct_grid_geometry, from_unit, reorient
+from CTDiffusionLib.data.volume_io import Geometry, array_to_image, read_image, write_failed, write_image
 from CTDiffusionLib.diffusion.sampling import sample
 from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, bundle_scheduler, sampler
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
+from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import write_json
 
@@ -46,6 +47,8 @@ def output_geometry(meta: dict, reference_image=None) -> Geometry:
     g = meta["geometry"]
     if reference_image is None:
         return Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
+    if meta.get("orientation"):  # the model's voxel order: place the grid on the reference seen in that order
+        reference_image = reorient(reference_image, meta["orientation"])
     if not get_profile(meta["profile"]).is_label_map:
         return Geometry(*(tuple(v) for v in ct_grid_geometry(reference_image, g["size"])))
     return Geometry(tuple(g["spacing"]), tuple(reference_image.GetOrigin()), tuple(reference_image.GetDirection()))
@@ -116,7 +119,11 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
                        "model_sha256": meta.get("sha256"), "profile": meta["profile"], "mode": meta["data"]["mode"],
                        "condition": condition or None, "guidance_scale": guidance,
                        "reference": str(reference) if reference else None}
-            write_json(out / f"{prefix}_{index:04d}.json", sidecar)
+            try:
+                write_json(out / f"{prefix}_{index:04d}.json", sidecar)
+            except OSError as exc:  # disk full: a volume without its sidecar would be an incomplete output
+                path.unlink(missing_ok=True)
+                raise write_failed(out / f"{prefix}_{index:04d}.json", exc.strerror or str(exc)) from None
             written.append(path)
             if events is not None:
                 events.emit("sample", path=str(path), index=index, num=num)
@@ -133,8 +140,7 @@ def generate_from_args(args, events) -> int:
     condition = parse_condition_text(args.condition)
     device = resolve_device(args.device)
     model, meta = load_bundle(args.model, device)
-    if device.type == "cuda" and meta["data"]["mode"] == "3d":
-        model = model.to(memory_format=torch.channels_last_3d)  # the layout training used on CUDA
+    apply_speed_settings(model, device, meta["data"]["mode"])  # channels-last on CUDA, as in training
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
     out.mkdir(parents=True, exist_ok=True)
     events.set_log_path(out / "events.jsonl")

@@ -12,11 +12,14 @@ from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import CARDIAC_MASKS, get_profile
 
 
-def _aniso(channels, kinds, z_strides, blocks, attention, head_dim=32, groups=8, in_ch=1, out_ch=1):
-    return {"type": "aniso_unet", "kwargs": {
-        "in_channels": in_ch, "out_channels": out_ch, "channels": list(channels), "level_kinds": list(kinds),
-        "z_strides": list(z_strides), "num_res_blocks": blocks, "attention_levels": list(attention),
-        "head_dim": head_dim, "norm_groups": groups}}
+def _aniso(channels, kinds, z_strides, blocks, attention, head_dim=32, groups=8, in_ch=1, out_ch=1,
+           upsample_conv_first=False):
+    kwargs = {"in_channels": in_ch, "out_channels": out_ch, "channels": list(channels), "level_kinds": list(kinds),
+              "z_strides": list(z_strides), "num_res_blocks": blocks if isinstance(blocks, int) else list(blocks),
+              "attention_levels": list(attention), "head_dim": head_dim, "norm_groups": groups}
+    if upsample_conv_first:  # only when set, so older bundles' model.json stays what it was
+        kwargs["upsample_conv_first"] = True
+    return {"type": "aniso_unet", "kwargs": kwargs}
 
 
 def _monai2d(channels, attention, blocks, head_channels=32, groups=16):
@@ -46,22 +49,34 @@ PRESETS: dict[str, dict[str, dict]] = {
                  "model": _aniso((16, 32, 64), ("2d", "3d", "3d"), (1, 2), 1, (False, False, True), 16, 8),
                  "training": {**_CT_TRAIN, "batch_size": 2, "lr": 1e-3, "warmup_steps": 20, "steps": 650,
                               "ema_decay": 0.99, "checkpoint_every": 200, "sample_every": 325}},
-        # Recommended 256x256x26: slice-wise convolutions while pixels are much finer than slices, 3D below;
-        # z halves once (26 -> 13) at the 32x32 level, where in-plane and through-plane spacing are comparable.
+        # Recommended 256x256x26 (docs/presets.md): the thesis' deep pyramid (26x256x256 ... 4x8x8 with attention
+        # over 256 tokens, 2x4x4 + mid attention) at 4x fewer FLOPs per step: slice-wise convolutions while pixels
+        # are much finer than the 2.5 mm slices, one res block at the two full-size levels, up-sampling convs on
+        # the coarse grid, z halving where in-plane and through-plane spacing meet.
         "default": {"grid": [256, 256, 26], **_CT_DATA,
-                    "model": _aniso((32, 64, 128, 256, 384), ("2d", "2d", "3d", "3d", "3d"), (1, 1, 2, 1), 2,
-                                    (False, False, False, False, True), 64, 32),
+                    "model": _aniso((32, 32, 64, 128, 256, 384, 384), ("2d", "2d", "2d", "3d", "3d", "3d", "3d"),
+                                    (1, 2, 2, 1, 2, 2), (1, 1, 2, 2, 2, 2, 2), (False,) * 5 + (True, True), 64,
+                                    32, upsample_conv_first=True),
                     "training": {**_CT_TRAIN, "batch_size": 2}},
-        # The source thesis' 7-level design (32,64,64,128,256,512,512; two res blocks; 2D/3D interleaved; attention
-        # only at the coarsest level) with its batch > 1 bug fixed (one time embedding broadcast over all slices).
-        "thesis": {"grid": [256, 256, 26], **_CT_DATA,
-                   "model": _aniso((32, 64, 64, 128, 256, 512, 512), ("2d", "3d", "2d", "3d", "2d", "3d", "2d"),
-                                   (1, 1, 2, 1, 1, 1), 2, (False,) * 6 + (True,), 64, 32),
-                   "training": {**_CT_TRAIN, "batch_size": 1, "lr": 5e-5}},
-        # Native 512x512x26: one more slice-wise level, gradient checkpointing on.
+        # The source thesis' network and recipe, layer for layer (models/thesis_unet.py, 275,148,225 parameters):
+        # fp32, batch 1, AdamW 1e-4 with 1000 warm-up steps then cosine, DDPM-1000 linear betas, epsilon
+        # prediction, clip_sample, no EMA (decay 0: the saved weights are the trained ones). Only its batch > 1
+        # time-embedding bug is fixed.
+        "thesis": {"grid": [256, 256, 26], **_CT_DATA, "prediction": "epsilon",
+                   "model": {"type": "thesis_unet", "kwargs": {
+                       "in_channels": 1, "out_channels": 1, "block_out_channels": [32, 64, 64, 128, 256, 512, 512],
+                       "down_kinds": ["3d", "2d", "3d", "2d", "3d", "3d", "3d"],
+                       "attention_levels": [False] * 5 + [True, False], "layers_per_block": 2, "norm_groups": 32,
+                       "head_dim": 8, "mid_attention_layers": 2}},
+                   "training": {**_CT_TRAIN, "batch_size": 1, "lr": 1e-4, "warmup_steps": 1000, "steps": 46000,
+                                "ema_decay": 0.0, "amp": "off"}},
+        # Native 512x512x26: the default's design with one more slice-wise level in front (16 channels at full
+        # size); 2.8 TFLOP per sample-step, less than the thesis at 256x256x26. Gradient checkpointing on.
         "native512": {"grid": [512, 512, 26], **_CT_DATA,
-                      "model": _aniso((32, 64, 128, 256, 256, 384), ("2d", "2d", "2d", "3d", "3d", "3d"),
-                                      (1, 1, 1, 2, 1), 2, (False,) * 5 + (True,), 64, 32),
+                      "model": _aniso((16, 32, 32, 64, 128, 256, 384, 384),
+                                      ("2d", "2d", "2d", "2d", "3d", "3d", "3d", "3d"), (1, 1, 2, 2, 1, 2, 2),
+                                      (1, 1, 1, 2, 2, 2, 2, 2), (False,) * 6 + (True, True), 64, 16,
+                                      upsample_conv_first=True),
                       "training": {**_CT_TRAIN, "batch_size": 2, "grad_checkpoint": True}},
     },
     "cardiac-masks": {

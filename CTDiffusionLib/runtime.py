@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,9 +30,17 @@ def resolve_device(spec: str | None, local_rank: int = 0) -> torch.device:
 
 
 def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default (no loss scaling needed); off on CPU, where it is slower for conv3d."""
+    """bf16 autocast on GPUs that support it (Ampere and later: no loss scaling needed); fp32 elsewhere.
+
+    'auto' silently stays fp32 on CPU (bf16 conv3d is slower there) and on pre-Ampere GPUs; 'on' asks for bf16 and
+    is refused where the GPU cannot do it rather than falling back to a slow emulation."""
     amp = amp or "auto"
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if amp == "on":
+            raise InputError(f"--amp on: {torch.cuda.get_device_name(device)} has no bf16 support.",
+                             "Use --amp auto or off (fp32 training).")
         return None
     return torch.bfloat16
 
@@ -42,6 +50,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    wait_group: object = field(default=None, compare=False, repr=False)  # gloo group for waiting on rank 0
 
     @property
     def is_main(self) -> bool:
@@ -52,11 +61,30 @@ class Distributed:
         return self.world_size > 1
 
 
+# Training collectives (gradient all-reduce) fail after COLLECTIVE_TIMEOUT_S, so a hung rank ends the job. While
+# rank 0 alone works (preprocessing, checkpoint, validation, preview) the others wait on a separate gloo group with
+# a long timeout instead, so a slow disk never trips the training timeout. Both can be set for tests / clusters.
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("CTDIFFUSION_COLLECTIVE_TIMEOUT_S", 30 * 60))
+RANK0_WAIT_TIMEOUT_S = float(os.environ.get("CTDIFFUSION_RANK0_WAIT_TIMEOUT_S", 6 * 3600))
+
+
+def check_device_for_torchrun(device_spec: str | None) -> None:
+    """Under torchrun each process takes GPU LOCAL_RANK; a fixed cuda:N would put every rank on one GPU."""
+    spec = (device_spec or "auto").strip().lower()
+    if spec.startswith("cuda:"):
+        raise InputError(f"--device {spec} cannot be used with torchrun: every process would use the same GPU.",
+                         "Use --device cuda (each process takes the GPU of its LOCAL_RANK); choose GPUs with "
+                         "CUDA_VISIBLE_DEVICES.")
+
+
 def init_distributed(device_spec: str | None) -> Distributed:
     """Joins the torchrun process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Distributed()
+    check_device_for_torchrun(device_spec)
+    import datetime
+
     import torch.distributed as dist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -64,5 +92,49 @@ def init_distributed(device_spec: str | None) -> Distributed:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Distributed(rank, world, local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=RANK0_WAIT_TIMEOUT_S))
+    return Distributed(rank, world, local_rank, wait_group)
+
+
+def wait_for_main(dist: Distributed) -> None:
+    """Every rank waits here until rank 0 has finished its own work (on the long-timeout group)."""
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.barrier(group=dist.wait_group)
+
+
+def run_on_main_then_share(dist: Distributed, work, describe: str):
+    """Rank 0 runs `work()` while the others wait; a failure there ends every rank with the same error.
+
+    Without this, a rank-0 exception (e.g. an unreadable file during preprocessing) leaves the other ranks waiting
+    at the barrier until the collective timeout. Rank 0 broadcasts "ok" or its error (a CTDiffusionError keeps its
+    class, message and hint; anything else becomes a TrainingFailed naming `describe`); after "ok" the other ranks
+    run `work()` themselves (reading what rank 0 wrote, e.g. the preprocessing cache)."""
+    if not dist.enabled:
+        return work()
+    import torch.distributed as tdist
+
+    from CTDiffusionLib import errors
+
+    result, failure, box = None, None, [None]
+    if dist.is_main:
+        try:
+            result = work()
+        except errors.CTDiffusionError as exc:
+            failure, box = exc, [(type(exc).__name__, exc.message, exc.hint)]
+        except Exception as exc:
+            failure, box = exc, [("TrainingFailed", f"{describe} failed on rank 0 ({type(exc).__name__}: {exc}).",
+                                  "See the log of rank 0 for the traceback.")]
+    tdist.broadcast_object_list(box, src=0, group=dist.wait_group)
+    if box[0] is not None:
+        # rank 0 must not exit before every rank holds the error: torchrun stops the others when one rank ends
+        tdist.barrier(group=dist.wait_group)
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        kind, message, hint = box[0]
+        raise getattr(errors, kind, errors.TrainingFailed)(message, hint)
+    return result if dist.is_main else work()

@@ -195,7 +195,7 @@ def test_bundle_whose_json_lies_about_the_architecture(bundle_copy, tmp_path, ca
     meta["model"]["kwargs"]["channels"] = [8, 16, 32]
     (bundle_copy / "model.json").write_text(json.dumps(meta))
     assert _generate(bundle_copy, tmp_path) == EXIT_BAD_INPUT
-    assert "do not fit the architecture" in capsys.readouterr().err
+    assert "model.json does not fit its weights" in capsys.readouterr().err
 
 
 def test_bundle_from_before_the_stored_scheduler_samples_the_same(bundle_copy, tiny_ct_run, tmp_path):

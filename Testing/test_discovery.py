@@ -80,7 +80,7 @@ def test_list_file_naming_missing_files(ct_folder, tmp_path):
     assert "missing_one.nii.gz" in excinfo.value.message
 
 
-def test_dicom_tree(tmp_path):
+def test_dicom_tree(tmp_path, caplog):
     root = tmp_path / "dicom"
     write_dicom_series(small_ct(1), root / "patient01" / "CT")
     write_dicom_series(small_ct(2), root / "patient02")
@@ -89,6 +89,7 @@ def test_dicom_tree(tmp_path):
         dcm.rename(root / "patient02" / f"x_{dcm.name}")
     cases = discover_cases([root], "prostate-ct")
     assert [c.case_id for c in cases] == ["patient01_CT", "patient02_s1", "patient02_s2"]
+    assert "holds 2 DICOM series; each becomes its own case (patient02_s1, patient02_s2)" in caplog.text
     assert all(c.series_uid for c in cases) and cases[1].series_uid != cases[2].series_uid
     values = sorted(int(image_to_array(read_case(c, "prostate-ct"))[0][0, 0, 0]) for c in cases)
     assert values == [1, 2, 3]

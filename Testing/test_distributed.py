@@ -147,11 +147,10 @@ def _init_weights(run: Path) -> dict:
     import torch
 
     from CTDiffusionLib.models.factory import build_model
-    from CTDiffusionLib.training.trainer import runtime_model_spec
 
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     torch.manual_seed(int(config["training"]["seed"]))
-    return {k: v.detach().clone() for k, v in build_model(runtime_model_spec(config)).state_dict().items()}
+    return {k: v.detach().clone() for k, v in build_model(config["model"]).state_dict().items()}
 
 
 def test_global_batch_must_divide_over_ranks(tmp_path, monkeypatch):
@@ -171,3 +170,73 @@ def test_global_batch_must_divide_over_ranks(tmp_path, monkeypatch):
     args[args.index("--batch-size") + 1] = "3"
     assert _in_process(args) == 2
     assert not out.exists(), "a refused run left a half-written folder behind"
+
+
+# ---------------------------------------------------------------- faults under torchrun (CPU, gloo, 2 processes)
+def _torchrun(tmp_path: Path, args: list[str], extra_env: dict | None = None, site: str | None = None,
+              timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run `python -m CTDiffusionLib ARGS` as a 2-process torchrun job. `site` is Python run at start-up in every
+    rank (a sitecustomize module): how a test makes one rank's step slow without hooks in the engine."""
+    paths = [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    if site:
+        site_dir = tmp_path / "site"
+        site_dir.mkdir()
+        (site_dir / "sitecustomize.py").write_text(site)
+        paths.insert(0, str(site_dir))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths), **(extra_env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "CTDiffusionLib", *args]
+    try:
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # subprocess.run kills the job; the ranks hung
+        raise AssertionError(f"the 2-process job hung for {timeout} s:\n{(exc.stderr or b'')[-3000:]}") from None
+
+
+@pytest.mark.skipif(not _torchrun_available(), reason="torch.distributed with gloo is not available")
+def test_rank0_preprocessing_failure_ends_every_rank_with_the_same_error(tmp_path):
+    """Rank 0 preprocesses while the others wait; an unreadable file there must end both ranks with its message
+    (before: rank 1 waited at the barrier until the collective timeout)."""
+    from CTDiffusionLib.data.phantoms import write_phantom_dataset
+
+    data = write_phantom_dataset("prostate-ct", 3, tmp_path / "ct", seed=2, size_xyz=(48, 48, 12))
+    broken = sorted(p for p in Path(data).rglob("*.nii.gz"))[0]
+    broken.write_bytes(b"this is not a NIfTI file")
+    done = _torchrun(tmp_path, _train_args(data, tmp_path / "run"), timeout=180)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:") and broken.name in line]
+    assert len(errors) == 2, f"expected the same error from both ranks, got:\n{done.stderr[-3000:]}"
+    assert errors[0] == errors[1]
+
+
+@pytest.mark.skipif(not _torchrun_available(), reason="torch.distributed with gloo is not available")
+def test_a_slow_checkpoint_save_does_not_hit_the_collective_timeout(tmp_path):
+    """Training collectives time out after 5 s here; rank 0 takes 12 s per checkpoint. Rank 1 must wait for it on
+    the long-timeout group instead of running into the next gradient all-reduce and timing out."""
+    from CTDiffusionLib.data.phantoms import write_phantom_dataset
+
+    data = write_phantom_dataset("prostate-ct", 2, tmp_path / "ct", seed=2, size_xyz=(48, 48, 12))
+    slow_save = (
+        "import os, time\n"
+        "if os.environ.get('RANK') == '0':\n"
+        "    from CTDiffusionLib.training import trainer\n"
+        "    original = trainer.Trainer.save\n"
+        "    def slow(self):\n"
+        "        time.sleep(12)\n"
+        "        return original(self)\n"
+        "    trainer.Trainer.save = slow\n")
+    args = _train_args(data, tmp_path / "run")
+    args[args.index("--checkpoint-every") + 1] = "1"
+    done = _torchrun(tmp_path, args, {"CTDIFFUSION_COLLECTIVE_TIMEOUT_S": "5"}, site=slow_save)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert len(list((tmp_path / "run" / "checkpoints").glob("step_*.pt"))) >= 1
+
+
+def test_a_fixed_cuda_device_under_torchrun_is_an_input_error(monkeypatch):
+    """Every rank would take the same GPU (NCCL then fails with a duplicate-GPU error); refuse it up front."""
+    from CTDiffusionLib.errors import InputError
+    from CTDiffusionLib.runtime import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(InputError, match="--device cuda:1 cannot be used with torchrun"):
+        init_distributed("cuda:1")

@@ -36,7 +36,7 @@ def test_resume_continues_exactly(ct_phantoms, tmp_path, monkeypatch):
     def stop_after_three(self):
         loss = original(self)
         if self.step == 3:
-            self.stop.requested = True  # what SIGINT/SIGTERM do
+            self.stop.signalled = True  # what SIGINT/SIGTERM do
         return loss
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", stop_after_three)
@@ -143,9 +143,9 @@ def test_typed_training_config_reads_old_and_new_run_folders():
     old = {"batch_size": 2, "lr": 1e-3, "warmup_steps": 20, "steps": 300, "ema_decay": 0.99, "checkpoint_every": 50,
            "sample_every": 100, "seed": 0, "epochs": None, "amp": "auto", "compile": False, "grad_checkpoint": False,
            "weight_decay": 0.0, "grad_clip": 1.0, "keep_checkpoints": 2, "cond_drop": 0.15,
-           "total_steps": 300, "steps_per_epoch": 2}  # no channels_last / fused_attention yet
+           "total_steps": 300, "steps_per_epoch": 2}  # no channels_last / attention yet
     tr = TrainingConfig.from_dict(old)
-    assert tr.batch_size == 2 and tr.channels_last and tr.fused_attention and tr.keep_checkpoints == 2
+    assert tr.batch_size == 2 and tr.channels_last and tr.attention == "auto" and tr.keep_checkpoints == 2
     assert total_steps(tr, 5) == (300, 3)
     assert total_steps(TrainingConfig.from_dict({**old, "epochs": 4}), 5) == (12, 3)
     with pytest.raises(TypeError):

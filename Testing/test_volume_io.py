@@ -173,15 +173,32 @@ def test_vector_image(tmp_path):
     assert "3 values per voxel" in excinfo.value.message
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii", ".nii.gz"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_voxels(tmp_path, bad):
+def test_non_finite_voxels_in_every_format(tmp_path, bad, suffix):
+    # ITK's NIfTI reader turns NaN/inf into 0, so this also checks that the file's own values are read.
     array = np.zeros((3, 6, 5), np.float32)
-    array[1, 2, 3] = bad
-    path = write_image(array_to_image(array, GEOMETRY), tmp_path / "float.nrrd")
+    array[1, 2, 3] = array[2, 0, 1] = bad
+    path = write_image(array_to_image(array, GEOMETRY), tmp_path / f"float{suffix}")
     with pytest.raises(InputError) as excinfo:
         read_image(path)
     assert_input_error_names(excinfo, path)
-    assert "NaN" in excinfo.value.message
+    assert "contains 2 NaN or infinite voxel values" in excinfo.value.message
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nifti_non_finite_count_across_read_chunks(tmp_path, monkeypatch, dtype):
+    from CTDiffusionLib.data import volume_io
+
+    monkeypatch.setattr(volume_io, "_SCAN_CHUNK", 7)  # values straddle chunk borders
+    array = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(dtype)
+    array.flat[[0, 17, 100, 209]] = [np.nan, np.inf, -np.inf, np.nan]
+    path = write_image(array_to_image(array, GEOMETRY), tmp_path / "float.nii.gz")
+    with pytest.raises(InputError, match="contains 4 NaN"):
+        read_image(path)
+    array.flat[[0, 17, 100, 209]] = 0.0
+    finite = write_image(array_to_image(array, GEOMETRY), tmp_path / "finite.nii")
+    assert read_image(finite).GetSize() == (7, 6, 5)
 
 
 def test_labels_outside_range(tmp_path):
@@ -230,3 +247,52 @@ def test_write_dicom_refuses_non_empty_folder(tmp_path):
     with pytest.raises(InputError):
         write_dicom_series(array_to_image(ct_array(), GEOMETRY), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def _dicom_series(folder, slices=8):
+    image = array_to_image(ct_array((slices, 6, 5)), GEOMETRY)
+    return write_dicom_series(image, folder), sorted(folder.iterdir())
+
+
+def _move_slice(dcm, shift_mm):
+    """Rewrite one slice file with its ImagePositionPatient moved along z (GEOMETRY's slice normal)."""
+    image = sitk.ReadImage(str(dcm))
+    x, y, z = (float(v) for v in image.GetMetaData("0020|0032").split("\\"))
+    image.SetMetaData("0020|0032", f"{x}\\{y}\\{z + shift_mm}")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(dcm))
+    writer.Execute(image)
+
+
+def test_dicom_series_with_missing_slices(tmp_path):
+    folder, files = _dicom_series(tmp_path / "ct")
+    files[3].unlink()
+    files[4].unlink()
+    with pytest.raises(InputError) as excinfo:
+        read_image(folder)
+    assert_input_error_names(excinfo, folder)
+    assert "missing 2 slices" in excinfo.value.message and "7.50 mm" in excinfo.value.message
+
+
+def test_dicom_series_with_uneven_spacing(tmp_path):
+    folder, files = _dicom_series(tmp_path / "ct")
+    for dcm in files[5:]:
+        _move_slice(dcm, 1.0)  # 2.5 mm slices, then one gap of 3.5 mm
+    with pytest.raises(InputError) as excinfo:
+        read_image(folder)
+    assert_input_error_names(excinfo, folder)
+    assert "uneven slice spacing" in excinfo.value.message and "3.50 mm" in excinfo.value.message
+
+
+def test_dicom_series_with_two_slices_at_one_position(tmp_path):
+    folder, files = _dicom_series(tmp_path / "ct")
+    _move_slice(files[2], -2.5)  # now at the same place as slice 2: two acquisitions mixed in one series
+    with pytest.raises(InputError, match="two slices at the same position"):
+        read_image(folder)
+
+
+def test_dicom_series_with_small_position_jitter_is_fine(tmp_path):
+    folder, files = _dicom_series(tmp_path / "ct")
+    _move_slice(files[4], 0.004)  # rounding in the position tag, as scanners write it
+    assert read_image(folder).GetSize() == (5, 6, 8)

@@ -11,7 +11,7 @@ Sections (all measure the engine's own code: `build_config` + `Trainer.train_ste
                the tiny preset (labelled "estimated").
   b. sample  - seconds per volume for ddpm-1000 / ddim-50 / dpm++-25 (tiny on CPU; 256x256x26 and 512x512x26 presets
                on CUDA). ddpm-1000 is extrapolated from a measured prefix of its steps where labelled so.
-  c. issue6  - baseline (thesis, fp32, batch 1, plain attention, DDPM-1000) vs fast path (bf16 autocast, SDPA,
+  c. fast_path - baseline (thesis, fp32, batch 1, plain attention, DDPM-1000) vs fast path (bf16 autocast, SDPA,
                channels-last, optional torch.compile, dpm++-25) at 256x256x26, and the fast path at 512x512x26
                (native512); achieved TFLOP/s of a training step (FlopCounterMode) vs the measured bf16 matmul peak.
                On CPU this runs on the tiny preset's grid instead and says so.
@@ -57,7 +57,7 @@ from CTDiffusionLib.models.factory import build_model, count_parameters  # noqa:
 from CTDiffusionLib.presets import PRESETS  # noqa: E402
 from CTDiffusionLib.runtime import resolve_device  # noqa: E402
 from CTDiffusionLib.training.config import build_config  # noqa: E402
-from CTDiffusionLib.training.trainer import Trainer, load_cases, runtime_model_spec  # noqa: E402
+from CTDiffusionLib.training.trainer import Trainer, load_cases  # noqa: E402
 
 GB = 1024 ** 3
 # phantom sizes (x, y, z) written for each training grid: the native grid itself, so resampling is cheap
@@ -197,7 +197,6 @@ def checkpointed_activation_gb(spec: dict, in_shape: tuple, batch: int) -> float
     """Saved bytes with the engine's gradient checkpointing: what is saved outside checkpointed blocks, the blocks'
     inputs, and the largest single block's activations (recomputed one block at a time during backward)."""
     spec = json.loads(json.dumps(spec))
-    spec["kwargs"]["gradient_checkpointing"] = False
     with torch.device("meta"):
         model = build_model(spec).train()
         x = torch.randn(batch, *in_shape)
@@ -213,15 +212,15 @@ def checkpointed_activation_gb(spec: dict, in_shape: tuple, batch: int) -> float
                 totals["outside"] += nbytes
             return tensor
 
-        def run(block, h, temb):
+        def run(block, *inputs):
             state["in_block"], state["block"] = True, 0
-            out = block(h, temb)
+            out = block(*inputs)
             state["in_block"] = False
-            totals["inputs"] += (h.numel() + temb.numel()) * h.element_size()
+            totals["inputs"] += sum(x.numel() * x.element_size() for x in inputs)
             totals["max_block"] = max(totals["max_block"], state["block"])
             return out
 
-        model._run = run
+        model.run_block = run  # what gradient checkpointing wraps (models/speed.py)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t_: t_):
             model(x, t)
     return (totals["outside"] + totals["inputs"] + totals["max_block"]) / GB
@@ -257,7 +256,7 @@ def make_trainer(profile: str, preset: str, data: Path, run_dir: Path, device: t
         argv += ["--compile"]
     args = build_parser().parse_args(argv)
     config = build_config(args, [str(data)])
-    config["training"]["fused_attention"] = fused
+    config["training"]["attention"] = "auto" if fused else "plain"
     config["training"]["channels_last"] = channels_last
     config["training"]["checkpoint_every"] = 10 ** 9
     cases, vocab = load_cases(config)
@@ -344,7 +343,7 @@ def section_train(ctx: dict) -> list[dict]:
         p = PRESETS[profile][preset]
         bs = p["training"]["batch_size"]
         row = {"profile": profile, "preset": preset, "grid": p["grid"], "batch_size": bs}
-        spec = runtime_model_spec({"model": p["model"], "training": {**p["training"]}})
+        spec = p["model"]
         try:
             ana = analytic_step(spec, preset_in_shape(profile, preset), bs)
         except Exception as exc:  # analytic count is best-effort (e.g. an op without a meta kernel)
@@ -399,7 +398,7 @@ def section_sample(ctx: dict) -> list[dict]:
     rows = []
     for preset in presets:
         p = PRESETS["prostate-ct"][preset]
-        spec = runtime_model_spec({"model": p["model"], "training": p["training"]})
+        spec = p["model"]
         torch.manual_seed(0)
         model = build_model(spec).to(device).eval()
         shape = preset_in_shape("prostate-ct", preset)
@@ -422,7 +421,7 @@ def section_sample(ctx: dict) -> list[dict]:
     return rows
 
 
-def section_issue6(ctx: dict) -> dict:
+def section_fast_path(ctx: dict) -> dict:
     """Baseline vs fast path (training step and generation of one volume), and the fast path at 512x512x26."""
     device, quick, work = ctx["device"], ctx["quick"], ctx["work"]
     cuda = device.type == "cuda"
@@ -439,7 +438,7 @@ def section_issue6(ctx: dict) -> dict:
     }
     if cuda:
         configs["fast"] = dict(amp="on", fused=True, channels_last=True, compile_=ctx["compile"], batch=1,
-                               sampler=("dpm++", 25), sample_batch=8)
+                               sampler=("dpm++", 25), sample_batch=8, preset="default")
     else:
         # the engine's CPU path: SDPA + dpm++-25 + batched sampling, fp32 (runtime.autocast_dtype keeps bf16 off on
         # CPU, where bf16 convolutions/matmuls are ~100x slower than fp32 on CPUs without native bf16 support)
@@ -449,12 +448,13 @@ def section_issue6(ctx: dict) -> dict:
         configs["cuda_switches_on_cpu"] = dict(amp="on", fused=True, channels_last=True, compile_=False, batch=1,
                                                sampler=None, sample_batch=None)
     for label, c in configs.items():
-        log(f"issue6 {label}: training ...")
-        run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"issue6-{label}-"))
+        log(f"fast_path {label}: training ...")
+        run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"fast_path-{label}-"))
         row = {k: v for k, v in c.items() if k not in ("sampler",)}
         row["compile"] = row.pop("compile_")
+        row["preset"] = c.get("preset", preset)
         try:
-            trainer = make_trainer("prostate-ct", preset, data, run_dir, device, batch=c["batch"], amp=c["amp"],
+            trainer = make_trainer("prostate-ct", row["preset"], data, run_dir, device, batch=c["batch"], amp=c["amp"],
                                    compile_=c["compile_"], fused=c["fused"], channels_last=c["channels_last"])
             flops = measured_step_flops(trainer)
             warm = 3 if c["compile_"] else 1
@@ -474,8 +474,8 @@ def section_issue6(ctx: dict) -> dict:
             model = trainer.ema.module.eval()
             name, steps = c["sampler"]
             measure = (100 if quick else None) if cuda else (20 if quick else 200)
-            log(f"issue6 {label}: sampling {name}-{steps} ...")
-            row["sample"] = time_sampling(model, trainer.config["diffusion"], preset_in_shape("prostate-ct", preset),
+            log(f"fast_path {label}: sampling {name}-{steps} ...")
+            row["sample"] = time_sampling(model, trainer.config["diffusion"], preset_in_shape("prostate-ct", row["preset"]),
                                           device, name, steps, c["sample_batch"], trainer.amp_dtype,
                                           measure if name == "ddpm" else None)
             del trainer, model
@@ -490,12 +490,12 @@ def section_issue6(ctx: dict) -> dict:
             "generation_speedup_per_volume": b["sample"]["seconds_per_volume"] / f["sample"]["seconds_per_volume"]}
     # the fast path at 512x512x26
     n512 = PRESETS["prostate-ct"]["native512"]
-    spec = runtime_model_spec({"model": n512["model"], "training": n512["training"]})
+    spec = n512["model"]
     ana = analytic_step(spec, preset_in_shape("prostate-ct", "native512"), 1)
     if cuda:
-        log("issue6 native512 fast path ...")
+        log("fast_path native512 fast path ...")
         data512 = phantoms(work, "prostate-ct", n512["grid"], 2)
-        run_dir = Path(tempfile.mkdtemp(dir=work, prefix="issue6-n512-"))
+        run_dir = Path(tempfile.mkdtemp(dir=work, prefix="fast_path-n512-"))
         row = {}
         try:
             trainer = make_trainer("prostate-ct", "native512", data512, run_dir, device, amp="on",
@@ -620,9 +620,9 @@ def print_tables(res: dict) -> None:
         for r in res["sample"]:
             p(f"{r['preset']:<12}{r['sampler'] + '-' + str(r['steps']):<12}{r.get('batch_size', '-'):>6}"
               f"{fmt(r.get('seconds_per_volume'), 4):>12}  {r.get('how', r.get('status'))}")
-    if "issue6" in res:
-        i6 = res["issue6"]
-        p(f"\n[c] issue 6: baseline vs fast path ({i6['note']})")
+    if "fast_path" in res:
+        i6 = res["fast_path"]
+        p(f"\n[c] thesis baseline vs default fast path ({i6['note']})")
         p(f"{'config':<21}{'steps/s':>9}{'TFLOP/s':>10}{'/bf16pk':>9}{'/fp32pk':>9}{'mem GB':>9}{'sampler':>12}"
           f"{'s/volume':>11}")
         for k in ("baseline", "fast", "cuda_switches_on_cpu"):
@@ -661,8 +661,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; 1 is faster on a shared, loaded machine)")
     ap.add_argument("--compile", action="store_true", help="torch.compile in the fast path (CUDA; slow to warm up)")
-    ap.add_argument("--sections", default="train,sample,issue6,quality",
-                    help="comma list of train,sample,issue6,quality")
+    ap.add_argument("--sections", default="train,sample,fast_path,quality",
+                    help="comma list of train,sample,fast_path,quality")
     ap.add_argument("--step-budget-s", type=float, default=None,
                     help="CPU: skip a preset when one training step is estimated to take longer (quick 30, else 300)")
     ap.add_argument("--quality-samples", type=int, default=None, help="volumes per sampler/seed set (quick 4, else 8)")
@@ -685,7 +685,7 @@ def main(argv=None) -> int:
                "device": device_info(device), "sections": sections}
         log("matmul peak ...")
         res["matmul_peak"] = ctx["matmul_peak"] = matmul_peak(device, quick)
-        runners = {"train": section_train, "sample": section_sample, "issue6": section_issue6,
+        runners = {"train": section_train, "sample": section_sample, "fast_path": section_fast_path,
                    "quality": section_quality}
         for name in sections:
             t0 = time.time()

@@ -18,13 +18,13 @@ import torch
 
 from CTDiffusionLib.data.augment import augment_sample
 from CTDiffusionLib.data.discovery import Case, read_case, subject_of
-from CTDiffusionLib.data.preprocess import case_to_grid, ct_grid_geometry, to_unit
+from CTDiffusionLib.data.preprocess import case_to_grid, ct_grid_geometry, orientation_of, reorient, to_unit
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import Profile, get_profile
 from CTDiffusionLib.runfolder import atomic_write
 
 log = logging.getLogger("ctdiffusion")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cases reoriented to preprocess.ORIENTATION first
 
 
 @dataclass
@@ -53,9 +53,11 @@ def _cache_key(case: Case, data_cfg: dict, profile: Profile) -> str:
 def _prepare_case(case: Case, profile: Profile, data_cfg: dict) -> tuple[list[np.ndarray], dict]:
     """Read + resample one case; returns compact arrays (intensity: float16 model units, labels: uint8) and its
     geometry/statistics."""
-    image = read_case(case, profile)
+    stored = read_case(case, profile)
+    image = reorient(stored)  # one voxel order for all cases: a scan stored upside down must not train flipped
     samples, grid_spacing = case_to_grid(image, profile, data_cfg["grid"], data_cfg["mode"])
-    info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(grid_spacing)}
+    info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(grid_spacing),
+            "stored_orientation": orientation_of(stored)}
     if not profile.is_label_map:
         hu = samples[0]
         _, origin, direction = ct_grid_geometry(image, data_cfg["grid"])
@@ -100,6 +102,39 @@ def split_cases(cases: list[Case], profile, val_fraction: float, seed: int) -> d
     for i, c in enumerate(cases):
         split["val" if subject_of(c, profile) in val_subjects else "train"].append(i)
     return split
+
+
+# Below this many held-out volumes the validation loss and the quality report's set distances (realism, novelty)
+# depend mostly on which few cases happened to be held out: they are shown, but flagged as indicative only.
+FEW_HELD_OUT = 5
+
+
+def split_summary(data: PreparedData) -> tuple[str, list[str]]:
+    """One line saying what the split is, plus warnings a researcher must see; InputError when nothing can train."""
+    n_train, n_val = len(data.split["train"]), len(data.split["val"])
+    train_samples, val_samples = len(data.sample_indices("train")), len(data.sample_indices("val"))
+    if not train_samples:
+        raise InputError(f"The split leaves no training volumes ({n_train} training, {n_val} validation cases, "
+                         f"{train_samples} training samples).",
+                         "Add cases, or lower --val-fraction so at least one case is trained on.")
+    summary = (f"split: {_count(n_train, 'training volume')} ({_count(train_samples, 'sample')}), "
+               f"{_count(n_val, 'validation volume')} ({_count(val_samples, 'sample')})")
+    warnings = []
+    if n_val == 0:
+        warnings.append(f"No validation volumes: with {_count(len(data.cases), 'case')} and "
+                        "this --val-fraction nothing is held out, so there is no validation loss and the quality "
+                        "report has no unseen real volumes to compare with; add cases or raise --val-fraction.")
+    elif n_val < FEW_HELD_OUT:
+        warnings.append(f"Only {_count(n_val, 'validation volume')}: the validation loss and the quality "
+                        f"report on held-out data are indicative only below {FEW_HELD_OUT} held-out volumes.")
+    if n_train < FEW_HELD_OUT:
+        warnings.append(f"Only {_count(n_train, 'training volume')}: the model will mostly learn these "
+                        "cases by heart; check the novelty section of the quality report.")
+    return summary, warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def prepare_dataset(cases: list[Case], profile, data_cfg: dict, cache_dir: Path | None, seed: int,

@@ -7,6 +7,7 @@ caller, with `read_case`. Results are sorted by case id so every run sees the sa
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import re
@@ -28,6 +29,7 @@ from CTDiffusionLib.data.volume_io import (
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import Profile, get_profile
 
+log = logging.getLogger("ctdiffusion")
 ACDC_GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 ACDC_REQUIRED_KEYS = ("ED", "ES", "Group")
 LIST_FILE_SUFFIX = ".txt"
@@ -155,6 +157,9 @@ def _dicom_cases(root: Path) -> list[Case]:
         series = dicom_series_ids(dirpath)
         relative = Path(dirpath).relative_to(root)
         base = "_".join(relative.parts) or root.name
+        if len(series) > 1:
+            log.warning("%s holds %d DICOM series; each becomes its own case (%s)", dirpath, len(series),
+                        ", ".join(f"{base}_s{k + 1}" for k in range(len(series))))
         for k, uid in enumerate(series):
             case_id = base if len(series) == 1 else f"{base}_s{k + 1}"
             cases.append(Case(_safe_id(case_id), Path(dirpath), uid))

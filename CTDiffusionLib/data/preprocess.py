@@ -20,6 +20,19 @@ HU_RANGE = PROSTATE_CT.hu_range
 NUM_CLASSES = CARDIAC_MASKS.channels
 
 CROP_MARGIN = 0.25  # fraction of the heart's in-plane extent kept around it on each side
+# Every case is turned to this voxel order before resampling, so a scan stored with a reversed axis does not train
+# flipped; generated volumes come out in it (ITK/DICOM code: voxel axes run toward Left, Posterior, Superior).
+ORIENTATION = "LPS"
+
+
+def orientation_of(image: sitk.Image) -> str:
+    """The three-letter axis code of the image's voxel order, e.g. 'LPS' or 'RAI'."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def reorient(image: sitk.Image, orientation: str = ORIENTATION) -> sitk.Image:
+    """The same voxels in `orientation` order (axes permuted/flipped only: no interpolation, labels stay labels)."""
+    return image if orientation_of(image) == orientation else sitk.DICOMOrient(image, orientation)
 
 
 # ---------------------------------------------------------------- CT

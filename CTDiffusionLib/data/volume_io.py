@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.errors import CTDiffusionError, InputError
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Header + separate data file: these cannot be written with one atomic rename of a temp file.
@@ -105,50 +105,89 @@ def read_image(path, *, what: str = "volume") -> sitk.Image:
     except RuntimeError as exc:
         raise InputError(unreadable, f"Copy or export the file again. (SimpleITK: {_sitk_reason(exc)})") from None
     if suffix in (".nii", ".nii.gz"):
-        # ITK's NIfTI reader silently fills a truncated file with garbage, so check the length ourselves.
-        problem = _nifti_truncation(path, suffix)
-        if problem:
-            raise InputError(unreadable, f"Copy or export the file again ({problem}).")
+        # ITK's NIfTI reader silently fills a truncated file with garbage and turns NaN/inf voxels into 0, so the
+        # file's own bytes are checked here.
+        scan = _scan_nifti(path, suffix)
+        if scan.problem:
+            raise InputError(unreadable, f"Copy or export the file again ({scan.problem}).")
+        if scan.non_finite:
+            raise _non_finite_error(what, path, scan.non_finite)
     return _checked_volume(image, path, what)
 
 
-def _nifti_truncation(path: Path, suffix: str) -> str | None:
-    """Why a NIfTI file is shorter than its header promises, or None when it is complete."""
+@dataclass(frozen=True)
+class _NiftiScan:
+    problem: str | None  # why the file is shorter than its header promises; None when complete
+    non_finite: int  # NaN/inf voxel values as stored in the file (float data types only)
+
+
+# NIfTI datatype codes whose stored values can be NaN/inf -> numpy element type (complex: pairs of floats).
+_NIFTI_FLOAT_CODES = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
+_SCAN_CHUNK = 1 << 22
+
+
+def _scan_nifti(path: Path, suffix: str) -> _NiftiScan:
+    """Read a NIfTI file once, in chunks: its data length against the header, and its non-finite voxel values."""
+    opener = gzip.open if suffix == ".nii.gz" else open
     try:
-        if suffix == ".nii.gz":
-            with gzip.open(path, "rb") as stream:
-                header = stream.read(540)
-                length = len(header) + sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 22), b""))
-        else:
-            with open(path, "rb") as stream:
-                header = stream.read(540)
-            length = path.stat().st_size
+        with opener(path, "rb") as stream:
+            head = stream.read(540)
+            layout = _nifti_layout(head)
+            if layout is None:
+                return _NiftiScan(None, 0)  # ITK read it; nothing more we can check
+            vox_offset, nbytes, dtype = layout
+            while len(head) < vox_offset:  # header extensions longer than what was read so far
+                more = stream.read(vox_offset - len(head))
+                if not more:
+                    break
+                head += more
+            pending, length, non_finite, carry = head[vox_offset:], 0, 0, b""
+            while length < nbytes:
+                data, pending = pending or stream.read(_SCAN_CHUNK), b""
+                if not data:
+                    break
+                data = data[: nbytes - length]
+                length += len(data)
+                if dtype is not None:
+                    data = carry + data
+                    usable = len(data) - len(data) % dtype.itemsize
+                    values = np.frombuffer(data[:usable], dtype)
+                    non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
+                    carry = data[usable:]
     except (EOFError, OSError, zlib.error) as exc:
-        return f"the compressed data ends early: {exc}"
-    expected = _nifti_expected_length(header)
-    if expected is not None and length < expected:
-        return f"{length} bytes of image data where the header needs {expected}"
-    return None
+        return _NiftiScan(f"the compressed data ends early: {exc}", 0)
+    if length < nbytes:
+        return _NiftiScan(f"{vox_offset + length} bytes where the header needs {vox_offset + nbytes}", non_finite)
+    return _NiftiScan(None, non_finite)
 
 
-def _nifti_expected_length(header: bytes) -> int | None:
-    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header (either byte order); None if not parseable."""
+def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
+    """(vox_offset, voxel bytes, float dtype or None) from a NIfTI-1 or NIfTI-2 header (either byte order)."""
     for endian in "<>":
         sizeof_hdr = int(np.frombuffer(header[:4], endian + "i4")[0]) if len(header) >= 4 else 0
         if sizeof_hdr == 348 and len(header) >= 348:
             dims = np.frombuffer(header[40:56], endian + "i2").astype(np.int64)
+            datatype = int(np.frombuffer(header[70:72], endian + "i2")[0])
             bitpix = int(np.frombuffer(header[72:74], endian + "i2")[0])
             vox_offset = int(np.frombuffer(header[108:112], endian + "f4")[0])
         elif sizeof_hdr == 540 and len(header) >= 540:
             dims = np.frombuffer(header[16:80], endian + "i8")
+            datatype = int(np.frombuffer(header[12:14], endian + "i2")[0])
             bitpix = int(np.frombuffer(header[14:16], endian + "i2")[0])
             vox_offset = int(np.frombuffer(header[168:176], endian + "i8")[0])
         else:
             continue
-        if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or vox_offset < 0:
             return None
-        return vox_offset + int(np.prod(np.maximum(dims[1:1 + dims[0]], 1))) * bitpix // 8
+        nbytes = int(np.prod(np.maximum(dims[1:1 + dims[0]], 1))) * bitpix // 8
+        code = _NIFTI_FLOAT_CODES.get(datatype)
+        return vox_offset, nbytes, np.dtype(endian + code) if code else None
     return None
+
+
+def _non_finite_error(what: str, path: Path, count: int) -> InputError:
+    return InputError(f"The {what} {path} contains {count} NaN or infinite voxel value{'s' if count != 1 else ''}.",
+                      "Fill or mask those voxels (e.g. with -1024 HU for air) and save it again.")
 
 
 def read_dicom_series(folder, series_uid: str | None = None, *, what: str = "volume") -> sitk.Image:
@@ -171,6 +210,7 @@ def read_dicom_series(folder, series_uid: str | None = None, *, what: str = "vol
         raise InputError(f"The folder {folder} holds no DICOM series with SeriesInstanceUID {series_uid}.",
                          f"Series found there: {', '.join(series_ids)}.")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    _check_slice_positions(files, folder, series_uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -181,6 +221,48 @@ def read_dicom_series(folder, series_uid: str | None = None, *, what: str = "vol
     if image.GetDimension() == 3 and len(files) == 1:
         _set_single_slice_thickness(image, files[0])
     return _checked_volume(image, folder, what)
+
+
+def _check_slice_positions(files, folder: Path, series_uid: str) -> None:
+    """Refuse a series whose slices do not stack evenly: missing slices, uneven spacing, two slices at one
+    position (mixed acquisitions) or mixed orientations. ITK would only warn and stack them as if even."""
+    if len(files) < 2:
+        return
+    positions, orientations = [], []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+            orientations.append([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+        except (RuntimeError, ValueError):
+            return  # no usable ImagePositionPatient/ImageOrientationPatient: nothing to check against
+    where = f"The DICOM series {series_uid} in {folder}"
+    hint = "Export the complete series again (every slice, one acquisition) into its own folder."
+    orientations = np.array(orientations)
+    if orientations.shape[1] != 6 or np.abs(orientations - orientations[0]).max() > 1e-3:
+        raise InputError(f"{where} mixes slices with different orientations.", hint)
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    depth = np.sort(np.array(positions) @ normal)
+    gaps = np.diff(depth)
+    if gaps.min() < 1e-3:
+        k = int(np.argmin(gaps))
+        raise InputError(f"{where} has two slices at the same position ({depth[k]:.2f} mm along the slice normal); "
+                         "it mixes several acquisitions.", hint)
+    step = float(gaps.min())
+    tolerance = max(0.05 * step, 0.01)
+    uneven = np.flatnonzero(gaps > step + tolerance)
+    if not uneven.size:
+        return
+    multiples = gaps[uneven] / step
+    first = int(uneven[0])
+    detail = f"the gap after slice {first + 1} (at {depth[first]:.2f} mm) is {gaps[first]:.2f} mm where the " \
+             f"slice spacing is {step:.2f} mm"
+    if np.all(np.abs(multiples - np.round(multiples)) * step <= tolerance):
+        missing = int(np.sum(np.round(multiples) - 1))
+        raise InputError(f"{where} is missing {missing} slice{'s' if missing != 1 else ''}: {detail}.", hint)
+    raise InputError(f"{where} has uneven slice spacing: {detail}.", hint)
 
 
 def dicom_series_ids(folder) -> tuple[str, ...]:
@@ -232,8 +314,7 @@ def _checked_volume(image: sitk.Image, path: Path, what: str) -> sitk.Image:
     if image.GetPixelID() in _FLOAT_PIXEL_IDS:
         bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
         if bad:
-            raise InputError(f"The {what} {path} contains {bad} NaN or infinite voxel values.",
-                             "Fill or mask those voxels (e.g. with -1024 HU for air) and save it again.")
+            raise _non_finite_error(what, path, bad)
     return image
 
 
@@ -303,7 +384,12 @@ def write_image(image: sitk.Image, path) -> Path:
         try:
             sitk.WriteImage(image, str(tmp_file), useCompression=True)
         except RuntimeError as exc:
-            raise InputError(f"Cannot write {path}.", f"SimpleITK: {_sitk_reason(exc)}") from None
+            raise write_failed(path, _sitk_reason(exc)) from None
+        if suffix in (".nii", ".nii.gz"):
+            # ITK's NIfTI writer only prints an error when the disk fills up and leaves a short file: check it.
+            problem = _scan_nifti(tmp_file, suffix).problem
+            if problem:
+                raise write_failed(path, f"{_free_space_text(path.parent)}; the file came out short: {problem}")
         # Detached formats (.mhd/.nhdr) also wrote a data file that the header names: move it first and the
         # header last, so a reader never sees a header without its data.
         for data_file in sorted(tmp_dir.iterdir()):
@@ -313,6 +399,20 @@ def write_image(image: sitk.Image, path) -> Path:
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
+
+
+def write_failed(path, reason: str) -> CTDiffusionError:
+    """The error for an output file that could not be written (disk full, quota, permissions): nothing is left."""
+    return CTDiffusionError(f"Could not write {path}: {reason}.",
+                            "Free disk space or choose another output folder, then run again; no partial file was "
+                            "left behind.")
+
+
+def _free_space_text(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free on its disk"
+    except OSError:
+        return "the disk may be full"
 
 
 def write_dicom_series(image: sitk.Image, folder) -> Path:

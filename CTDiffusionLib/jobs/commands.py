@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from CTDiffusionLib.runfolder import RunFolder
+
 PACKAGE = "CTDiffusionLib"
 #: Folder that holds the CTDiffusionLib package (in Slicer: the extension's qt-scripted-modules folder).
 LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])
@@ -225,6 +227,7 @@ class ChildCommand:
     argv: list[str]
     env: dict[str, str]
     events_file: str | None = None
+    stop_file: str | None = None  # writing it asks the engine to checkpoint and stop (see runfolder.STOP_REQUEST)
     cwd: str | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
@@ -235,11 +238,13 @@ def build_command(settings, in_slicer: bool | None = None, slicer_home: str | No
     """The full child command for one settings object (train / generate / evaluate / phantoms)."""
     args = settings.arguments()
     argv = [*python_launcher(in_slicer, slicer_home), "-m", PACKAGE, *args]
-    events_file = None
+    events_file = stop_file = None
     if isinstance(settings, (TrainSettings, GenerateSettings, EvaluateSettings)):
-        events_file = str(Path(settings.out) / "events.jsonl")
+        events_file = str(RunFolder(settings.out).events)
+    if isinstance(settings, TrainSettings):
+        stop_file = str(RunFolder(settings.out).stop_request)
     return ChildCommand(argv=argv, env=child_environment(base_env, library_parent), events_file=events_file,
-                        description=args[0])
+                        stop_file=stop_file, description=args[0])
 
 
 def device_choices(cuda_device_count: int = 0) -> list[tuple[str, str]]:
@@ -301,7 +306,5 @@ def can_resume(run_dir: str | os.PathLike | None) -> bool:
     """A run folder with its config and at least one checkpoint."""
     if not run_dir:
         return False
-    run = Path(run_dir)
-    checkpoints = run / "checkpoints"
-    return (run / "config.json").is_file() and checkpoints.is_dir() and any(
-        p.is_file() and not p.name.endswith(".tmp") for p in checkpoints.iterdir())
+    run = RunFolder(run_dir)
+    return run.is_run() and bool(run.list_checkpoints())  # temp files of an interrupted save do not count

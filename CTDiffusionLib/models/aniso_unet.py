@@ -13,14 +13,14 @@ Tensors are (batch, channel, z, y, x).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from CTDiffusionLib.models.attention import attend, split_heads
+from CTDiffusionLib.models.speed import SpeedSwitches
 
 
 def _kernel(kind: str) -> tuple[int, int, int]:
@@ -59,26 +59,23 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over all voxels of a (coarse) level; fused SDPA kernels unless `fused=False` (baseline)."""
+    """Self-attention over all voxels of a (coarse) level, run by fused SDPA kernels (models/attention.py)."""
 
-    def __init__(self, ch: int, head_dim: int, groups: int, fused: bool = True):
+    def __init__(self, ch: int, head_dim: int, groups: int):
         super().__init__()
         self.heads = max(1, ch // head_dim)
         self.norm = nn.GroupNorm(min(groups, ch), ch, eps=1e-6)
         self.qkv = nn.Conv3d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv3d(ch, ch, 1))
-        self.fused = fused
+        self.backend = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2).unbind(1)
-        if self.fused:
-            h = F.scaled_dot_product_attention(q, k, v)
-        else:  # plain attention, kept as the measured baseline
-            w = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
-            h = w @ v
-        h = h.transpose(-1, -2).reshape(b, c, *spatial)
-        return x + self.proj(h)
+        # (B, N, 3C) with channels last, so every head's q/k/v has stride 1 in the head dimension
+        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()
+        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))
+        h = attend(q, k, v, self.backend).transpose(1, 2).reshape(b, -1, c).transpose(1, 2)
+        return x + self.proj(h.reshape(b, c, *spatial))
 
 
 class Unit(nn.Module):
@@ -105,16 +102,22 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, ch: int, kind: str):
+    """Nearest-neighbour to the skip's size plus a conv; `conv_first` convolves on the coarse grid instead
+    (4x fewer FLOPs for an in-plane step, 8x for a 3D one; the res blocks that follow smooth the blocks)."""
+
+    def __init__(self, ch: int, kind: str, conv_first: bool = False):
         super().__init__()
         k = _kernel(kind)
         self.conv = nn.Conv3d(ch, ch, k, padding=_padding(k))
+        self.conv_first = conv_first
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if self.conv_first:
+            return F.interpolate(self.conv(x), size=tuple(size), mode="nearest")
         return self.conv(F.interpolate(x, size=tuple(size), mode="nearest"))
 
 
-class AnisotropicDiffusionUNet(nn.Module):
+class AnisotropicDiffusionUNet(SpeedSwitches, nn.Module):
     """Denoiser eps/v = f(x_t, t, class) with per-level kernel kinds and z strides (see module docstring)."""
 
     def __init__(
@@ -124,14 +127,13 @@ class AnisotropicDiffusionUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128),
         level_kinds: Sequence[str] = ("2d", "3d", "3d"),
         z_strides: Sequence[int] = (1, 2),
-        num_res_blocks: int = 2,
+        num_res_blocks: int | Sequence[int] = 2,
         attention_levels: Sequence[bool] = (False, False, True),
         head_dim: int = 32,
         norm_groups: int = 32,
         dropout: float = 0.0,
         num_class_embeds: int | None = None,
-        fused_attention: bool = True,
-        gradient_checkpointing: bool = False,
+        upsample_conv_first: bool = False,
     ):
         super().__init__()
         n = len(channels)
@@ -141,7 +143,9 @@ class AnisotropicDiffusionUNet(nn.Module):
         if any(k not in ("2d", "3d") for k in level_kinds) or any(s not in (1, 2) for s in z_strides):
             raise ValueError("level_kinds must be '2d'/'3d' and z_strides 1/2")
         self.channels = tuple(channels)
-        self.gradient_checkpointing = gradient_checkpointing
+        blocks_per_level = [num_res_blocks] * n if isinstance(num_res_blocks, int) else list(num_res_blocks)
+        if len(blocks_per_level) != n:
+            raise ValueError("num_res_blocks needs one entry per level (or one number for all)")
         temb_dim = 4 * channels[0]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.class_embedding = nn.Embedding(num_class_embeds, temb_dim) if num_class_embeds else None
@@ -150,14 +154,14 @@ class AnisotropicDiffusionUNet(nn.Module):
         self.conv_in = nn.Conv3d(in_channels, channels[0], k0, padding=_padding(k0))
 
         def attn(level: int, ch: int) -> nn.Module:
-            return AttentionBlock(ch, head_dim, norm_groups, fused_attention) if attention_levels[level] else None
+            return AttentionBlock(ch, head_dim, norm_groups) if attention_levels[level] else None
 
         self.down = nn.ModuleList()
         skip_channels = [channels[0]]
         ch = channels[0]
         for level in range(n):
             blocks = nn.ModuleList()
-            for _ in range(num_res_blocks):
+            for _ in range(blocks_per_level[level]):
                 res = ResBlock(ch, channels[level], temb_dim, level_kinds[level], norm_groups, dropout)
                 ch = channels[level]
                 blocks.append(Unit(res, attn(level, ch)))
@@ -175,26 +179,21 @@ class AnisotropicDiffusionUNet(nn.Module):
         self.up = nn.ModuleList()
         for level in reversed(range(n)):
             blocks = nn.ModuleList()
-            for _ in range(num_res_blocks + 1):
+            for _ in range(blocks_per_level[level] + 1):
                 res = ResBlock(ch + skip_channels.pop(), channels[level], temb_dim, level_kinds[level],
                                norm_groups, dropout)
                 ch = channels[level]
                 blocks.append(Unit(res, attn(level, ch)))
             if level > 0:
-                blocks.append(Upsample(ch, level_kinds[level - 1]))
+                blocks.append(Upsample(ch, level_kinds[level - 1], upsample_conv_first))
             self.up.append(blocks)
 
         self.norm_out = nn.GroupNorm(min(norm_groups, ch), ch, eps=1e-6)
         self.conv_out = _zero(nn.Conv3d(ch, out_channels, k0, padding=_padding(k0)))
 
-    def _run(self, block: nn.Module, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, temb, use_reentrant=False)
-        return block(x, temb)
-
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        temb = get_timestep_embedding(timesteps, self.channels[0]).to(dtype=x.dtype)
+        temb = self.timestep_features(timesteps, self.channels[0], x.dtype)
         temb = self.time_mlp(temb)
         if self.class_embedding is not None:
             if class_labels is None:
@@ -205,14 +204,14 @@ class AnisotropicDiffusionUNet(nn.Module):
         skips = [h]
         for blocks in self.down:
             for block in blocks:
-                h = self._run(block, h, temb)
+                h = self.run_block(block, h, temb)
                 skips.append(h)
         for block in self.mid:
-            h = self._run(block, h, temb)
+            h = self.run_block(block, h, temb)
         for blocks in self.up:
             for block in blocks:
                 if isinstance(block, Upsample):
                     h = block(h, skips[-1].shape[2:])
                 else:
-                    h = self._run(block, torch.cat([h, skips.pop()], dim=1), temb)
+                    h = self.run_block(block, torch.cat([h, skips.pop()], dim=1), temb)
         return self.conv_out(F.silu(self.norm_out(h)))

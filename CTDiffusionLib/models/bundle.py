@@ -11,6 +11,7 @@ The layout and the reading of model.json live in runfolder.py; this module adds 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.errors import CTDiffusionError, InputError
 from CTDiffusionLib.runfolder import BUNDLE_FORMAT, BUNDLE_META, BUNDLE_WEIGHTS, BundleFolder, atomic_write, \
     read_model_json, write_json
 
@@ -37,9 +38,26 @@ def save_bundle(folder: Path, state_dict: dict, meta: dict) -> Path:
     """Write weights then metadata, each atomically; metadata last so a reader never sees a half bundle."""
     bundle = BundleFolder(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    atomic_write(bundle.weights, lambda tmp: save_file(tensors, str(tmp)))
-    write_json(bundle.meta, {**meta, "format": BUNDLE_FORMAT, "weights": WEIGHTS, "sha256": sha256_of(bundle.weights)})
+    try:
+        atomic_write(bundle.weights, lambda tmp: save_file(tensors, str(tmp)))
+        write_json(bundle.meta, {**meta, "format": BUNDLE_FORMAT, "weights": WEIGHTS,
+                                 "sha256": sha256_of(bundle.weights)})
+    except (OSError, SafetensorError) as exc:  # disk full, quota, permissions; atomic_write left no temp file
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CTDiffusionError(f"Could not write the model bundle in {bundle.root} ({reason}).",
+                               "Free disk space, then run the same command with --resume: it rewrites the bundle "
+                               "from the last checkpoint.") from None
     return bundle.root
+
+
+def bundle_is_current(folder: Path, step: int) -> bool:
+    """True when the bundle in `folder` is complete (weights match model.json) and was written at `step`."""
+    bundle = BundleFolder(folder)
+    try:
+        meta = json.loads(bundle.meta.read_text(encoding="utf-8"))
+        return meta.get("training", {}).get("step") == step and sha256_of(bundle.weights) == meta.get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -59,12 +77,66 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
         state = load_file(str(weights), device="cpu")
     except SafetensorError as exc:
         raise InputError(f"{weights} is not a readable safetensors file ({exc}).", "Re-copy the bundle.") from None
-    vocab = ConditionVocabulary(meta.get("conditions"))
-    model = build_model(meta["model"], vocab.num_embeddings or None)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise InputError(f"The weights in {weights} do not fit the architecture in {META} ({first}).",
-                         "The bundle's files belong to different models: re-export it from its run folder.") from None
+    model = _model_fitting_weights(meta, state, folder / META, weights)
     return model.to(device).eval(), meta
+
+
+_EDITED_HINT = ("model.json was edited or comes from another model: restore it from the run folder it came from "
+                "(its model/ folder, or `train --resume` rewrites it).")
+
+
+def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Path) -> torch.nn.Module:
+    """Check model.json against itself, the presets and the weights; one sentence naming the field that is off."""
+    from CTDiffusionLib.models.conditioning import ConditionVocabulary
+    from CTDiffusionLib.models.factory import build_model
+    from CTDiffusionLib.presets import PRESETS
+    from CTDiffusionLib.profiles import PROFILES
+    from CTDiffusionLib.training.config import check_grid
+
+    def refuse(problem: str) -> InputError:
+        return InputError(f"{meta_file} does not fit its weights: {problem}.", _EDITED_HINT)
+
+    try:
+        profile, spec, mode, grid = meta["profile"], meta["model"], meta["data"]["mode"], list(meta["data"]["grid"])
+        in_ch, out_ch = spec["kwargs"]["in_channels"], spec["kwargs"]["out_channels"]
+    except (KeyError, TypeError) as exc:
+        raise refuse(f"the entry {exc} is missing or malformed") from None
+    if profile not in PROFILES:
+        raise refuse(f"profile {profile!r} is not one of {', '.join(PROFILES)}")
+    channels = PROFILES[profile].channels
+    if (in_ch, out_ch) != (channels, channels):
+        raise refuse(f"profile {profile} needs {channels} image channel(s) in and out, the network has "
+                     f"{in_ch} in and {out_ch} out")
+    spatial = 3 if spec.get("type") == "aniso_unet" else spec["kwargs"].get("spatial_dims")
+    if spatial != (2 if mode == "2d" else 3) or len(grid) != (2 if mode == "2d" else 3):
+        raise refuse(f"data mode {mode!r} with grid {grid} does not match a {spatial}D network")
+    preset = PRESETS.get(profile, {}).get(meta.get("preset"))
+    if preset is not None and json.loads(json.dumps(preset["model"])) != spec:
+        named = json.loads(json.dumps(preset["model"]))
+        ours, theirs = {"type": spec.get("type"), **spec["kwargs"]}, {"type": named["type"], **named["kwargs"]}
+        key = next(k for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k))
+        raise refuse(f"it names preset {meta['preset']!r} but describes a different network ({key} "
+                     f"{ours.get(key)} instead of {theirs.get(key)})")
+    try:
+        check_grid(grid, spec, mode)
+    except InputError as exc:
+        raise refuse(exc.message.rstrip(".")) from None
+    try:
+        vocab = ConditionVocabulary(meta.get("conditions"))
+        model = build_model(spec, vocab.num_embeddings or None)
+    except Exception as exc:  # any constructor complaint about the edited numbers
+        raise refuse(f"its network cannot be built ({type(exc).__name__}: {exc})") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = [k for k in expected if k in found and expected[k] != found[k]]
+    if missing or unexpected:
+        detail = f"{len(missing)} tensors missing from {weights.name}" + (f" (e.g. {missing[0]})" if missing else "")
+        detail += f", {len(unexpected)} unused" + (f" (e.g. {unexpected[0]})" if unexpected else "")
+        raise refuse(detail)
+    if wrong:
+        k = wrong[0]
+        raise refuse(f"{len(wrong)} tensors have other shapes, e.g. {k} is {'x'.join(map(str, found[k])) or 'scalar'} "
+                     f"in {weights.name} but {'x'.join(map(str, expected[k])) or 'scalar'} in the network it describes")
+    model.load_state_dict(state, strict=True)
+    return model

@@ -44,7 +44,7 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     cond_drop: float = 0.15
     channels_last: bool = True
-    fused_attention: bool = True
+    attention: str = "auto"  # models/attention.py: auto (fused SDPA) | flash | efficient | math | plain
 
     @classmethod
     def from_dict(cls, training: dict) -> TrainingConfig:
@@ -59,7 +59,8 @@ def parse_grid(text: str, mode: str) -> list[int]:
 
 def check_grid(grid: list[int], model_spec: dict, mode: str) -> None:
     """In-plane sizes must halve cleanly at every level, so the output grid is exactly the training grid."""
-    levels = len(model_spec["kwargs"]["channels"])
+    kwargs = model_spec["kwargs"]
+    levels = len(kwargs["block_out_channels"] if model_spec["type"] == "thesis_unet" else kwargs["channels"])
     factor = 2 ** (levels - 1)
     if any(g % factor for g in grid[:2]):
         raise InputError(f"Grid {'x'.join(map(str, grid))} does not divide by {factor} in-plane, which this "
@@ -83,7 +84,7 @@ def build_config(args, sources: list[str]) -> dict:
     training.setdefault("grad_checkpoint", False)
     training.update({
         "epochs": args.epochs, "steps": args.steps or training["steps"],
-        "amp": args.amp or "auto", "compile": bool(args.compile),
+        "amp": args.amp or training.get("amp", "auto"), "compile": bool(args.compile),
         "grad_checkpoint": bool(args.grad_checkpoint) or training["grad_checkpoint"],
         "weight_decay": 0.0, "grad_clip": 1.0, "keep_checkpoints": 2,
         "cond_drop": 0.15 if args.cond_drop is None else args.cond_drop,

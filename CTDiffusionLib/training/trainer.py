@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -19,31 +20,45 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset
+from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset, split_summary
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
+from CTDiffusionLib.data.preprocess import ORIENTATION
 from CTDiffusionLib.diffusion.loss import diffusion_loss
 from CTDiffusionLib.diffusion.schedulers import scheduler_config, training_scheduler
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
-from CTDiffusionLib.models.bundle import save_bundle
+from CTDiffusionLib.models.bundle import bundle_is_current, save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
+from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import INPUT, RunFolder, read_config, write_json
-from CTDiffusionLib.runtime import Distributed, autocast_dtype, init_distributed, resolve_device
+from CTDiffusionLib.runtime import (Distributed, autocast_dtype, init_distributed, resolve_device,
+                                    run_on_main_then_share, wait_for_main)
 from CTDiffusionLib.textformat import format_eta
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
 from CTDiffusionLib.training.config import TrainingConfig, build_config, total_steps
+from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, RunLock, checkpoint_logged, remove_temp_files,
+                                                   trim_events_after)
+from CTDiffusionLib.training.prefetch import Prefetcher
 
 log = logging.getLogger("ctdiffusion")
 VAL_SAMPLES_MAX = 64
+SYNC_EVERY = 10  # steps between host syncs (loss read-back, the DDP stop vote) when nothing else forces one
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, writes a checkpoint and exits with code 130."""
+    """Set by SIGINT/SIGTERM or by a stop-request file in the run folder; the loop finishes its step, writes a
+    checkpoint and exits with code 130. The file is the portable path: a GUI parent on Windows cannot always send
+    CTRL_BREAK, and a launcher between parent and trainer may swallow signals."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, request_file: Path | None = None):
+        self.signalled = False
+        self.request_file = request_file
         self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or (self.request_file is not None and self.request_file.exists())
 
     def install(self) -> None:
         # SIGBREAK: what CTRL_BREAK (the Slicer module's Stop on Windows) raises in Python
@@ -54,7 +69,7 @@ class StopFlag:
                 pass
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signalled = True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -73,7 +88,10 @@ def open_run_folder(out: Path, resume: bool) -> dict | None:
     if run.is_run():
         raise InputError(f"{out} already holds a training run.",
                          "Add --resume to continue it, or choose a new --out folder.")
-    if out.exists() and any(p.name != INPUT for p in out.iterdir()):  # input/: data the Slicer module exported
+    # input/: data the Slicer module exported; a run killed before its config.json was written leaves only the
+    # lock, events and cache behind, and a new run may start over them.
+    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, run.events.name, run.cache.name, run.stop_request.name)
+                            for p in out.iterdir()):
         raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
     return None
 
@@ -120,16 +138,6 @@ def condition_labels(vocab: ConditionVocabulary | None, data: PreparedData, indi
 
 
 # ---------------------------------------------------------------- trainer
-def runtime_model_spec(config: dict) -> dict:
-    """The network spec plus speed switches that do not change the weights (so the bundle stays the same)."""
-    spec = json.loads(json.dumps(config["model"]))
-    tr = config["training"]
-    if spec["type"] == "aniso_unet":
-        spec["kwargs"]["gradient_checkpointing"] = bool(tr.get("grad_checkpoint"))
-        spec["kwargs"]["fused_attention"] = bool(tr.get("fused_attention", True))
-    return spec
-
-
 def warmup_ema_update(decay: float):
     """EMA with warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates, so early weights fade out fast
     (a fixed 0.999 would still hold 61% of the step-1 weights at step 500, and previews/bundles use the EMA)."""
@@ -160,9 +168,9 @@ class Trainer:
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
         torch.manual_seed(self.seed)
-        self.model = build_model(runtime_model_spec(config), vocab.num_embeddings if vocab else None).to(device)
-        if device.type == "cuda" and tr.channels_last and config["data"]["mode"] == "3d":
-            self.model = self.model.to(memory_format=torch.channels_last_3d)  # cuDNN's faster NDHWC kernels
+        self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
+        apply_speed_settings(self.model, device, config["data"]["mode"], grad_checkpoint=tr.grad_checkpoint,
+                             attention=tr.attention, channels_last=tr.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=warmup_ema_update(tr.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
         from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -180,7 +188,8 @@ class Trainer:
                                                    else None)
         if tr.compile:
             self.forward = torch.compile(self.forward)
-        self.stop = StopFlag()
+        self.stop = StopFlag(RunFolder(run_dir).stop_request)
+        self.prefetch: Prefetcher | None = None  # set while fit() runs
 
     # -- state
     def state_dict(self) -> dict:
@@ -199,6 +208,7 @@ class Trainer:
         c = self.config
         return {"profile": self.profile.name, "preset": c["preset"], "model": c["model"], "diffusion": c["diffusion"],
                 "scheduler": scheduler_config(c["diffusion"]), "intensity": dict(c["intensity"]),
+                "orientation": ORIENTATION,
                 "data": {"grid": c["data"]["grid"], "mode": c["data"]["mode"]},
                 "geometry": self.data.geometry, "conditions": self.vocab.to_dict() if self.vocab else {},
                 "training": {"step": self.step, "total_steps": self.total}}
@@ -210,32 +220,42 @@ class Trainer:
         return path
 
     # -- one step
-    def _local(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        """This rank's slice of a global-batch tensor."""
-        if t is None or not self.dist.enabled:
-            return t
-        return t.chunk(self.dist.world_size)[self.dist.rank]
+    def _local_positions(self, batch_size: int) -> range:
+        """Which positions of the global batch this rank trains on (all of them without DDP)."""
+        per_rank = batch_size // self.dist.world_size
+        return range(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank)
 
-    def train_step(self) -> float:
+    def step_inputs(self, step: int) -> dict:
+        """This rank's (x0, noise, t, labels) of `step`, on the CPU: a pure function of (seed, step).
+
+        Each sample of the global batch draws its augmentation and noise from its own stream, keyed by its position
+        in the global batch, so a rank augments only its own slice and still gets exactly the values a single
+        process would (tests compare the two)."""
         tr = self.training
         bs = tr.batch_size
-        indices = step_batch_indices(self.train_idx, bs, self.seed, self.step, self.per_epoch)
-        rng = step_rng(self.seed, self.step, 1)
-        x0 = make_batch(self.data, indices, self.profile, self.config["data"]["augment"] or None, rng)
-        labels = condition_labels(self.vocab, self.data, indices, tr.cond_drop, rng)
-        g = torch.Generator("cpu").manual_seed(int(step_rng(self.seed, self.step, 2).integers(2**62)))
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (bs,), generator=g)
-        x0, noise, t, labels = (self._local(v) for v in (x0, noise, t, labels))
-        x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
-        labels = labels.to(self.device) if labels is not None else None
+        indices = step_batch_indices(self.train_idx, bs, self.seed, step, self.per_epoch)
+        local = self._local_positions(bs)
+        augment = self.config["data"]["augment"] or None
+        x0 = torch.cat([make_batch(self.data, [indices[k]], self.profile, augment, step_rng(self.seed, step, 100 + k))
+                        for k in local])
+        noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator("cpu").manual_seed(
+            int(step_rng(self.seed, step, 200 + k).integers(2**62)))) for k in local])
+        g = torch.Generator("cpu").manual_seed(int(step_rng(self.seed, step, 2).integers(2**62)))
+        t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (bs,), generator=g)[list(local)]
+        labels = condition_labels(self.vocab, self.data, indices, tr.cond_drop, step_rng(self.seed, step, 3))
+        batch = {"x0": x0, "noise": noise, "t": t, "labels": labels[list(local)] if labels is not None else None}
+        if self.device.type == "cuda":  # page-locked, so the copy to the GPU can overlap the step
+            batch = {k: v.pin_memory() if v is not None else None for k, v in batch.items()}
+        return batch
+
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step; returns the loss as a device tensor (no host sync: fit() reads it in bulk)."""
+        tr = self.training
+        batch = self.prefetch.get(self.step) if self.prefetch is not None else self.step_inputs(self.step)
+        x0, noise, t, labels = (v.to(self.device, non_blocking=True) if v is not None else None
+                                for v in (batch["x0"], batch["noise"], batch["t"], batch["labels"]))
         self.model.train()
         loss = diffusion_loss(self.forward, self.noise_schedule, x0, noise, t, labels, self.amp_dtype)
-        if not torch.isfinite(loss):
-            raise TrainingFailed(
-                f"The training loss became {loss.item()} at step {self.step + 1}; stopping instead of saving a "
-                "broken model.", "Lower --lr (e.g. by 10x) and --resume from the last checkpoint, or check the data "
-                "for extreme values.")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
@@ -243,7 +263,20 @@ class Trainer:
         self.lr_schedule.step()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return loss.item()
+        return loss.detach()
+
+    def check_losses(self, losses: list[torch.Tensor], first_step: int) -> list[float]:
+        """Losses of steps first_step+1.. as floats (one host sync); a non-finite one stops the run."""
+        if not losses:
+            return []
+        values = torch.stack(losses).float().cpu().tolist()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                raise TrainingFailed(
+                    f"The training loss became {value} at step {first_step + i + 1}; stopping instead of saving a "
+                    "broken model.", "Lower --lr (e.g. by 10x) and --resume from the last checkpoint, or check the "
+                    "data for extreme values.")
+        return values
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
@@ -281,8 +314,12 @@ class Trainer:
         self.events.emit("sample", path=str(paths[0]), png=str(png), step=self.step)
 
     def _stop_everywhere(self) -> bool:
+        """Whether any rank got SIGINT/SIGTERM. Under DDP that takes an all-reduce (a host sync), so the ranks ask
+        together every SYNC_EVERY steps rather than every step."""
         if not self.dist.enabled:
             return self.stop.requested
+        if self.step % SYNC_EVERY:
+            return False
         import torch.distributed as dist
 
         flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=self.device)
@@ -294,22 +331,33 @@ class Trainer:
         self.stop.install()
         main = self.dist.is_main
         t_start, step_start = time.time(), self.step
-        last_report, last_log, rate, loss_avg = 0.0, time.time(), None, None
+        last_report, last_log, rate, loss, loss_avg = 0.0, time.time(), None, None, None
+        pending, pending_from = [], self.step  # device-side losses not yet read back
+        window_t, window_step = time.time(), self.step
+        self.prefetch = Prefetcher(self.step_inputs)
         try:
             while self.step < self.total:
                 if self._stop_everywhere():
+                    self.check_losses(pending, pending_from)
                     if main:
                         self.save()
                     raise Interrupted(f"Training stopped at step {self.step}; a checkpoint was written.",
                                       "Run the same command with --resume to continue.")
-                t0 = time.time()
-                loss = self.train_step()
-                dt = time.time() - t0
-                rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
-                loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
+                pending.append(self.train_step())
                 epoch = self.step // self.per_epoch
                 end_of_epoch = self.step % self.per_epoch == 0
-                if main and (time.time() - last_report > 1.0 or self.step == self.total or end_of_epoch):
+                save_now = self.step % tr.checkpoint_every == 0 or self.step == self.total
+                report_now = main and (time.time() - last_report > 1.0 or self.step == self.total or end_of_epoch)
+                if report_now or save_now or self.step % SYNC_EVERY == 0:  # every rank checks at the same steps
+                    values = self.check_losses(pending, pending_from)
+                    for value in values:
+                        loss_avg = value if loss_avg is None else 0.9 * loss_avg + 0.1 * value
+                    loss, pending, pending_from = (values[-1] if values else loss), [], self.step
+                    now = time.time()
+                    if self.step > window_step:
+                        rate = (self.step - window_step) / max(now - window_t, 1e-9)
+                        window_t, window_step = now, self.step
+                if report_now:
                     last_report = time.time()
                     self.events.emit("progress", phase="train", step=self.step, total=self.total, epoch=epoch,
                                      loss=loss, loss_avg=loss_avg, lr=self.lr_schedule.get_last_lr()[0],
@@ -318,16 +366,21 @@ class Trainer:
                     last_log = time.time()
                     log.info("step %d/%d (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, self.total, epoch,
                              loss_avg, rate, format_eta((self.total - self.step) / max(rate, 1e-9)))
+                preview_now = bool(tr.sample_every) and self.step % tr.sample_every == 0
                 if end_of_epoch and main:
                     val = self.validation_loss()
                     if val is not None:
                         self.events.emit("progress", phase="validate", step=self.step, total=self.total,
                                          epoch=epoch, val_loss=val)
-                if main and (self.step % tr.checkpoint_every == 0 or self.step == self.total):
+                if main and save_now:
                     self.save()
-                if main and tr.sample_every and self.step % tr.sample_every == 0:
+                if main and preview_now:
                     self.preview()
+                if end_of_epoch or save_now or preview_now:  # same steps on every rank
+                    wait_for_main(self.dist)
         finally:
+            self.prefetch.close()
+            self.prefetch = None
             self.stop.restore()
         elapsed = time.time() - t_start
         return {"steps": self.step - step_start, "seconds": elapsed,
@@ -345,7 +398,17 @@ def train_from_args(args, events) -> int:
     out = Path(args.out)
     dist = init_distributed(args.device)
     if not dist.is_main:
+        return _train(args, events, out, dist)
+    with RunLock(out, create=not args.resume):  # one training per run folder; kill -9 releases it too
+        return _train(args, events, out, dist)
+
+
+def _train(args, events, out: Path, dist: Distributed) -> int:
+    if not dist.is_main:
         events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
+    elif out.is_dir():
+        remove_temp_files(out)  # half-written files of a run that was killed; we hold the folder's lock
+        RunFolder(out).stop_request.unlink(missing_ok=True)  # a request left by an earlier job is not for this one
     stored = open_run_folder(out, args.resume)
     _barrier(dist)  # every rank has checked --out before rank 0 creates anything in it
     if stored is None:
@@ -371,13 +434,16 @@ def train_from_args(args, events) -> int:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         events.set_log_path(run.events)
-    else:
-        _barrier(dist)  # rank 0 fills the preprocessing cache first; the other ranks then read it (no write race)
-    data = prepare_dataset(cases, config["profile"], config["data"], run.cache, config["training"]["seed"])
+    # rank 0 fills the preprocessing cache first, the other ranks then read it (no write race); if rank 0 fails,
+    # every rank ends with its error instead of waiting at a barrier
+    data = run_on_main_then_share(dist, lambda: prepare_dataset(cases, config["profile"], config["data"],
+                                                                run.cache, config["training"]["seed"]),
+                                  "Preprocessing the training data")
+    split_line, split_warnings = split_summary(data)  # refuses a split with nothing to train on
     if dist.is_main:
-        _barrier(dist)
-    if not data.sample_indices("train"):
-        raise InputError("No training samples were found after preprocessing.", "Check --data.")
+        log.info(split_line)
+        for warning in split_warnings:
+            log.warning(warning)
     trainer = Trainer(config, out, data, vocab, device, events, dist)
     resumed_from = None
     if args.resume:
@@ -385,17 +451,24 @@ def train_from_args(args, events) -> int:
         if latest:
             resumed_from, state = latest
             trainer.load_state_dict(state)
+        if dist.is_main:  # a crash (kill -9, full disk) may have left events past the checkpoint and a bundle
+            trim_events_after(run.events, trainer.step)  # newer or older than it: continue cleanly
+            if trainer.step and not bundle_is_current(run.model, trainer.step):
+                save_bundle(run.model, trainer.ema.module.state_dict(), trainer.bundle_meta())
+            if resumed_from and not checkpoint_logged(run.events, trainer.step):
+                events.emit("checkpoint", path=str(resumed_from), step=trainer.step, bundle=str(run.model))
     config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.total, trainer.per_epoch
     if dist.is_main:
         write_json(run.config, config)
         write_json(run.dataset, {**data.stats, "split": {
-            k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "geometry": data.geometry,
+            k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "split_summary": split_line,
+            "warnings": split_warnings, "geometry": data.geometry,
             "conditions": vocab.to_dict() if vocab else {}})
     events.emit("start", command="train", run_dir=str(out), profile=config["profile"], preset=config["preset"],
                 step=trainer.step, total=trainer.total, steps_per_epoch=trainer.per_epoch, device=str(device),
                 world_size=dist.world_size, parameters=count_parameters(trainer.model),
                 train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
-                resumed_from=str(resumed_from) if resumed_from else None)
+                resumed_from=str(resumed_from) if resumed_from else None, split=split_line, warnings=split_warnings)
     log.info("training %s/%s on %s: %d steps (%d per epoch), %d train / %d val samples, %.2fM parameters",
              config["profile"], config["preset"], device, trainer.total, trainer.per_epoch, len(trainer.train_idx),
              len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
