@@ -81,6 +81,14 @@ def _size(value: Sequence[int] | str | None) -> str | None:
     return "x".join(str(int(v)) for v in value)
 
 
+def _device_and_events(args: list[str], device: str | None, events: bool) -> list[str]:
+    """The tail every engine command shares: the device (auto unless chosen) and the JSON event stream."""
+    _opt(args, "--device", device or "auto")
+    if events:
+        args.append("--events")
+    return args
+
+
 def _opt(args: list[str], flag: str, value) -> None:
     """Append `flag value` unless the value is unset (None or empty)."""
     if value is None or value == "" or value == []:
@@ -150,12 +158,9 @@ class TrainSettings:
         _opt(args, "--checkpoint-every", self.checkpoint_every)
         _opt(args, "--sample-every", self.sample_every)
         _opt(args, "--seed", self.seed)
-        _opt(args, "--device", self.device or "auto")
         if self.resume:
             args.append("--resume")
-        if self.events:
-            args.append("--events")
-        return args
+        return _device_and_events(args, self.device, self.events)
 
 
 def format_condition(condition: Mapping[str, str] | str | None) -> str | None:
@@ -192,10 +197,7 @@ class GenerateSettings:
         if condition is not None:
             _opt(args, "--guidance-scale", None if self.guidance_scale is None else float(self.guidance_scale))
         _opt(args, "--batch-size", self.batch_size or None)
-        _opt(args, "--device", self.device or "auto")
-        if self.events:
-            args.append("--events")
-        return args
+        return _device_and_events(args, self.device, self.events)
 
 
 @dataclass
@@ -214,10 +216,7 @@ class EvaluateSettings:
         _opt(args, "--train", self.train)
         _opt(args, "--run", self.run)
         _opt(args, "--profile", self.profile)
-        _opt(args, "--device", self.device or "auto")
-        if self.events:
-            args.append("--events")
-        return args
+        return _device_and_events(args, self.device, self.events)
 
 
 @dataclass
