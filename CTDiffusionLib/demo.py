@@ -10,10 +10,10 @@ from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
 
-# per profile: phantom size (real spacing, small field of view), preset, grid, training steps, batch
+# per profile: phantom size (whole field of view, coarse pixels), preset, grid, training steps, batch
 DEMO = {
-    "prostate-ct": {"size": "96x96x26", "preset": "tiny", "grid": None, "steps": 600, "batch": 4, "train": 12,
-                    "heldout": 4},
+    "prostate-ct": {"size": "48x48x12", "preset": "demo", "grid": None, "steps": 650, "batch": 2, "train": 16,
+                    "heldout": 8},
     "cardiac-masks": {"size": "128x128x8", "preset": "tiny2d", "grid": "48x48", "steps": 300, "batch": 16,
                       "train": 15, "heldout": 5},
 }

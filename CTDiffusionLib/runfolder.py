@@ -9,6 +9,8 @@
       samples/         periodic preview volumes and PNGs
       input/           input data exported into the run (the Slicer module puts it there)
       cache/           preprocessed cases (.npz), reused by --resume and by later runs on the same data
+      stop-request     written by a parent (the Slicer module's Stop) to ask the trainer to checkpoint and exit;
+                       works where signals cannot reach the trainer (Windows GUI parents, launchers)
 
     BUNDLE_DIR/ (RUN_DIR/model, or a copy anywhere)
       model.safetensors   weights (never pickled)
@@ -41,6 +43,7 @@ MODEL = "model"
 SAMPLES = "samples"
 INPUT = "input"
 CACHE = "cache"
+STOP_REQUEST = "stop-request"
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
@@ -70,6 +73,7 @@ class RunFolder(_Folder):
     samples = property(lambda self: self.root / SAMPLES)
     input = property(lambda self: self.root / INPUT)
     cache = property(lambda self: self.root / CACHE)
+    stop_request = property(lambda self: self.root / STOP_REQUEST)
 
     @property
     def bundle(self) -> BundleFolder:

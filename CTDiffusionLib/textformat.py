@@ -36,3 +36,12 @@ def format_eta(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s} s"
+
+
+def format_number(value, digits: int = 3) -> str:
+    """A table cell: '-' for a missing value, floats to `digits` significant digits, anything else as text."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)

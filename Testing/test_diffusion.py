@@ -86,11 +86,12 @@ def test_bundle_keeps_its_scheduler_settings_when_the_code_defaults_change(monke
 
     today = schedulers.training_scheduler
     monkeypatch.setattr(schedulers, "training_scheduler", lambda c: DDPMScheduler.from_config(
-        today(c).config, clip_sample=False, timestep_spacing="leading", thresholding=True))  # a later code version
+        today(c).config, clip_sample=False, timestep_spacing="leading", thresholding=False))  # a later code version
     for meta in ({"diffusion": cfg, "scheduler": stored}, {"diffusion": cfg}):  # new bundle, then an old one
         base = schedulers.bundle_scheduler(meta)
         assert base.config.clip_sample is True and base.config.timestep_spacing == "trailing"
-        assert base.config.thresholding is False and base.config.prediction_type == "v_prediction"
+        # today's bundles store x0 thresholding (DPM-Solver++ clips like DDPM); bundles from before had none
+        assert base.config.thresholding is ("scheduler" in meta) and base.config.prediction_type == "v_prediction"
         ddim = sampler("ddim", cfg, 10, base=base)
         assert ddim.config.clip_sample is True and int(ddim.timesteps[0]) == 999  # trailing: starts at pure noise
     assert schedulers.bundle_scheduler({"diffusion": cfg, "scheduler": {**stored, "clip_sample": False}}

@@ -22,7 +22,7 @@ from CTDiffusionLib.data.phantoms import write_phantom_dataset
 from CTDiffusionLib.data.preprocess import ct_to_grid, masks_to_grid
 from CTDiffusionLib.evaluation import ct_realism, masks, novelty
 from CTDiffusionLib.evaluation.distances import frechet_distance, median_bandwidth, mmd2
-from CTDiffusionLib.evaluation.diversity import pairwise_similarity
+from CTDiffusionLib.evaluation.diversity import pair_values, within_set_matrix
 from CTDiffusionLib.evaluation.similarity import ForegroundDice, InPlaneMSSSIM, ms_ssim_scales
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,14 +144,14 @@ def test_ms_ssim_fits_26_slice_and_tiny_volumes(shape):
 def test_mode_collapse_shows_in_ms_ssim_and_dice(ct_data, mask_data):
     _, grid = ct_data
     sim = InPlaneMSSSIM(CT_GRID[1], CT_GRID[0])
-    real_div = pairwise_similarity(sim, sim.prepare(grid["real"])).mean()
-    collapsed_div = pairwise_similarity(sim, sim.prepare([grid["real"][0]] * 4)).mean()
+    real_div = pair_values(within_set_matrix(sim, grid["real"])).mean()
+    collapsed_div = pair_values(within_set_matrix(sim, [grid["real"][0]] * 4)).mean()
     assert collapsed_div == pytest.approx(1.0, abs=1e-5)
     assert collapsed_div > real_div + 0.02
     _, _, arrays = mask_data
     dice = ForegroundDice()
-    real_d = pairwise_similarity(dice, dice.prepare(arrays)).mean()
-    assert pairwise_similarity(dice, dice.prepare([arrays[0]] * 5)).mean() == pytest.approx(1.0)
+    real_d = pair_values(within_set_matrix(dice, arrays)).mean()
+    assert pair_values(within_set_matrix(dice, [arrays[0]] * 5)).mean() == pytest.approx(1.0)
     assert real_d < 0.95
 
 
@@ -170,14 +170,39 @@ def test_frechet_and_mmd_are_zero_for_identical_sets_and_grow_with_shift():
 
 
 def test_memorisation_threshold_and_flags():
-    heldout = np.array([0.80, 0.82, 0.85, 0.90])
-    thr = novelty.memorisation_threshold(heldout)
-    assert thr == pytest.approx(0.90)  # an observed held-out value, never below the closest held-out case
-    flags = novelty.flag(np.array([0.85, 0.90, 0.93, 1.0]), thr)
+    rng = np.random.default_rng(0)
+    heldout = 1.0 - np.exp(rng.normal(np.log(0.1), 0.3, size=40))  # new volumes: similarity ~0.9
+    fit = novelty.memorisation_threshold(heldout)
+    thr = fit["threshold"]
+    assert thr >= heldout.max()  # never below the closest genuinely new volume
+    assert fit["false_flag_chance"] == pytest.approx(novelty.FALSE_FLAG_RATE, rel=0.01) or thr == heldout.max()
+    flags = novelty.flag(np.array([0.85, thr, (thr + 1) / 2, 1.0]), thr)
     assert flags.tolist() == [False, False, True, True]
     assert novelty.flag(np.array([1.0]), 1.0).tolist() == [True]  # exact copies always flagged
-    assert novelty.gate_sentence("pass", [], 3, thr).startswith("PASS: no sample is closer to a training case")
-    assert novelty.gate_sentence("flagged", ["synthetic_0002"], 3, thr).startswith("FLAGGED:")
+    assert novelty.gate_sentence("pass", [], 3, thr, 0.001).startswith("PASS: no sample is a near-copy")
+    assert novelty.gate_sentence("flagged", ["synthetic_0002"], 3, thr, 0.001).startswith("FLAGGED:")
+
+
+def test_floor_interval_and_verdict_rule():
+    from CTDiffusionLib.evaluation import floors
+
+    null = list(np.linspace(0.0, 1.0, 1001))
+    lo, hi = floors.interval(null, 0.05, "two-sided")
+    assert lo == pytest.approx(0.025) and hi == pytest.approx(0.975)
+    assert floors.interval(null, 0.05, "upper") == pytest.approx((0.0, 0.95))
+    assert floors.verdict(0.99, (lo, hi), "upper") == "fail"
+    assert floors.verdict(0.01, (lo, hi), "upper") == "ok"
+    assert floors.verdict(0.01, (lo, hi), "two-sided") == "fail"
+    assert floors.verdict(None, (lo, hi), "upper") == "fail"  # cannot be computed (e.g. no body found)
+    summary = {"a": floors.judgement(0.5, null, "upper"), "b": floors.judgement(2.0, null, "two-sided")}
+    floors.finalise(summary)
+    assert summary["a"]["verdict"] == "ok" and summary["b"]["verdict"] == "fail"
+    assert summary["a"]["interval_level"] == pytest.approx(1 - 0.05 / 2)  # family-wise over both metrics
+    assert summary["a"]["interval_95"] == pytest.approx([0.025, 0.975])
+    split = floors.make_split(12, 5, 10, seed=0)  # more generated than the pool allows: subsampled at equal n
+    assert (split.n_gen, split.n_ref) == (5, 5) and len(split.gen_draws) == floors.DRAWS
+    for a, b in split.null:
+        assert len(a) == 5 and len(b) == 5 and not set(a) & set(b)
 
 
 # ------------------------------------------------------------------------------------------ mask plausibility
@@ -256,11 +281,12 @@ def test_masks_pipeline_identical_sets_and_per_condition(tmp_path, mask_data):
     s = m["summary"]
     assert m["profile"] == "cardiac-masks" and m["mode"] == "3d"
     assert s["plausibility_pass_rate"]["generated"] == s["plausibility_pass_rate"]["real_floor"] == 1.0
-    assert s["dice_diversity"]["generated"] == pytest.approx(s["dice_diversity"]["real_floor"])
+    assert s["dice_diversity"]["generated"] == pytest.approx(s["dice_diversity"]["real_value"])
     for key in ("lv_volume_w1", "rv_volume_w1", "myo_volume_w1", "frechet_distance", "mmd"):
         assert s[key]["generated"] == pytest.approx(0.0, abs=1e-6), key
         assert s[key]["real_floor"] > 0, key
     assert m["memorisation"]["status"] == "pass"
+    assert m["verdict"] == "ok", {k: v for k, v in m["verdicts"].items() if v == "fail"}  # the real set itself
     assert "self-trained" in m["feature_network"]
     # per-condition breakdown: one row per (group, phase) that the sidecars carry
     keys = {",".join(f"{k}={v}" for k, v in sorted(c.conditions.items())) for c in cases}

@@ -173,3 +173,35 @@ def test_stop_scenario_of_the_self_test_through_the_launcher(tmp_path, monkeypat
     result = run_stop_scenario(tmp_path / "work", in_slicer=True, slicer_home=str(home), log=lambda m: None)
     assert result["runner"].argv[0] == str(home / "bin" / "PythonSlicer")
     assert result["checkpoint"]["step"] >= result["stopped_at"] > 0
+
+
+def test_stop_reaches_the_trainer_when_no_signal_can(tmp_path, monkeypatch):
+    """Windows: a GUI parent may be unable to send CTRL_BREAK. With every stop signal lost, Stop still makes the
+    trainer checkpoint at the step where it stopped and exit 130, through the run folder's stop-request file; a
+    request left over from an earlier job does not stop the next one."""
+    from CTDiffusionLib.jobs import runner as runner_module
+    from CTDiffusionLib.runfolder import RunFolder
+
+    data = tmp_path / "phantoms"
+    phantoms = JobRunner.from_command(build_command(
+        PhantomSettings("prostate-ct", 3, str(data), seed=1, size=(48, 48, 12)), in_slicer=False)).start()
+    assert phantoms.wait(timeout=120) and phantoms.succeeded, phantoms.error_message()
+    run = tmp_path / "run"
+    run.mkdir()
+    RunFolder(run).stop_request.write_text("left by an earlier job\n")
+    monkeypatch.setattr(runner_module, "send_stop_request", lambda pid, group=None: None)  # signals never arrive
+
+    settings = TrainSettings("prostate-ct", [str(data)], str(run), preset="tiny", steps=5000, batch_size=2,
+                             device="cpu", checkpoint_every=100000, sample_every=0)
+    runner = JobRunner.from_command(build_command(settings, in_slicer=False), grace_s=600).start()
+    _poll_until(runner, lambda ev: sum(e["event"] == "progress" and e.get("phase") == "train" for e in ev) >= 2,
+                timeout=300)
+    assert runner.is_running  # the stale request was cleared, not obeyed
+    worker, before = runner.worker_pid, _last_step(runner)
+    runner.cancel()
+    _poll_until(runner, lambda ev: not runner.is_running, timeout=300)  # well inside the 600 s kill deadline
+    assert runner.stopped and runner.exit_code == EXIT_INTERRUPTED, runner.log_tail[-10:]
+    checkpoint = [e for e in runner.events if e["event"] == "checkpoint"][-1]
+    assert checkpoint["step"] >= before > 0
+    assert RunFolder(run).checkpoint(checkpoint["step"]).is_file()
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE

@@ -230,7 +230,9 @@ def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
         cmd = resume if (run / "config.json").exists() else new_run
         before = _last_checkpoint_step(run)
         if after_step is not None:
-            after_step = rng.randrange(before + 1, before + 4)  # leaves >= 6 of the 18 steps for the next kill
+            # past the next checkpoint step, so every kill leaves one more complete checkpoint behind (three kills
+            # before the first checkpoint would leave nothing to resume from); leaves >= 2 of the 18 steps
+            after_step = rng.randrange(before + every, before + every + 3)
         code, start = _run_child_until_killed(cmd, after_step, when)
         assert code == -signal.SIGKILL, f"kill {k + 1} (seed {seed}) came too late: exit {code}"
         if start is not None:  # it continued from the newest checkpoint there was

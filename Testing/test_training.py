@@ -36,7 +36,7 @@ def test_resume_continues_exactly(ct_phantoms, tmp_path, monkeypatch):
     def stop_after_three(self):
         loss = original(self)
         if self.step == 3:
-            self.stop.requested = True  # what SIGINT/SIGTERM do
+            self.stop.signalled = True  # what SIGINT/SIGTERM do
         return loss
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", stop_after_three)

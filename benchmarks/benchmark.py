@@ -56,6 +56,7 @@ from CTDiffusionLib.generation import decode, model_input_shape  # noqa: E402
 from CTDiffusionLib.models.factory import build_model, count_parameters  # noqa: E402
 from CTDiffusionLib.presets import PRESETS  # noqa: E402
 from CTDiffusionLib.runtime import resolve_device  # noqa: E402
+from CTDiffusionLib.textformat import format_number  # noqa: E402
 from CTDiffusionLib.training.config import build_config  # noqa: E402
 from CTDiffusionLib.training.trainer import Trainer, load_cases  # noqa: E402
 
@@ -590,12 +591,7 @@ def section_quality(ctx: dict) -> dict:
 
 
 # ---------------------------------------------------------------- report
-def fmt(v, digits=3):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
+fmt = format_number
 
 
 def print_tables(res: dict) -> None:

@@ -10,13 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-def fmt(value, digits=3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
+from CTDiffusionLib.textformat import format_number  # noqa: E402 (standard library only)
+
+fmt = format_number
 
 
 def render(res: dict) -> str:

@@ -31,6 +31,10 @@ def training_scheduler(cfg: dict) -> DDPMScheduler:
         beta_schedule=BETA_SCHEDULES[cfg["beta_schedule"]],
         prediction_type=PREDICTIONS[cfg["prediction"]],
         clip_sample=True,  # data live in [-1, 1]: clipping x0 estimates keeps DDPM sampling in range
+        # DPM-Solver++ has no clip_sample; diffusers' thresholding with sample_max_value 1 clamps its quantile to 1,
+        # i.e. clips x0 to [-1, 1] too. Set here, it is stored in the bundle and every sampler inherits it.
+        thresholding=True,
+        sample_max_value=1.0,
         timestep_spacing="trailing",  # few-step samplers then start at t = T-1 (pure noise), as trained
     )
 
@@ -58,6 +62,7 @@ def sampler(name: str, cfg: dict, steps: int | None = None, base: DDPMScheduler 
     elif name == "ddim":
         sched = DDIMScheduler.from_config(base.config)
     elif name == "dpm++":
+        # inherits thresholding (x0 clipped to [-1, 1]) from the training scheduler; legacy bundles keep theirs
         sched = DPMSolverMultistepScheduler.from_config(base.config, algorithm_type="dpmsolver++", solver_order=2)
     else:
         raise InputError(f"Unknown sampler {name!r}.", "Use ddpm, ddim or dpm++.")

@@ -23,7 +23,8 @@ def _mean(values):
     return float(np.mean(v)) if v else None
 
 
-def per_condition(gen_samples, real_samples, S, F, per_sample, *, is_ct, similarity, prep, bandwidth, device) -> dict:
+def per_condition(gen_samples, real_samples, S, F, per_sample, *, profile, similarity, prep, bandwidth,
+                  device) -> dict:
     from CTDiffusionLib.evaluation.distances import frechet_distance, mmd2
 
     groups = {}
@@ -35,7 +36,7 @@ def per_condition(gen_samples, real_samples, S, F, per_sample, *, is_ct, similar
         ri = [j for j, r in enumerate(real_samples) if _matches(r.condition, cond)]
         row = {"condition": cond, "n_generated": len(gi), "n_real": len(ri),
                "memorised": [per_sample[i]["name"] for i in gi if per_sample[i].get("memorised")]}
-        if is_ct:
+        if not profile.is_label_map:
             from CTDiffusionLib.evaluation.ct_realism import histogram_w1
 
             for prop in ("noise_hf_share", "tissue_contrast_hu"):

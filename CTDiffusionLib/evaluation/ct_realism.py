@@ -1,7 +1,8 @@
 """CT realism statistics: HU histogram inside the body, tissue contrast, noise, texture.
 
-All are computed per volume on the common grid; the pipeline compares generated with real (held-out) and
-real-vs-real (held-out vs train) so every number comes with the floor it should be judged against.
+All are computed per volume on the common grid. This is the prostate-ct profile's evaluation module
+(Profile.evaluation): `sample_stats`, `set_metrics`, `sample_row` and `set_summary` are what the pipeline calls;
+the pipeline judges every set metric against real-vs-real floors (floors.py).
 """
 
 from __future__ import annotations
@@ -124,21 +125,66 @@ def ct_properties(vol: np.ndarray, mask: np.ndarray) -> dict:
     return props
 
 
-class CTSetStats:
-    """Everything per set that the comparisons need, computed once."""
+# ------------------------------------------------------------------ the profile's evaluation interface
+FOUND = {"key": "body_found_rate", "what": "a body (CT above -400 HU, at least 0.5% of the voxels, not constant)",
+         "missing": "No body found", "empty": "all air"}
+DIVERSITY_KEY = "ms_ssim_diversity"
+NO_BODY_SHARE = 0.005  # a body smaller than 0.5% of the volume (or a constant volume) is "no body found"
+SET_PROPERTIES = {"tissue_contrast_hu": "tissue contrast: HU standard deviation of body voxels in -200..300 HU",
+                  "noise_hf_share": f"noise: share of in-plane power above {HF_CUTOFF} cycles/pixel",
+                  "glcm_contrast": "GLCM texture contrast (16 levels of -200..300 HU, in-plane neighbours)",
+                  "glcm_homogeneity": "GLCM texture homogeneity"}
 
-    def __init__(self, vols: list):
-        self.masks = [body_mask(v) for v in vols]
-        self.hist = hu_histogram(vols, self.masks)
-        self.props = [ct_properties(v, m) for v, m in zip(vols, self.masks)]
-        spectra = [radial_spectrum(v) for v in vols]
-        self.freqs = spectra[0][0]
-        self.spectrum = np.mean([s[1] for s in spectra], axis=0)
 
-    def values(self, prop: str) -> np.ndarray:
-        return np.array([p[prop] for p in self.props], dtype=float)
+def sample_stats(vol: np.ndarray) -> dict:
+    """Everything the set metrics and figures need from one volume, computed once."""
+    mask = body_mask(vol)
+    freqs, power = radial_spectrum(vol)
+    found = not (mask.mean() < NO_BODY_SHARE or float(vol.std()) < 1.0)
+    if not found:
+        mask = np.zeros_like(mask)
+    return {"props": ct_properties(vol, mask), "hist": hu_histogram([vol], [mask]), "freqs": freqs,
+            "spectrum": power, "found": found}
 
-    def mean(self, prop: str) -> float:
-        v = self.values(prop)
-        v = v[np.isfinite(v)]
-        return float(v.mean()) if v.size else float("nan")
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def set_metrics(gen_stats: list, real_stats: list, distance, value) -> dict:
+    """Summary entries: `distance(fn)` judges a two-set distance fn(a, b), `value(fn, sided)` a one-set value;
+    each returns the judgement fields, to which the description is added here."""
+    def w1(a, b):
+        return histogram_w1(sum(s["hist"] for s in a), sum(s["hist"] for s in b))
+
+    out = {"hu_histogram_w1": {**distance(w1), "better": "lower",
+                               "description": "Wasserstein-1 distance (HU) between body HU histograms, generated vs "
+                                              "real"}}
+    for prop, text in SET_PROPERTIES.items():
+        def mean(items, p=prop):
+            return _mean([s["props"][p] for s in items])
+
+        def gap(a, b, mean=mean):
+            ma, mb = mean(a), mean(b)
+            return abs(ma - mb) if None not in (ma, mb) else None
+
+        out[f"{prop}_gap"] = {**distance(gap), "better": "lower",
+                              "description": f"|mean generated - mean real| of the {text}",
+                              "generated_value": mean(gen_stats), "real_value": mean(real_stats)}
+    return out
+
+
+def sample_row(stats: dict) -> dict:
+    return dict(stats["props"])
+
+
+def set_summary(stats_by_set: dict) -> dict:
+    """metrics.json extras: mean/std/n of every per-volume property per set."""
+    def summ(values):
+        v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+        return {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None,
+                "n": int(v.size)}
+
+    return {"ct_properties": {k: {p: summ([st["props"][p] for st in v]) for p in CT_PROPERTIES}
+                              for k, v in stats_by_set.items() if v}}

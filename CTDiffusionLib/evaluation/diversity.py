@@ -1,26 +1,28 @@
 """Diversity: how alike the samples of one set are to each other.
 
-Mode collapse shows as generated-generated similarity far above real-real similarity. Pairs are all i<j pairs,
-or a seeded random subset of them when there are more than `max_pairs` (cost grows with n^2).
+The full matrix of pairwise similarities of a set is computed once; a subset's diversity is the mean over its
+pairs (the floors draw many subsets of the real pool, so they are table look-ups). Cost grows with n^2 similarity
+evaluations: 378 MS-SSIMs for 28 real cases.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_MAX_PAIRS = 300
 
-
-def within_set_pairs(n: int, max_pairs: int | None, seed: int) -> list:
+def within_set_matrix(similarity, arrays: list, device: str = "cpu") -> np.ndarray:
+    """Symmetric (n, n) pairwise similarities of one set, NaN on the diagonal."""
+    n = len(arrays)
+    prep = similarity.prepare(arrays)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    limit = max_pairs or DEFAULT_MAX_PAIRS
-    if len(pairs) > limit:
-        keep = np.random.default_rng(seed).choice(len(pairs), size=limit, replace=False)
-        pairs = [pairs[k] for k in sorted(keep)]
-    return pairs
+    vals = similarity.pairs(prep, prep, pairs, device)
+    m = np.full((n, n), np.nan)
+    for (i, j), v in zip(pairs, vals):
+        m[i, j] = m[j, i] = v
+    return m
 
 
-def pairwise_similarity(similarity, prepared, *, max_pairs=None, seed=0, device="cpu") -> np.ndarray:
-    """Similarities of distinct pairs inside one prepared set (empty when the set has fewer than 2 samples)."""
-    pairs = within_set_pairs(prepared.shape[0], max_pairs, seed)
-    return similarity.pairs(prepared, prepared, pairs, device)
+def pair_values(matrix: np.ndarray, index=None) -> np.ndarray:
+    """The i<j entries among `index` (all rows when None)."""
+    sub = matrix if index is None else matrix[np.ix_(index, index)]
+    return sub[np.triu_indices(sub.shape[0], 1)]

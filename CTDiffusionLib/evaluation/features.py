@@ -58,17 +58,18 @@ class ConvAutoencoder(nn.Module):
         return torch.cat([h.mean(-1), h.std(-1)], dim=1)
 
 
-def to_feature_input(arrays: list, profile: str) -> torch.Tensor:
-    """(N, C, Zf, 64, 64) float tensor on the feature grid."""
+def to_feature_input(arrays: list, profile) -> torch.Tensor:
+    """(N, C, Zf, 32, 32) float tensor on the feature grid; `profile` is a Profile or its name."""
+    from CTDiffusionLib.profiles import get_profile
+
+    profile = get_profile(profile)
     z = arrays[0].shape[0]
     size = (min(z, FEATURE_MAX_Z), FEATURE_INPLANE, FEATURE_INPLANE)
-    if profile == "cardiac-masks":
+    if profile.is_label_map:
         x = torch.from_numpy(np.stack([a.astype(np.int64) for a in arrays]))
-        x = torch.nn.functional.one_hot(x, 4).movedim(-1, 1).float()
+        x = torch.nn.functional.one_hot(x, profile.channels).movedim(-1, 1).float()
     else:
-        from CTDiffusionLib.evaluation.similarity import CT_WINDOW
-
-        lo, hi = CT_WINDOW
+        lo, hi = profile.comparison_window.range
         x = torch.from_numpy(np.stack([np.clip((a - lo) / (hi - lo), 0, 1) for a in arrays]).astype(np.float32))[:, None]
     return torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
@@ -96,11 +97,12 @@ def train_autoencoder(x: torch.Tensor, *, steps: int, seed: int, device: str) ->
     return net
 
 
-def save_weights(net: ConvAutoencoder, path: Path, profile: str) -> None:
+def save_weights(net: ConvAutoencoder, path: Path, profile_name: str) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={"architecture": "CTDiffusion evaluation ConvAutoencoder", "profile": profile})
+    save_file(state, str(path), metadata={"architecture": "CTDiffusion evaluation ConvAutoencoder",
+                                                  "profile": profile_name})
 
 
 def load_weights(path, in_channels: int, flat_z: bool, device: str) -> ConvAutoencoder:
@@ -131,9 +133,13 @@ def extract(net: ConvAutoencoder, x: torch.Tensor, device: str, batch: int = 16)
         return torch.cat([net.features(x[k:k + batch].to(device)).cpu() for k in range(0, x.shape[0], batch)]).double().numpy()
 
 
-def build_feature_space(fit_arrays: list, profile: str, *, weights=None, steps=None, seed=0, device="cpu",
+def build_feature_space(fit_arrays: list, profile, *, weights=None, steps=None, seed=0, device="cpu",
                         save_to: Path | None = None, fit_name: str = "training set"):
-    """Returns (feature function arrays -> (N, 32) features, description of the network used)."""
+    """Returns (feature function arrays -> (N, 64) features, description of the network used); `profile` is a
+    Profile or its name."""
+    from CTDiffusionLib.profiles import get_profile
+
+    profile = get_profile(profile)
     fit_x = to_feature_input(fit_arrays, profile)
     flat_z = fit_x.shape[2] == 1
     if weights:
@@ -148,7 +154,7 @@ def build_feature_space(fit_arrays: list, profile: str, *, weights=None, steps=N
                 f"Adam steps on the {fit_name} ({len(fit_arrays)} samples), seed {seed}, final reconstruction MSE "
                 f"{net.final_loss:.4g}")
         if save_to is not None:
-            save_weights(net, save_to, profile)
+            save_weights(net, save_to, profile.name)
 
     # z-score with the fit set's statistics: one fixed linear map per report, so Fréchet/MMD are in units of
     # the real feature spread rather than of arbitrary activation scales

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-CT_DISPLAY_WINDOW = (-160.0, 240.0)  # soft-tissue window (W400/L40), the same for real and generated
-MASK_COLORS = ["#000000", "#3c78d8", "#6aa84f", "#cc0000"]  # bg, RV, MYO, LV
 SET_COLORS = {"generated": "#d95f02", "real": "#1b9e77", "train": "#7570b3"}
 DPI = 80
 
@@ -30,16 +28,22 @@ def _save(fig, out: Path, name: str) -> str:
     return f"figures/{name}"
 
 
-def montage(out, real, generated, is_ct: bool, n: int = 6) -> str:
-    """Mid slices, real on top, generated below, one fixed window (CT) or fixed label colours (masks)."""
+def montage(out, real, generated, profile, n: int = 6) -> str:
+    """Mid slices, real on top, generated below, the profile's display window or its label colours."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
 
     rows = [("real", real[:n]), ("generated", generated[:n])]
     cols = max(len(r[1]) for r in rows)
     fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.2), squeeze=False)
-    kw = ({"cmap": "gray", "vmin": CT_DISPLAY_WINDOW[0], "vmax": CT_DISPLAY_WINDOW[1]} if is_ct
-          else {"cmap": ListedColormap(MASK_COLORS), "vmin": 0, "vmax": 3, "interpolation": "nearest"})
+    if profile.is_label_map:
+        kw = {"cmap": ListedColormap(profile.label_colors()), "vmin": 0, "vmax": len(profile.classes) - 1,
+              "interpolation": "nearest"}
+        suffix = ", ".join(f"{c.name} {c.hex_color}" for c in profile.foreground_classes)
+    else:
+        lo, hi = profile.display_window.range
+        kw = {"cmap": "gray", "vmin": lo, "vmax": hi}
+        suffix = f"window {lo:.0f}..{hi:.0f} HU"
     for r, (label, samples) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -48,7 +52,6 @@ def montage(out, real, generated, is_ct: bool, n: int = 6) -> str:
                 arr = samples[c].array
                 ax.imshow(arr[arr.shape[0] // 2], **kw)
                 ax.set_title(f"{label}\n{samples[c].name}", fontsize=7)
-    suffix = f"window {CT_DISPLAY_WINDOW[0]:.0f}..{CT_DISPLAY_WINDOW[1]:.0f} HU" if is_ct else "RV blue, MYO green, LV red"
     fig.suptitle(f"Mid slices ({suffix})", fontsize=9)
     return _save(fig, out, "montage.png")
 
@@ -190,11 +193,10 @@ def loss_curves(out, run_dir) -> str | None:
 def make_all(out, gen, real_s, train_s, S, metrics, div, run_dir=None) -> list:
     """Every figure for this profile; returns relative paths in report order."""
     out = Path(out)
-    is_ct = gen.profile == "prostate-ct"
     names = {"gen": "generated", "real": "real", "train": "train"}
     present = {k: v for k, v in S.items() if v}
-    figs = [montage(out, real_s, gen.samples, is_ct)]
-    if is_ct:
+    figs = [montage(out, real_s, gen.samples, gen.profile)]
+    if not gen.profile.is_label_map:
         from CTDiffusionLib.evaluation.ct_realism import HF_CUTOFF
 
         figs.append(hu_histograms(out, {names[k]: sum(st["hist"] for st in v) for k, v in present.items()}))

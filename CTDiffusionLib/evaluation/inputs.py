@@ -1,8 +1,8 @@
 """Inputs of the evaluation: generated samples (+ sidecars), real and training cases, all on one grid.
 
 Generated volumes define the grid (they are what the model produces); real/train cases are brought to it with the
-project's discovery and preprocessing (CTDiffusionLib.data). Every array here is (z, y, x): float32 HU for CT, uint8 labels for masks
-(2D-slice masks are (1, y, x)).
+project's discovery and preprocessing (CTDiffusionLib.data). Every array here is (z, y, x): float32 HU for
+intensity profiles, uint8 labels for label-map profiles (2D-slice masks are (1, y, x)).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import SimpleITK as sitk
 
 from CTDiffusionLib.data.volume_io import image_suffix, read_image, strip_image_suffix
 from CTDiffusionLib.errors import InputError
-
-PROFILES = ("prostate-ct", "cardiac-masks")
+from CTDiffusionLib.profiles import PROFILES, Profile, get_profile
 
 
 @dataclass
@@ -31,7 +30,7 @@ class Sample:
 @dataclass
 class GeneratedSet:
     samples: list
-    profile: str
+    profile: Profile
     mode: str  # "3d" or "2d"
     spacing: tuple  # (x, y, z) mm of the generated volumes
 
@@ -53,7 +52,41 @@ def _volume_files(folder: Path) -> list:
 
 
 def _looks_like_labels(arr: np.ndarray) -> bool:
-    return np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 3
+    """A label map of some kind: whole non-negative values, few distinct ones. CT in HU has negative air values and
+    hundreds of levels, so a label map with a stray label 4 is still recognised as masks (and refused by name)."""
+    if arr.size == 0 or arr.min() < 0:
+        return False
+    if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
+        return False
+    return np.unique(arr).size <= 16
+
+
+def _check_labels(raw: np.ndarray, path: Path, profile: Profile) -> None:
+    """Mask labels are checked on the values as stored, before any cast (a cast to uint8 would turn 2.6 into 2)."""
+    top = len(profile.classes) - 1
+    legend = ", ".join(f"{c.value} {c.name}" for c in profile.classes)
+    if not np.array_equal(raw, np.round(raw)):
+        bad = raw[raw != np.round(raw)]
+        raise InputError(f"Generated mask {path} holds fractional labels (e.g. {float(bad.flat[0]):g}); labels must be "
+                         f"whole numbers 0..{top}.",
+                         f"Write label maps ({legend}), not probabilities or interpolated masks.")
+    lo, hi = float(raw.min()), float(raw.max())
+    if lo < 0 or hi > top:
+        intensity = [p.name for p in PROFILES.values() if not p.is_label_map]
+        raise InputError(f"Generated mask {path} has labels {lo:g}..{hi:g}, outside 0..{top} ({legend}).",
+                         "Fix that file" + (f", or pass --profile {intensity[0]} if these are intensity volumes."
+                                            if intensity else "."))
+
+
+def _infer_profile(samples: list, folder: Path) -> Profile:
+    """No --profile and no sidecars: label maps belong to the label-map profile, anything else to the intensity
+    profile; refused when that is ambiguous (several profiles of the kind)."""
+    labels = all(_looks_like_labels(s.array) for s in samples)
+    fits = [p for p in PROFILES.values() if p.is_label_map == labels]
+    if len(fits) != 1:
+        raise InputError(f"The profile of the generated volumes in {folder} cannot be told from the data.",
+                         f"Pass --profile ({', '.join(PROFILES)}).")
+    return fits[0]
 
 
 def load_generated(folder, profile: str | None = None) -> GeneratedSet:
@@ -63,10 +96,10 @@ def load_generated(folder, profile: str | None = None) -> GeneratedSet:
     if not files:
         raise InputError(f"--generated {folder} contains no volumes (.nii.gz, .nii, .nrrd, .mha).",
                          "Point --generated at a folder written by `ctdiffusion generate` (synthetic_0001.nii.gz, ...).")
-    samples, spacing, sidecar_profiles, modes = [], None, set(), set()
+    samples, paths, spacings, sidecar_profiles, modes = [], [], set(), set(), set()
     for f in files:
         img = read_image(f, what="generated volume")
-        spacing = spacing or tuple(float(s) for s in img.GetSpacing())
+        spacings.add(tuple(round(float(s), 4) for s in img.GetSpacing()))
         sidecar = {}
         side = f.with_name(Path(strip_image_suffix(f)).name + ".json")
         if side.exists():
@@ -81,26 +114,32 @@ def load_generated(folder, profile: str | None = None) -> GeneratedSet:
         cond = sidecar.get("condition") or None
         samples.append(Sample(Path(strip_image_suffix(f)).name, sitk.GetArrayFromImage(img), cond if isinstance(cond, dict) else None,
                               {k: sidecar.get(k) for k in ("seed", "sampler", "steps", "guidance_scale") if k in sidecar}))
+        paths.append(f)
     shapes = {s.array.shape for s in samples}
     if len(shapes) > 1:
         raise InputError(f"Generated volumes in {folder} have different sizes {sorted(shapes)}.",
+                         "Evaluate the output of one `ctdiffusion generate` run at a time.")
+    if len(spacings) > 1:
+        raise InputError(f"Generated volumes in {folder} have different voxel spacings {sorted(spacings)}.",
                          "Evaluate the output of one `ctdiffusion generate` run at a time.")
     if len(sidecar_profiles) > 1:
         raise InputError(f"Generated sidecars in {folder} mix profiles {sorted(sidecar_profiles)}.",
                          "Evaluate one profile at a time.")
     profile = profile or (sidecar_profiles.pop() if sidecar_profiles else None)
-    if profile is None:  # no sidecars: label maps 0..3 are masks, anything else is CT
-        profile = "cardiac-masks" if all(_looks_like_labels(s.array) for s in samples) else "prostate-ct"
-    if profile not in PROFILES:
-        raise InputError(f"Unknown profile {profile!r} in the sidecars of {folder}.", f"Pass --profile {PROFILES[0]} "
-                         f"or --profile {PROFILES[1]}.")
-    for s in samples:
-        s.array = s.array.astype(np.uint8) if profile == "cardiac-masks" else s.array.astype(np.float32)
-    if profile == "cardiac-masks" and not all(s.array.max() <= 3 for s in samples):
-        raise InputError(f"Generated volumes in {folder} are not label maps 0..3 but the profile is cardiac-masks.",
-                         "Pass --profile prostate-ct, or point --generated at generated masks.")
+    if profile is None:
+        profile = _infer_profile(samples, folder)
+    elif not isinstance(profile, Profile) and profile not in PROFILES:
+        raise InputError(f"Unknown profile {profile!r} in the sidecars of {folder}.",
+                         f"Pass --profile ({', '.join(PROFILES)}).")
+    profile = get_profile(profile)
+    for s, path in zip(samples, paths):
+        if profile.is_label_map:
+            _check_labels(s.array, path, profile)
+            s.array = s.array.astype(np.uint8)
+        else:
+            s.array = s.array.astype(np.float32)
     mode = modes.pop() if len(modes) == 1 else ("2d" if samples[0].array.shape[0] == 1 else "3d")
-    return GeneratedSet(samples, profile, mode, spacing)
+    return GeneratedSet(samples, profile, mode, tuple(spacings.pop()))
 
 
 # --------------------------------------------------------------------------------------------- real / train
@@ -139,15 +178,17 @@ def load_cases(folder, gen: GeneratedSet, flag: str, paths: list | None = None) 
     for case in cases:
         cond = dict(case.conditions) or None
         img = read_case(case, gen.profile)
-        if gen.profile == "prostate-ct":
-            samples.append(Sample(case.case_id, np.asarray(ct_to_grid(img, gen.grid_xyz), np.float32), cond))
+        if not gen.profile.is_label_map:
+            extent = [float(n * sp) for n, sp in zip(img.GetSize(), img.GetSpacing())]
+            samples.append(Sample(case.case_id, np.asarray(ct_to_grid(img, gen.grid_xyz), np.float32), cond,
+                                  {"extent_mm": extent, "spacing": [float(x) for x in img.GetSpacing()]}))
         elif gen.mode == "2d":
             slices = masks_to_grid(img, gen.grid_xyz[:2], "2d")
             samples += [Sample(f"{case.case_id}_s{k:02d}", s[None].astype(np.uint8), cond) for k, s in enumerate(slices)]
         else:
             samples += [Sample(case.case_id, a.astype(np.uint8), cond) for a in masks_to_grid(img, gen.grid_xyz, "3d")]
     if not samples:
-        raise InputError(f"{flag} {folder} gave no usable cases for the {gen.profile} profile (no heart labels?).",
+        raise InputError(f"{flag} {folder} gave no usable cases for the {gen.profile.name} profile (no labels?).",
                          "Check that the folder holds data of the same kind as the generated volumes.")
     return samples
 
@@ -165,3 +206,25 @@ def load_reference_sets(real, train, gen: GeneratedSet) -> tuple:
         real_s = load_cases(real, gen, "--real")
     train_s = load_cases(require_folder(train, "--train"), gen, "--train") if train else None
     return real_s, train_s
+
+
+FOV_TOLERANCE = 0.15  # relative difference in field of view (per axis) that is worth a warning
+
+
+def geometry_warnings(gen: GeneratedSet, reference: list, flag: str) -> list:
+    """Sentences for real/train cases whose field of view differs from the generated volumes' (intensity images
+    only: label maps are cropped around the structures, so their field of view is the crop's). Everything is
+    compared on the generated grid, so a different field of view means anatomy at a different scale."""
+    if gen.profile.is_label_map:
+        return []
+    gen_extent = np.array(gen.grid_xyz, float) * np.array(gen.spacing, float)
+    off = [s for s in reference if s.meta.get("extent_mm") is not None
+           and np.any(np.abs(np.array(s.meta["extent_mm"]) / gen_extent - 1.0) > FOV_TOLERANCE)]
+    if not off:
+        return []
+    ext = off[0].meta["extent_mm"]
+    return [f"{len(off)} of {len(reference)} {flag} cases (e.g. {off[0].name}: "
+            f"{ext[0]:.0f} x {ext[1]:.0f} x {ext[2]:.0f} mm) cover a field of view more than "
+            f"{FOV_TOLERANCE:.0%} different from the generated volumes ({gen_extent[0]:.0f} x {gen_extent[1]:.0f} x "
+            f"{gen_extent[2]:.0f} mm); on the common grid their anatomy has a different scale, which moves every "
+            "metric. Compare sets with the same field of view (generate with --reference, or crop the real data)."]

@@ -1,5 +1,8 @@
 """Anatomical plausibility of cardiac label maps (0 bg, 1 RV, 2 MYO, 3 LV) and structure volumes.
 
+This is the cardiac-masks profile's evaluation module (Profile.evaluation): `sample_stats`, `set_metrics`,
+`sample_row` and `set_summary` are what the pipeline calls.
+
 Each check answers True (pass), False (fail) or None (not applicable, e.g. an apical 2D slice without RV). A
 sample passes when every applicable check passes. Adjacency is tested in-plane only: through-plane contact at the
 apex or base (LV above background) is normal anatomy with 5-10 mm slices.
@@ -89,3 +92,66 @@ def pass_rates(all_checks: list) -> dict:
 def structure_volumes(labels: np.ndarray) -> dict:
     """Voxel counts per structure on the common grid (comparable between real and generated: same grid)."""
     return {name: int((labels == v).sum()) for name, v in STRUCTURES.items()}
+
+
+# ------------------------------------------------------------------ the profile's evaluation interface
+FOUND = {"key": "structure_found_rate", "what": "any heart structure (label 1..3)",
+         "missing": "No heart structure found", "empty": "all background"}
+DIVERSITY_KEY = "dice_diversity"
+
+
+def sample_stats(labels: np.ndarray) -> dict:
+    checks = plausibility_checks(labels)
+    return {"checks": checks, "plausible": passes(checks), "volumes": structure_volumes(labels),
+            "found": bool((labels > 0).any())}
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def set_metrics(gen_stats: list, real_stats: list, distance, value) -> dict:
+    """Summary entries: `distance(fn)` judges a two-set distance fn(a, b), `value(fn, sided)` a one-set value."""
+    from scipy.stats import wasserstein_distance
+
+    def rate(name):
+        def fn(items):
+            return pass_rates([s["checks"] for s in items])[name] if items else None
+        return fn
+
+    out = {"plausibility_pass_rate": {**value(rate("all"), "lower"), "better": "higher",
+                                      "description": "share of samples passing every applicable anatomical check",
+                                      "real_value": rate("all")(real_stats)}}
+    for name, text in CHECKS.items():
+        out[f"check_{name}"] = {**value(rate(name), "lower"), "better": "higher", "description": f"pass rate: {text}",
+                                "real_value": rate(name)(real_stats)}
+    for struct in STRUCTURES:
+        def volumes(items, st=struct):
+            return [s["volumes"][st] for s in items]
+
+        def w1(a, b, volumes=volumes):
+            return wasserstein_distance(volumes(a), volumes(b))
+
+        out[f"{struct.lower()}_volume_w1"] = {
+            **distance(w1), "better": "lower",
+            "description": f"Wasserstein-1 distance between {struct} volume distributions (voxels on the common grid)",
+            "generated_value": _mean(volumes(gen_stats)), "real_value": _mean(volumes(real_stats))}
+    return out
+
+
+def sample_row(stats: dict) -> dict:
+    return {"plausible": stats["plausible"], "checks": stats["checks"], "volumes": stats["volumes"]}
+
+
+def set_summary(stats_by_set: dict) -> dict:
+    """metrics.json extras: pass rates and structure volume statistics per set."""
+    def summ(values):
+        v = np.asarray(values, float)
+        return {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None,
+                "n": int(v.size)}
+
+    present = {k: v for k, v in stats_by_set.items() if v}
+    return {"mask_pass_rates": {k: pass_rates([st["checks"] for st in v]) for k, v in present.items()},
+            "mask_volumes": {k: {n: summ([st["volumes"][n] for st in v]) for n in STRUCTURES}
+                             for k, v in present.items()}}

@@ -1,9 +1,11 @@
-"""Orchestration: load -> per-sample statistics -> set comparisons (each with its real-vs-real floor) ->
-diversity -> memorisation gate -> feature distances -> per-condition breakdown -> figures -> metrics.json + report.
+"""Orchestration: load -> per-sample statistics -> set metrics judged against real-vs-real floors -> diversity ->
+near-copy check -> feature distances -> per-condition breakdown -> figures -> metrics.json + report.
 
-The floor: every set distance is computed twice, generated vs real (held-out) and train vs real (held-out), so the
-reader sees how far apart two genuine samples of real data already are. Without --train the floor is the distance
-between two halves of the real set (seeded split), which is noisier and is said so in the report.
+Floors (floors.py): the real pool is the held-out cases plus the training cases (all genuine data). Every set
+metric is computed for generated vs held-out and for many random disjoint splits of the pool at the same sample
+counts; the 95% interval of those splits is the floor, and a metric fails only outside it. The real-side work
+(statistics, pairwise similarities, near-copy null, feature networks) depends only on the real data and the grid,
+so a caller evaluating several generated sets can pass `reference_cache={}` to do it once.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.evaluation import floors
 
 STAGES = ("load", "realism", "diversity", "novelty", "features", "figures", "report")
+FEATURE_SEEDS = 3  # self-trained feature networks per report; Fréchet/MMD are reported over all of them
 
 
 def resolve_device(device: str) -> str:
@@ -47,14 +52,10 @@ class _Progress:
 
 
 def _finite(x) -> float | None:
+    if x is None:
+        return None
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def _entry(generated, floor, better, description, **extra) -> dict:
-    return {"generated": _finite(generated) if generated is not None else None,
-            "real_floor": _finite(floor) if floor is not None else None,
-            "better": better, "description": description, **extra}
 
 
 def _stats(values) -> dict:
@@ -62,105 +63,268 @@ def _stats(values) -> dict:
     return {"mean": _finite(v.mean()) if v.size else None, "std": _finite(v.std()) if v.size else None, "n": int(v.size)}
 
 
-# ---------------------------------------------------------------------------------------- per-sample statistics
+def _entry(judgement: dict, better: str, description: str, **extra) -> dict:
+    return {**judgement, "better": better, "description": description, **extra}
 
 
-def _ct_sample_stats(arr):
-    from CTDiffusionLib.evaluation import ct_realism as ct
-
-    mask = ct.body_mask(arr)
-    freqs, power = ct.radial_spectrum(arr)
-    hist = ct.hu_histogram([arr], [mask])
-    return {"props": ct.ct_properties(arr, mask), "hist": hist, "freqs": freqs, "spectrum": power}
+def _mean_finite(values) -> float | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None
 
 
-def _mask_sample_stats(arr):
-    from CTDiffusionLib.evaluation import masks
-
-    checks = masks.plausibility_checks(arr)
-    return {"checks": checks, "plausible": masks.passes(checks), "volumes": masks.structure_volumes(arr)}
+# ------------------------------------------------------------------------------------------- inputs & reference
 
 
-# ------------------------------------------------------------------------------------------- set comparisons
+@dataclass
+class Reference:
+    """Everything that depends only on the real data (and the grid): computed once per report, or once per
+    reference_cache key when several generated sets are evaluated against the same real data."""
+
+    real: list
+    train: list | None
+    stats: dict  # "real" / "train" -> per-sample statistics
+    pool_similarity: np.ndarray  # pairwise similarity within real + train (NaN diagonal)
+    copy_null: dict | None = None  # near-copy null: {"heldout": (idx, sim), "loo": [...], "threshold": {...}}
+    features: list = field(default_factory=list)  # per feature seed: (featurize, description, pool features)
+
+    @property
+    def pool(self) -> list:
+        return self.real + (self.train or [])
+
+    @property
+    def pool_stats(self) -> list:
+        return self.stats["real"] + self.stats["train"]
 
 
-def _ct_set_metrics(S: dict, G: list, R: list, FA: list | None, FB: list | None) -> dict:
-    """S: per-sample stats by set name; G/R/FA/FB: index lists into ('gen'|'real'|'train', i) pairs."""
-    from CTDiffusionLib.evaluation import ct_realism as ct
+def _load_inputs(real, generated, train, profile):
+    from CTDiffusionLib.evaluation.inputs import geometry_warnings, load_generated, load_reference_sets
 
-    def hist(ix):
-        return sum(S[s][i]["hist"] for s, i in ix)
-
-    def mean(ix, prop):
-        return _stats([S[s][i]["props"][prop] for s, i in ix])["mean"]
-
-    have_floor = bool(FA) and bool(FB)
-    out = {"hu_histogram_w1": _entry(
-        ct.histogram_w1(hist(G), hist(R)), ct.histogram_w1(hist(FA), hist(FB)) if have_floor else None, "lower",
-        "Wasserstein-1 distance (HU) between body HU histograms, generated vs real")}
-    labels = {"tissue_contrast_hu": "tissue contrast: HU standard deviation of body voxels in -200..300 HU",
-              "noise_hf_share": f"noise: share of in-plane power above {ct.HF_CUTOFF} cycles/pixel",
-              "glcm_contrast": "GLCM texture contrast (16 levels of -200..300 HU, in-plane neighbours)",
-              "glcm_homogeneity": "GLCM texture homogeneity"}
-    for prop, text in labels.items():
-        g, r = mean(G, prop), mean(R, prop)
-        floor = abs(mean(FA, prop) - mean(FB, prop)) if have_floor and None not in (mean(FA, prop), mean(FB, prop)) else None
-        out[f"{prop}_gap"] = _entry(abs(g - r) if None not in (g, r) else None, floor, "lower",
-                                    f"|mean generated - mean real| of the {text}", generated_value=g, real_value=r)
-    return out
+    gen = load_generated(generated, profile)
+    real_s, train_s = load_reference_sets(real, train, gen)
+    n_pool = len(real_s) + len(train_s or [])
+    if n_pool < floors.MIN_POOL or len(real_s) < 2:
+        raise InputError(f"Only {len(real_s)} held-out real and {len(train_s or [])} training cases were found; the "
+                         f"real-vs-real floors need at least 2 held-out and {floors.MIN_POOL} real cases in all.",
+                         "Give more held-out cases with --real, and the training data with --train.")
+    warnings = geometry_warnings(gen, real_s, "--real")
+    if train_s:
+        warnings += geometry_warnings(gen, train_s, "--train")
+    return gen, real_s, train_s, warnings
 
 
-def _mask_set_metrics(S, G, R, FA, FB) -> dict:
-    from scipy.stats import wasserstein_distance
+def _analyse_reference(gen, real_s, train_s, sim, *, device, seed, feature_weights, feature_steps, out,
+                       run_config) -> Reference:
+    from CTDiffusionLib.evaluation.diversity import within_set_matrix
 
-    from CTDiffusionLib.evaluation import masks
-
-    def rates(ix):
-        return masks.pass_rates([S[s][i]["checks"] for s, i in ix])
-
-    gr, rr = rates(G), rates(R)
-    out = {"plausibility_pass_rate": _entry(gr["all"], rr["all"], "higher",
-                                            "share of samples passing every applicable anatomical check "
-                                            "(real_floor: the real set's own pass rate)")}
-    for name, text in masks.CHECKS.items():
-        out[f"check_{name}"] = _entry(gr[name], rr[name], "higher", f"pass rate: {text}")
-    have_floor = bool(FA) and bool(FB)
-    for struct in masks.STRUCTURES:
-        def vols(ix, st=struct):
-            return [S[s][i]["volumes"][st] for s, i in ix]
-
-        out[f"{struct.lower()}_volume_w1"] = _entry(
-            wasserstein_distance(vols(G), vols(R)),
-            wasserstein_distance(vols(FA), vols(FB)) if have_floor else None, "lower",
-            f"Wasserstein-1 distance between {struct} volume distributions (voxels on the common grid)",
-            generated_value=_stats(vols(G))["mean"], real_value=_stats(vols(R))["mean"])
-    return out
+    measures = gen.profile.evaluation_module()
+    stats = {"real": [measures.sample_stats(s.array) for s in real_s],
+             "train": [measures.sample_stats(s.array) for s in train_s or []]}
+    pool = real_s + (train_s or [])
+    ref = Reference(real_s, train_s, stats, within_set_matrix(sim, [s.array for s in pool], device))
+    if train_s:
+        ref.copy_null = _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed)
+    ref.features = _feature_spaces(gen, pool, feature_weights=feature_weights, steps=feature_steps, seed=seed,
+                                   device=device, out=out)
+    return ref
 
 
-def _feature_metrics(F: dict, G, R, FA, FB) -> dict:
+def _search(gen, sim, run_config):
+    from CTDiffusionLib.evaluation import novelty
+
+    space = novelty.augmentation_space(gen.profile.name, run_config)
+    return novelty.AlignedSearch(sim, space, is_label=gen.profile.is_label_map), space
+
+
+def _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed) -> dict:
+    """Aligned nearest-training similarity of genuinely new volumes: held-out cases, and training cases left out."""
+    from CTDiffusionLib.evaluation import novelty
+
+    search, space = _search(gen, sim, run_config)
+    train_arrays = [s.array for s in train_s]
+    if len(real_s) > novelty.MAX_HELDOUT:
+        keep = np.random.default_rng(seed).choice(len(real_s), novelty.MAX_HELDOUT, replace=False)
+        real_s = [real_s[i] for i in sorted(keep)]
+    h_idx, h_sim = novelty.nearest(search.matrix([s.array for s in real_s], train_arrays, device))
+    loo = []
+    if len(train_s) >= 2:
+        k = min(len(train_s), novelty.MAX_LEAVE_ONE_OUT)
+        loo_m = search.matrix(train_arrays[:k], train_arrays, device, skip_diagonal=True)
+        l_idx, l_sim = novelty.nearest(loo_m)
+        loo = [{"name": train_s[i].name, "nearest_train": train_s[int(j)].name, "similarity": float(v)}
+               for i, (j, v) in enumerate(zip(l_idx, l_sim))]
+    null = list(h_sim) + [r["similarity"] for r in loo]
+    return {"heldout": [{"name": real_s[i].name, "nearest_train": train_s[int(j)].name, "similarity": float(v)}
+                        for i, (j, v) in enumerate(zip(h_idx, h_sim))],
+            "leave_one_out": loo, "threshold": novelty.memorisation_threshold(null), "space": space}
+
+
+def _feature_spaces(gen, pool, *, feature_weights, steps, seed, device, out) -> list:
+    """Feature networks fitted on real data only (held-out + training); several seeds unless weights are given."""
+    from CTDiffusionLib.evaluation.features import build_feature_space
+
+    arrays = [s.array for s in pool]
+    seeds = [seed] if feature_weights else [seed + k for k in range(FEATURE_SEEDS)]
+    spaces = []
+    for k, s in enumerate(seeds):
+        featurize, desc = build_feature_space(
+            arrays, gen.profile, weights=feature_weights, steps=steps, seed=s, device=device,
+            save_to=None if (feature_weights or k) else Path(out) / "feature_net.safetensors",
+            fit_name="real cases (held-out + training)")
+        spaces.append((featurize, desc, featurize(arrays)))
+    return spaces
+
+
+def _reference(cache, key, build):
+    if cache is None:
+        return build()
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+# ------------------------------------------------------------------------------------------- set metrics
+
+
+def _distance(fn, gen_stats: list, ref: Reference, split) -> dict:
+    """A distance between two sets of per-sample statistics, judged against real-vs-real splits (fails above)."""
+    return floors.judged(floors.PairStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), split, "upper")
+
+
+def _value(fn, gen_stats: list, ref: Reference, split, sided: str) -> dict:
+    """A value of one set (a rate, a mean), judged against the values sets of real cases reach."""
+    return floors.judged(floors.ValueStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), split, sided)
+
+
+def _set_metrics(measures, gen_stats: list, ref: Reference, split) -> dict:
+    """The profile's own set metrics (ct_realism / masks), each judged against its real-vs-real floor."""
+    def distance(fn):
+        return _distance(fn, gen_stats, ref, split)
+
+    def value(fn, sided):
+        return _value(fn, gen_stats, ref, split, sided)
+
+    return measures.set_metrics(gen_stats, ref.stats["real"], distance, value)
+
+
+def _found_metric(measures, gen_stats: list, ref: Reference, split) -> dict:
+    """Share of samples with something in them: an empty or constant volume is a failure, not a '-'."""
+    def share(items):
+        return float(np.mean([s["found"] for s in items])) if items else None
+
+    found = measures.FOUND
+    return {found["key"]: _entry(_value(share, gen_stats, ref, split, "lower"), "higher",
+                                 f"share of samples in which {found['what']} is found",
+                                 real_value=share(ref.stats["real"]))}
+
+
+def _diversity(gen, ref: Reference, sim, split, device, key: str) -> tuple:
+    """Two-sided: mean pairwise similarity among generated samples against what sets of real cases show.
+    Too high is mode collapse, too low is noise or broken anatomy."""
+    from CTDiffusionLib.evaluation.diversity import pair_values, within_set_matrix
+
+    matrices = {"gen": within_set_matrix(sim, [s.array for s in gen.samples], device), "pool": ref.pool_similarity}
+    n_real = len(ref.real)
+
+    def mean_pairs(items):  # items: (matrix name, index) of one set
+        vals = pair_values(matrices[items[0][0]], [i for _, i in items]) if items else []
+        return float(np.mean(vals)) if len(vals) else None
+
+    pool_items = [("pool", k) for k in range(len(ref.pool))]
+    stat = floors.ValueStat(mean_pairs, [("gen", i) for i in range(len(gen.samples))], pool_items[:n_real], pool_items)
+    entry = _entry(floors.judged(stat, split, "two-sided"), "within",
+                   f"mean pairwise {sim.description} among generated samples against sets of real cases; above the "
+                   "interval is mode collapse, below it noise or broken anatomy", real_value=stat.real_value)
+    div = {"gen": pair_values(matrices["gen"]), "real": pair_values(ref.pool_similarity, list(range(n_real)))}
+    return {key: entry}, div
+
+
+def _memorisation(gen, ref: Reference, sim, device, run_config, seed) -> tuple:
+    """Near-copies of training cases (aligned search) with the threshold from real-vs-real."""
+    from CTDiffusionLib.evaluation import novelty
+
+    per_sample = [{"name": s.name, "condition": s.condition, **s.meta} for s in gen.samples]
+    memo = {"similarity": sim.description, "threshold": None, "false_flag_chance": None, "flagged": [],
+            "heldout_nearest": [], "near_copies": []}
+    summary = {}
+    if ref.copy_null is None:
+        memo["status"] = "not_checked"
+        for row in per_sample:
+            row.update(nearest_train=None, nearest_similarity=None, memorised=False)
+        memo["gate"] = novelty.gate_sentence("not_checked", [], len(gen.samples), None)
+        return memo, per_sample, summary
+    null = ref.copy_null
+    search, space = _search(gen, sim, run_config)
+    g_idx, g_sim = novelty.nearest(search.matrix([s.array for s in gen.samples], [s.array for s in ref.train], device))
+    thr = null["threshold"]
+    flags = novelty.flag(g_sim, thr["threshold"])
+    for row, j, v, f in zip(per_sample, g_idx, g_sim, flags):
+        row.update(nearest_train=ref.train[int(j)].name, nearest_similarity=float(v), memorised=bool(f))
+    near = [{"sample": r["name"], "train": r["nearest_train"], "similarity": r["nearest_similarity"]}
+            for r in per_sample if r["memorised"]]
+    memo.update(threshold=thr["threshold"], false_flag_chance=thr["false_flag_chance"], threshold_fit=thr["fit"],
+                n_null=thr["n_null"], invariant_to=novelty.describe_space(space), flagged=[n["sample"] for n in near],
+                near_copies=near, heldout_nearest=null["heldout"], train_leave_one_out_nearest=null["leave_one_out"],
+                status="flagged" if near else "pass")
+    memo["gate"] = novelty.gate_sentence(memo["status"], memo["flagged"], len(gen.samples), thr["threshold"],
+                                         thr["false_flag_chance"], memo["invariant_to"])
+
+    from scipy.stats import binom
+
+    chance = thr["false_flag_chance"] or 0.0
+    n = len(gen.samples)
+    bounds = (0.0, float(binom.ppf(1 - floors.FAMILY_ALPHA / 2, n, chance)) / n)
+    summary["memorised_fraction"] = _entry(
+        {"generated": float(flags.mean()), "real_floor": chance, "interval": list(bounds), "sided": "upper",
+         "verdict": floors.verdict(float(flags.mean()), bounds, "upper")},
+        "lower", "share of samples that are near-copies of a training case (floor: the chance a genuinely new "
+        "volume is flagged; interval: how many of this many new volumes chance alone would flag, 95%)")
+    null_vals = [r["similarity"] for r in null["heldout"]] + [r["similarity"] for r in null["leave_one_out"]]
+    n_held = len(null["heldout"])
+    nt_split = floors.make_split(len(g_sim), n_held, len(null_vals), seed)
+    stat = floors.ValueStat(lambda v: float(np.median(v)) if len(v) else None, [float(v) for v in g_sim],
+                            null_vals[:n_held], null_vals)
+    summary["nearest_train_similarity"] = _entry(
+        floors.judged(stat, nt_split, "two-sided"), "within",
+        f"median aligned nearest-training-case similarity ({sim.name}); above the interval: too close to the "
+        "training set, below it: unlike any training case (noise, broken anatomy)", real_value=stat.real_value)
+    return memo, per_sample, summary
+
+
+def _feature_metrics(gen, ref: Reference, split) -> tuple:
+    """Fréchet distance and MMD at equal sample counts, for every feature network (seed): the null draws of all
+    networks are pooled into one interval, the generated value is the median over networks, and the per-network
+    values are kept to show the spread."""
     from CTDiffusionLib.evaluation.distances import frechet_distance, median_bandwidth, mmd2
 
-    def feats(ix):
-        return np.stack([F[s][i] for s, i in ix]) if ix else np.zeros((0, 1))
+    n_real = len(ref.real)
+    gen_feats = [featurize([s.array for s in gen.samples]) for featurize, _, _ in ref.features]
+    bandwidths = [median_bandwidth(pool_f[:n_real]) for _, _, pool_f in ref.features]
+    out = {}
+    for key, text in (("frechet_distance", "Fréchet distance (FID formula) between feature distributions"),
+                      ("mmd", "squared MMD, Gaussian kernel (bandwidth = median real feature distance)")):
+        gens, nulls = [], []
+        for gf, (_, _, pool_f), bw in zip(gen_feats, ref.features, bandwidths):
+            def fn(a, b, bw=bw):
+                if len(a) < 2 or len(b) < 2:
+                    return None
+                a, b = np.stack(a), np.stack(b)
+                return frechet_distance(a, b) if key == "frechet_distance" else mmd2(a, b, bw)
 
-    ref = feats(R)
-    bw = median_bandwidth(ref)
-    ok = len(G) >= 2 and len(R) >= 2
-    ok_floor = bool(FA) and bool(FB) and len(FA) >= 2 and len(FB) >= 2
-    return {
-        "frechet_distance": _entry(frechet_distance(feats(G), ref) if ok else None,
-                                   frechet_distance(feats(FA), feats(FB)) if ok_floor else None, "lower",
-                                   "Fréchet distance (FID formula) between feature distributions, generated vs real"),
-        "mmd": _entry(mmd2(feats(G), ref, bw) if ok else None, mmd2(feats(FA), feats(FB), bw) if ok_floor else None,
-                      "lower", f"squared MMD, Gaussian kernel (bandwidth {bw:.3g} = median real feature distance)"),
-    }, bw
+            g, null = floors.draw(floors.PairStat(fn, list(gf), list(pool_f[:n_real]), list(pool_f)), split)
+            gens.append(g)
+            nulls += null
+        g = float(np.median(gens)) if all(v is not None for v in gens) else None
+        out[key] = _entry(floors.judgement(g, nulls, "upper", per_network=gens), "lower",
+                          f"{text}, generated vs real at equal sample counts ({split.n_gen} vs {split.n_ref}); value "
+                          f"and interval over {len(ref.features)} feature network(s)")
+    return out, {"gen": gen_feats[0], "real": ref.features[0][2][:n_real]}, bandwidths[0]
 
 
 # ------------------------------------------------------------------------------------------------ main entry
 
 
 def run_evaluation(real, generated, out, *, train=None, profile=None, run_dir=None, feature_weights=None,
-                   device="cpu", seed=0, events=None, feature_steps=None, max_pairs=None) -> dict:
+                   device="cpu", seed=0, events=None, feature_steps=None, reference_cache=None) -> dict:
     import os
 
     import torch
@@ -174,147 +338,76 @@ def run_evaluation(real, generated, out, *, train=None, profile=None, run_dir=No
     try:
         return _evaluate(real, generated, out, train=train, profile=profile, run_dir=run_dir,
                          feature_weights=feature_weights, device=device, seed=seed, events=events,
-                         feature_steps=feature_steps, max_pairs=max_pairs)
+                         feature_steps=feature_steps, reference_cache=reference_cache)
     finally:
         torch.set_num_threads(threads)
 
 
+def _run_config(run_dir) -> dict | None:
+    if not run_dir:
+        return None
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights, device, seed, events,
-              feature_steps, max_pairs) -> dict:
-    from CTDiffusionLib.evaluation import diversity, novelty
-    from CTDiffusionLib.evaluation.inputs import load_generated, load_reference_sets
+              feature_steps, reference_cache) -> dict:
     from CTDiffusionLib.evaluation.similarity import similarity_for
 
     progress = _Progress(events)
     progress.stage("load")
-    gen = load_generated(generated, profile)
-    real_s, train_s = load_reference_sets(real, train, gen)
+    gen, real_s, train_s, warnings = _load_inputs(real, generated, train, profile)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    is_ct = gen.profile == "prostate-ct"
-    sets = {"gen": gen.samples, "real": real_s, "train": train_s or []}
-    notes = []
-
-    # which samples form the floor pair
-    G = [("gen", i) for i in range(len(gen.samples))]
-    R = [("real", i) for i in range(len(real_s))]
-    if train_s:
-        FA, FB = [("train", i) for i in range(len(train_s))], R
-        floor_text = "held-out real vs train"
-    elif len(real_s) >= 2:
-        perm = np.random.default_rng(seed).permutation(len(real_s))
-        half = len(real_s) // 2
-        FA, FB = [("real", int(i)) for i in perm[:half]], [("real", int(i)) for i in perm[half:]]
-        floor_text = "two halves of the real set (no --train given: a noisier floor)"
-    else:
-        FA = FB = None
-        floor_text = "none (a single real case: no floor)"
-        notes.append("Only one real case: real-vs-real floors cannot be computed.")
+    measures = gen.profile.evaluation_module()
+    sim = similarity_for(gen.profile, gen.samples[0].array.shape)
+    run_config = _run_config(run_dir)
+    key = (str(Path(real).resolve()), str(Path(train).resolve()) if train else None, gen.profile.name, gen.mode,
+           gen.grid_xyz, seed, feature_steps, str(feature_weights), device, json.dumps(run_config, sort_keys=True))
+    ref = _reference(reference_cache, key, lambda: _analyse_reference(
+        gen, real_s, train_s, sim, device=device, seed=seed, feature_weights=feature_weights,
+        feature_steps=feature_steps, out=out, run_config=run_config))
+    real_s, train_s = ref.real, ref.train
+    split = floors.make_split(len(gen.samples), len(real_s), len(ref.pool), seed)
 
     progress.stage("realism")
-    per_stats = _ct_sample_stats if is_ct else _mask_sample_stats
-    S = {k: [per_stats(s.array) for s in v] for k, v in sets.items()}
-    summary = (_ct_set_metrics if is_ct else _mask_set_metrics)(S, G, R, FA, FB)
+    gen_stats = [measures.sample_stats(s.array) for s in gen.samples]
+    summary = _found_metric(measures, gen_stats, ref, split)
+    summary.update(_set_metrics(measures, gen_stats, ref, split))
 
     progress.stage("diversity")
-    sim = similarity_for(gen.profile, gen.samples[0].array.shape)
-    prep = {k: sim.prepare([s.array for s in v]) if v else None for k, v in sets.items()}
-    div = {k: diversity.pairwise_similarity(sim, prep[k], max_pairs=max_pairs, seed=seed, device=device)
-           for k in ("gen", "real") if prep[k] is not None}
-    div_name = "ms_ssim_diversity" if is_ct else "dice_diversity"
-    summary[div_name] = _entry(
-        div["gen"].mean() if div["gen"].size else None, div["real"].mean() if div["real"].size else None, "lower",
-        f"mean pairwise {sim.description} among generated samples (real_floor: among real ones); far above the "
-        "real value means mode collapse")
+    div_entry, div = _diversity(gen, ref, sim, split, device, measures.DIVERSITY_KEY)
+    summary.update(div_entry)
 
     progress.stage("novelty")
-    per_sample = [{"name": s.name, "condition": s.condition, **s.meta} for s in gen.samples]
-    memo = {"similarity": sim.description, "percentile": novelty.PERCENTILE, "threshold": None, "flagged": [],
-            "heldout_nearest": []}
-    if train_s:
-        g_idx, g_sim = novelty.nearest(sim.matrix(prep["gen"], prep["train"], device))
-        r_idx, r_sim = novelty.nearest(sim.matrix(prep["real"], prep["train"], device))
-        threshold = novelty.memorisation_threshold(r_sim)
-        flags = novelty.flag(g_sim, threshold)
-        for row, j, v, f in zip(per_sample, g_idx, g_sim, flags):
-            row.update(nearest_train=train_s[j].name, nearest_similarity=float(v), memorised=bool(f))
-        memo.update(threshold=threshold, flagged=[r["name"] for r in per_sample if r["memorised"]],
-                    heldout_nearest=[{"name": real_s[i].name, "nearest_train": train_s[j].name, "similarity": float(v)}
-                                     for i, (j, v) in enumerate(zip(r_idx, r_sim))])
-        memo["status"] = "flagged" if memo["flagged"] else "pass"
-        summary["memorised_fraction"] = _entry(
-            flags.mean(), novelty.flag(r_sim, threshold).mean(), "lower",
-            "share of samples closer to a training case than 95% of held-out real cases (real_floor: held-out cases "
-            "beyond their own threshold)")
-        summary["nearest_train_similarity"] = _entry(
-            np.median(g_sim), np.median(r_sim), "lower",
-            f"median nearest-training-case similarity ({sim.name}); generated vs held-out real")
-        if len(real_s) < 20:
-            notes.append(f"The memorisation threshold rests on only {len(real_s)} held-out cases; its 95th percentile "
-                         "is close to their maximum.")
-    else:
-        memo["status"] = "not_checked"
-        for row in per_sample:
-            row.update(nearest_train=None, nearest_similarity=None, memorised=False)
-    memo["gate"] = novelty.gate_sentence(memo["status"], memo["flagged"], len(gen.samples), memo["threshold"])
-    for row, st in zip(per_sample, S["gen"]):
-        row.update(st["props"] if is_ct else {"plausible": st["plausible"], "checks": st["checks"],
-                                              "volumes": st["volumes"]})
+    memo, per_sample, memo_summary = _memorisation(gen, ref, sim, device, run_config, seed)
+    summary.update(memo_summary)
+    for row, st in zip(per_sample, gen_stats):
+        row.update(measures.sample_row(st), found=st["found"])
 
     progress.stage("features")
-    from CTDiffusionLib.evaluation.features import build_feature_space
+    feat_summary, features_by_set, bandwidth = _feature_metrics(gen, ref, split)
+    summary.update(feat_summary)
 
-    fit_key = "train" if train_s else "real"
-    featurize, feature_desc = build_feature_space(
-        [s.array for s in sets[fit_key]], gen.profile, weights=feature_weights, steps=feature_steps, seed=seed,
-        device=device, save_to=None if feature_weights else out / "feature_net.safetensors",
-        fit_name="training set" if train_s else "real set (no --train given)")
-    F = {k: featurize([s.array for s in v]) if v else None for k, v in sets.items()}
-    feat_metrics, bandwidth = _feature_metrics(F, G, R, FA, FB)
-    summary.update(feat_metrics)
-    dim = next(f for f in F.values() if f is not None).shape[1]
-    if min(len(G), len(R)) < dim:
-        notes.append(f"Fréchet distance and MMD use {dim}-dimensional features but only {min(len(G), len(R))} "
-                     "samples on one side: the covariances are rank-deficient and the values are dominated by "
-                     "sampling noise. Read them only against their real floor, and prefer 100+ samples.")
-
+    floors.finalise(summary)
+    stats_by_set = {"gen": gen_stats, "real": ref.stats["real"], "train": ref.stats["train"]}
+    notes = _notes(measures, gen, gen_stats, ref, features_by_set, split)
     from CTDiffusionLib.evaluation.conditions import per_condition
 
-    per_cond = per_condition(gen.samples, real_s, S, F, per_sample, is_ct=is_ct, similarity=sim, prep=prep,
-                             bandwidth=bandwidth, device=device)
-
-    metrics = {
-        "profile": gen.profile,
-        "mode": gen.mode,
-        "grid_xyz": list(gen.grid_xyz),
-        "device": device,
-        "seed": seed,
-        "counts": {"generated": len(gen.samples), "real": len(real_s), "train": len(train_s) if train_s else None},
-        "floor": floor_text,
-        "feature_network": feature_desc,
-        "similarity": sim.description,
-        "summary": summary,
-        "per_sample": per_sample,
-        "memorisation": memo,
-        "diversity": {k: {**_stats(v), "values": [float(x) for x in v]} for k, v in div.items()},
-        "notes": notes,
-    }
-    if is_ct:
-        metrics["ct_properties"] = {k: {p: _stats([st["props"][p] for st in S[k]])
-                                        for p in S[k][0]["props"]} for k in sets if S[k]}
-    else:
-        from CTDiffusionLib.evaluation import masks as mk
-
-        metrics["mask_pass_rates"] = {k: mk.pass_rates([st["checks"] for st in S[k]]) for k in sets if S[k]}
-        metrics["mask_volumes"] = {k: {st_name: _stats([st["volumes"][st_name] for st in S[k]])
-                                       for st_name in mk.STRUCTURES} for k in sets if S[k]}
+    prep = {"gen": sim.prepare([s.array for s in gen.samples]), "real": sim.prepare([s.array for s in real_s])}
+    per_cond = per_condition(gen.samples, real_s, stats_by_set, features_by_set, per_sample, profile=gen.profile,
+                             similarity=sim, prep=prep, bandwidth=bandwidth, device=device)
+    metrics = _assemble(gen, ref, summary, per_sample, memo, div, split, notes, warnings, device, seed, sim)
+    metrics.update(measures.set_summary(stats_by_set))
     if per_cond:
         metrics["per_condition"] = per_cond
 
     progress.stage("figures")
     from CTDiffusionLib.evaluation import figures
 
-    metrics["figures"] = figures.make_all(out, gen, real_s, train_s, S, metrics, div, run_dir=run_dir)
+    metrics["figures"] = figures.make_all(out, gen, real_s, train_s, stats_by_set, metrics, div, run_dir=run_dir)
     if run_dir and "figures/loss_curves.png" not in metrics["figures"]:
         notes.append(f"No training loss events found in {Path(run_dir) / 'events.jsonl'}.")
 
@@ -326,10 +419,67 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     return metrics
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic (temp file then rename): a reader never sees half a metrics.json."""
-    from CTDiffusionLib.events import _clean
+def _notes(measures, gen, gen_stats, ref, features_by_set, split) -> list:
+    notes = []
+    missing = [s.name for s, st in zip(gen.samples, gen_stats) if not st["found"]]
+    if missing:
+        names = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        notes.append(f"{measures.FOUND['missing']} in {len(missing)} of {len(gen_stats)} generated volumes "
+                     f"({names}): they are empty or constant ({measures.FOUND['empty']}); this is a failure of the "
+                     "model, and the realism metrics of those volumes cannot be computed.")
+    dim = features_by_set["gen"].shape[1]
+    if min(split.n_gen, split.n_ref) < dim:
+        notes.append(f"Fréchet distance and MMD use {dim}-dimensional features with {split.n_gen} vs {split.n_ref} "
+                     "samples: their values are dominated by the sample count, which is why they are compared only "
+                     "with real-vs-real splits of the same sizes. Prefer 100+ samples.")
+    if len(ref.pool) < 12:
+        notes.append(f"The floors come from {len(ref.pool)} real cases: their intervals are wide, so only large "
+                     "differences can fail.")
+    return notes
 
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2), encoding="utf-8")
-    tmp.replace(path)
+
+def _assemble(gen, ref, summary, per_sample, memo, div, split, notes, warnings, device, seed, sim) -> dict:
+    verdicts = {k: e["verdict"] for k, e in summary.items()}
+    failing = [k for k, v in verdicts.items() if v == "fail"]
+    n_nets = len(ref.features)
+    feature_desc = ref.features[0][1] + (
+        f"; {n_nets} networks (seeds {seed}..{seed + n_nets - 1}): Fréchet distance and MMD pool them"
+        if n_nets > 1 else "")
+    metrics = {
+        "profile": gen.profile.name,
+        "mode": gen.mode,
+        "grid_xyz": list(gen.grid_xyz),
+        "device": device,
+        "seed": seed,
+        "counts": {"generated": len(gen.samples), "real": len(ref.real),
+                   "train": len(ref.train) if ref.train else None},
+        "floor": (f"range of {len(split.null)} random disjoint splits of the {len(ref.pool)} real cases "
+                  f"(held-out + training) into {split.n_gen} vs {split.n_ref}, the sample counts the generated "
+                  f"comparison uses; each metric's interval leaves {floors.FAMILY_ALPHA / len(summary):.2%} outside, "
+                  f"so genuine real data fails any of the {len(summary)} metrics with at most "
+                  f"{floors.FAMILY_ALPHA:.0%} probability (interval_95: the plain 95% interval)"),
+        "feature_network": feature_desc,
+        "similarity": sim.description,
+        "verdict": "fail" if failing else "ok",
+        "verdict_line": (f"FAIL: {len(failing)} of {len(verdicts)} metrics lie outside what real data gives: "
+                         f"{', '.join(failing)}." if failing else
+                         f"OK: all {len(verdicts)} metrics lie within what real data gives."),
+        "verdicts": verdicts,
+        "intervals": {k: e.get("interval") for k, e in summary.items()},
+        "near_copies": memo.get("near_copies", []),
+        "warnings": warnings,
+        "summary": summary,
+        "per_sample": per_sample,
+        "memorisation": memo,
+        "diversity": {k: {**_stats(v), "values": [float(x) for x in v]} for k, v in div.items()},
+        "notes": notes,
+    }
+    return metrics
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader never sees half a metrics.json."""
+    from CTDiffusionLib.events import _clean
+    from CTDiffusionLib.runfolder import write_json
+
+    write_json(path, _clean(data))

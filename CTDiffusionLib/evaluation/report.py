@@ -32,23 +32,29 @@ def _table(header: list, rows: list) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _worse(entry: dict) -> bool:
-    g, f = entry.get("generated"), entry.get("real_floor")
-    if g is None or f is None:
-        return False
-    return g > f * 1.5 + 1e-9 if entry["better"] == "lower" else g < f - 0.1
+def _interval(e: dict) -> str:
+    iv = e.get("interval")
+    if not iv:
+        return "–"
+    side = {"upper": "fail above", "lower": "fail below", "two-sided": "fail outside"}.get(e.get("sided"), "")
+    return f"{_fmt(iv[0])} .. {_fmt(iv[1])} ({side})"
 
 
 def summary_table(summary: dict) -> str:
     rows = []
     for name, e in summary.items():
-        cls = ' class="worse"' if _worse(e) else ""
+        fail = e.get("verdict") == "fail"
+        cls = ' class="worse"' if fail else ""
         extra = ""
         if "generated_value" in e:
             extra = f" (generated {_fmt(e['generated_value'])}, real {_fmt(e['real_value'])})"
-        rows.append([f"<span{cls}>{html.escape(name)}</span>", _fmt(e["generated"]), _fmt(e["real_floor"]),
-                     e["better"], html.escape(e["description"] + extra)])
-    return _table(["metric", "generated", "real floor", "better", "what it measures"], rows)
+        elif "real_value" in e:
+            extra = f" (held-out real {_fmt(e['real_value'])})"
+        if e.get("per_network"):
+            extra += f" (per feature network: {', '.join(_fmt(v) for v in e['per_network'])})"
+        rows.append([f"<span{cls}>{html.escape(name)}</span>", _fmt(e["generated"]), _interval(e),
+                     f"<b{cls}>{'FAIL' if fail else 'ok'}</b>", html.escape(e["description"] + extra)])
+    return _table(["metric", "generated", "real-vs-real 95% interval", "verdict", "what it measures"], rows)
 
 
 def write_report(path: Path, m: dict) -> None:
@@ -58,14 +64,19 @@ def write_report(path: Path, m: dict) -> None:
              f"<style>{CSS}</style></head><body>",
              f"<h1>Quality report: {esc(m['profile'])}</h1>",
              f"<div class='gate {esc(memo['status'])}'>Memorisation gate — {esc(memo['gate'])}</div>",
+             f"<div class='gate {'flagged' if m['verdict'] == 'fail' else 'pass'}'>Verdict — "
+             f"{esc(m['verdict_line'])}</div>",
              f"<p>{m['counts']['generated']} generated, {m['counts']['real']} real (held-out)"
              + (f", {m['counts']['train']} training" if m['counts']['train'] else "")
              + f" samples on the generated grid {'x'.join(map(str, m['grid_xyz']))} (x, y, z), mode {esc(m['mode'])}.</p>",
-             "<p><b>How to read:</b> every metric is shown for the generated set and for real data against real data "
-             f"(<i>real floor</i>: {esc(m['floor'])}). Generated values near the floor are as good as this data can "
-             "show; red names mark metrics clearly worse than the floor.</p>",
+             "<p><b>How to read:</b> every metric is judged against what genuine real data gives for the same "
+             f"comparison: the real-vs-real interval is the {esc(m['floor'])}. A metric fails (red) only when the "
+             "generated value lies outside that interval (above it for distances; on either side for two-sided "
+             "metrics such as diversity, where too similar is mode collapse and too dissimilar is noise).</p>",
              f"<p><b>Feature network</b> (Fréchet distance, MMD): {esc(m['feature_network'])}.</p>",
              f"<p><b>Similarity</b> (diversity and novelty): {esc(m['similarity'])}.</p>"]
+    for warning in m.get("warnings", []):
+        parts.append(f"<p class='worse'><b>Warning:</b> {esc(warning)}</p>")
     for note in m.get("notes", []):
         parts.append(f"<p class='small'>Note: {esc(note)}</p>")
     parts += ["<h2>Summary</h2>", summary_table(m["summary"])]
@@ -74,17 +85,23 @@ def write_report(path: Path, m: dict) -> None:
     if memo["status"] == "not_checked":
         parts.append("<p>Not checked: pass <code>--train DIR</code> with the training data.</p>")
     else:
-        parts.append(f"<p>Threshold: nearest-training-case similarity above {memo['threshold']:.4f}, the "
-                     f"{memo['percentile']:.0f}th percentile of the held-out real cases' nearest-training "
-                     f"similarities. Flagged: {esc(', '.join(memo['flagged']) or 'none')}.</p>")
+        chance = memo.get("false_flag_chance")
+        parts.append(f"<p>Each sample is compared with every training case after aligning the case to it "
+                     f"({esc(memo['invariant_to'])}). Threshold: aligned similarity above {memo['threshold']:.4f}, "
+                     f"set from {memo['n_null']} genuinely new real volumes (held-out cases, and training cases "
+                     "left out) so that a new volume is flagged with probability "
+                     f"{_fmt(chance)}. Flagged: {esc(', '.join(memo['flagged']) or 'none')}.</p>")
     rows = []
     for r in m["per_sample"]:
         flag = "<b class='worse'>MEMORISED</b>" if r.get("memorised") else ""
+        if r.get("found") is False:
+            flag += " <b class='worse'>NOTHING FOUND</b>"
         extra = _fmt(r.get("plausible")) if "plausible" in r else _fmt(r.get("noise_hf_share"))
+        last = "plausible" if "plausible" in r else "noise share"
         rows.append([esc(r["name"]), esc(_fmt(r.get("condition"))), esc(_fmt(r.get("nearest_train"))),
                      _fmt(r.get("nearest_similarity")), flag, extra])
-    parts.append(_table(["sample", "condition", "nearest training case", "similarity", "memorised",
-                         "plausible" if m["profile"] == "cardiac-masks" else "noise share"], rows))
+    parts.append(_table(["sample", "condition", "nearest training case", "aligned similarity", "near-copy",
+                         last if m["per_sample"] else ""], rows))
 
     if m.get("per_condition"):
         parts.append("<h2>Per condition</h2>")
@@ -96,6 +113,6 @@ def write_report(path: Path, m: dict) -> None:
     for fig in m.get("figures", []):
         parts.append(f"<div><img src='{esc(fig)}' alt='{esc(Path(fig).stem)}'></div>")
     parts.append("<p class='small'>Full numbers: metrics.json beside this file.</p></body></html>")
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    from CTDiffusionLib.runfolder import atomic_write
+
+    atomic_write(path, "\n".join(parts))

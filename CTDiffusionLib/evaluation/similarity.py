@@ -5,9 +5,10 @@ CT: MS-SSIM computed in-plane, slice by slice (slice k of A against slice k of B
 grids) z runs out after one or two scales while x/y (256-512 voxels) still has room for five; pooling z would
 also merge slices 5-10 mm apart. In-plane, the number of scales is chosen so every scale fits the 7x7 Gaussian
 window (5 scales from 112 px, 4 from 63, 3 from 28, 2 from 14), with the standard MS-SSIM weights renormalised.
-HU are windowed to [-1000, 1000] -> [0, 1] (data_range 1): wide enough for air/fat/tissue/bone edges.
+HU are windowed to the profile's comparison window (-1000..1000 HU) -> [0, 1] (data_range 1): wide enough for
+air/fat/tissue/bone edges.
 
-Masks: mean Dice over RV, MYO, LV (MONAI DiceMetric, a structure absent from both counts as 1).
+Label maps: mean Dice over the foreground classes (MONAI DiceMetric, a structure absent from both counts as 1).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CT_WINDOW = (-1000.0, 1000.0)
 MS_SSIM_KERNEL = 7
 MS_SSIM_SIGMA = 1.5
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
@@ -67,15 +67,16 @@ class Similarity:
 class InPlaneMSSSIM(Similarity):
     name = "ms_ssim"
 
-    def __init__(self, height: int, width: int):
+    def __init__(self, height: int, width: int, window: tuple = (-1000.0, 1000.0)):
+        self.window = window
         self.scales = ms_ssim_scales(height, width)
         self.weights = _weights(self.scales)
         self.description = (f"in-plane MS-SSIM ({self.scales} scales, {MS_SSIM_KERNEL}x{MS_SSIM_KERNEL} Gaussian "
-                            f"window, sigma {MS_SSIM_SIGMA}) on HU windowed to [{CT_WINDOW[0]:.0f}, "
-                            f"{CT_WINDOW[1]:.0f}], averaged over slices")
+                            f"window, sigma {MS_SSIM_SIGMA}) on HU windowed to [{window[0]:.0f}, "
+                            f"{window[1]:.0f}], averaged over slices")
 
     def prepare(self, arrays: list) -> torch.Tensor:
-        lo, hi = CT_WINDOW
+        lo, hi = self.window
         x = np.stack([np.clip((a.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0) for a in arrays])
         return torch.from_numpy(x)  # (N, Z, Y, X)
 
@@ -90,7 +91,11 @@ class InPlaneMSSSIM(Similarity):
 
 class ForegroundDice(Similarity):
     name = "dice"
-    description = "mean Dice over RV, MYO and LV (a structure absent from both counts as 1)"
+
+    def __init__(self, class_names=("background", "RV", "MYO", "LV")):
+        self.n_classes = len(class_names)
+        self.description = (f"mean Dice over {', '.join(class_names[1:])} (a structure absent from both counts "
+                            "as 1)")
 
     def prepare(self, arrays: list) -> torch.Tensor:
         return torch.from_numpy(np.stack([a.astype(np.int64) for a in arrays]))  # (N, Z, Y, X) labels
@@ -98,11 +103,17 @@ class ForegroundDice(Similarity):
     def _score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         from monai.metrics import DiceMetric
 
-        oh_a = torch.nn.functional.one_hot(a, 4).movedim(-1, 1).float()
-        oh_b = torch.nn.functional.one_hot(b, 4).movedim(-1, 1).float()
+        oh_a = torch.nn.functional.one_hot(a, self.n_classes).movedim(-1, 1).float()
+        oh_b = torch.nn.functional.one_hot(b, self.n_classes).movedim(-1, 1).float()
         dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(oh_a, oh_b)
         return dice.mean(dim=1)
 
 
-def similarity_for(profile: str, shape_zyx: tuple) -> Similarity:
-    return ForegroundDice() if profile == "cardiac-masks" else InPlaneMSSSIM(shape_zyx[1], shape_zyx[2])
+def similarity_for(profile, shape_zyx: tuple) -> Similarity:
+    """The similarity of a profile (a Profile or its name): Dice for label maps, MS-SSIM for intensity images."""
+    from CTDiffusionLib.profiles import get_profile
+
+    profile = get_profile(profile)
+    if profile.is_label_map:
+        return ForegroundDice(profile.class_names)
+    return InPlaneMSSSIM(shape_zyx[1], shape_zyx[2], profile.comparison_window.range)

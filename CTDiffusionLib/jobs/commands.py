@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from CTDiffusionLib.runfolder import RunFolder
+
 PACKAGE = "CTDiffusionLib"
 #: Folder that holds the CTDiffusionLib package (in Slicer: the extension's qt-scripted-modules folder).
 LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])
@@ -77,6 +79,14 @@ def _size(value: Sequence[int] | str | None) -> str | None:
     if isinstance(value, str):
         return value
     return "x".join(str(int(v)) for v in value)
+
+
+def _device_and_events(args: list[str], device: str | None, events: bool) -> list[str]:
+    """The tail every engine command shares: the device (auto unless chosen) and the JSON event stream."""
+    _opt(args, "--device", device or "auto")
+    if events:
+        args.append("--events")
+    return args
 
 
 def _opt(args: list[str], flag: str, value) -> None:
@@ -148,12 +158,9 @@ class TrainSettings:
         _opt(args, "--checkpoint-every", self.checkpoint_every)
         _opt(args, "--sample-every", self.sample_every)
         _opt(args, "--seed", self.seed)
-        _opt(args, "--device", self.device or "auto")
         if self.resume:
             args.append("--resume")
-        if self.events:
-            args.append("--events")
-        return args
+        return _device_and_events(args, self.device, self.events)
 
 
 def format_condition(condition: Mapping[str, str] | str | None) -> str | None:
@@ -190,10 +197,7 @@ class GenerateSettings:
         if condition is not None:
             _opt(args, "--guidance-scale", None if self.guidance_scale is None else float(self.guidance_scale))
         _opt(args, "--batch-size", self.batch_size or None)
-        _opt(args, "--device", self.device or "auto")
-        if self.events:
-            args.append("--events")
-        return args
+        return _device_and_events(args, self.device, self.events)
 
 
 @dataclass
@@ -212,10 +216,7 @@ class EvaluateSettings:
         _opt(args, "--train", self.train)
         _opt(args, "--run", self.run)
         _opt(args, "--profile", self.profile)
-        _opt(args, "--device", self.device or "auto")
-        if self.events:
-            args.append("--events")
-        return args
+        return _device_and_events(args, self.device, self.events)
 
 
 @dataclass
@@ -225,6 +226,7 @@ class ChildCommand:
     argv: list[str]
     env: dict[str, str]
     events_file: str | None = None
+    stop_file: str | None = None  # writing it asks the engine to checkpoint and stop (see runfolder.STOP_REQUEST)
     cwd: str | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
@@ -235,11 +237,13 @@ def build_command(settings, in_slicer: bool | None = None, slicer_home: str | No
     """The full child command for one settings object (train / generate / evaluate / phantoms)."""
     args = settings.arguments()
     argv = [*python_launcher(in_slicer, slicer_home), "-m", PACKAGE, *args]
-    events_file = None
+    events_file = stop_file = None
     if isinstance(settings, (TrainSettings, GenerateSettings, EvaluateSettings)):
-        events_file = str(Path(settings.out) / "events.jsonl")
+        events_file = str(RunFolder(settings.out).events)
+    if isinstance(settings, TrainSettings):
+        stop_file = str(RunFolder(settings.out).stop_request)
     return ChildCommand(argv=argv, env=child_environment(base_env, library_parent), events_file=events_file,
-                        description=args[0])
+                        stop_file=stop_file, description=args[0])
 
 
 def device_choices(cuda_device_count: int = 0) -> list[tuple[str, str]]:
@@ -301,7 +305,5 @@ def can_resume(run_dir: str | os.PathLike | None) -> bool:
     """A run folder with its config and at least one checkpoint."""
     if not run_dir:
         return False
-    run = Path(run_dir)
-    checkpoints = run / "checkpoints"
-    return (run / "config.json").is_file() and checkpoints.is_dir() and any(
-        p.is_file() and not p.name.endswith(".tmp") for p in checkpoints.iterdir())
+    run = RunFolder(run_dir)
+    return run.is_run() and bool(run.list_checkpoints())  # temp files of an interrupted save do not count

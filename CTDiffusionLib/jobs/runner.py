@@ -7,8 +7,10 @@ child's stderr (human-readable log) is collected the same way and handed out by 
 Stopping. Inside Slicer the process we start is `PythonSlicer`, a launcher (CTKAppLauncher) that runs the real
 interpreter as its own child and does not forward signals: a SIGTERM kills the launcher and leaves the trainer
 running. So the engine reports its own pid in its first ("start") event, and `cancel()` sends the stop request
-(SIGTERM; CTRL_BREAK to the child's process group on Windows) to THAT process, which writes a checkpoint and
-exits with code 130 so `--resume` continues the run. The job is finished only when the worker is gone (not when
+(SIGTERM; CTRL_BREAK to the child's process group on Windows) to THAT process and, for a training, also writes
+the run folder's stop-request file, which the trainer checks every step and which needs no signal at all (a GUI
+process on Windows may be unable to send CTRL_BREAK). The trainer writes a checkpoint and exits with code 130 so
+`--resume` continues the run. The job is finished only when the worker is gone (not when
 the launcher is), and whatever is still alive after the grace period (long enough for a checkpoint of a
 256x256x26 model, weights + EMA + optimizer > 1 GB) is killed, by `poll()` when `cancel(block=False)` or before
 returning when `block=True`. `stop_in_background()` does the blocking stop on a thread (scene close), and
@@ -143,8 +145,9 @@ class JobRunner:
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None,
                  events_file: str | None = None, grace_s: float = DEFAULT_GRACE_S,
-                 on_event: Callable[[dict], None] | None = None):
+                 on_event: Callable[[dict], None] | None = None, stop_file: str | None = None):
         self.argv = [str(a) for a in argv]
+        self.stop_file = stop_file
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.events_file = events_file
@@ -176,7 +179,8 @@ class JobRunner:
     @classmethod
     def from_command(cls, command, **kwargs) -> "JobRunner":
         """From a `commands.ChildCommand`."""
-        return cls(command.argv, env=command.env, cwd=command.cwd, events_file=command.events_file, **kwargs)
+        return cls(command.argv, env=command.env, cwd=command.cwd, events_file=command.events_file,
+                   stop_file=command.stop_file, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- start
     def start(self) -> "JobRunner":
@@ -390,6 +394,7 @@ class JobRunner:
             self._remember_tree()
         self.state = STOPPING
         self._kill_deadline = time.monotonic() + grace
+        self._write_stop_file()
         if self.worker_pid is not None:
             # the engine itself; its helpers (data-loader workers) must live until it has saved
             send_stop_request(self.worker_pid, group=self._proc.pid)
@@ -398,6 +403,17 @@ class JobRunner:
             send_stop_request(self._proc.pid, group=self._proc.pid)
             for pid in self._tree:
                 send_stop_request(pid, group=self._proc.pid)
+
+    def _write_stop_file(self) -> None:
+        """The stop request that needs no signal: the trainer looks for this file every step (a GUI process on
+        Windows cannot always send CTRL_BREAK, and a launcher may not pass signals on)."""
+        if not self.stop_file:
+            return
+        try:
+            with open(self.stop_file, "w", encoding="utf-8") as f:
+                f.write(f"stop requested at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        except OSError:  # the run folder is gone or read-only: the signal path still applies
+            pass
 
     def stop_in_background(self, grace_s: float | None = None) -> threading.Thread:
         """Blocking stop on a daemon thread (closing a scene must not freeze the GUI while the engine saves).

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset, split_summary
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
@@ -47,11 +47,18 @@ SYNC_EVERY = 10  # steps between host syncs (loss read-back, the DDP stop vote) 
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, writes a checkpoint and exits with code 130."""
+    """Set by SIGINT/SIGTERM or by a stop-request file in the run folder; the loop finishes its step, writes a
+    checkpoint and exits with code 130. The file is the portable path: a GUI parent on Windows cannot always send
+    CTRL_BREAK, and a launcher between parent and trainer may swallow signals."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, request_file: Path | None = None):
+        self.signalled = False
+        self.request_file = request_file
         self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or (self.request_file is not None and self.request_file.exists())
 
     def install(self) -> None:
         # SIGBREAK: what CTRL_BREAK (the Slicer module's Stop on Windows) raises in Python
@@ -62,7 +69,7 @@ class StopFlag:
                 pass
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signalled = True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -83,7 +90,8 @@ def open_run_folder(out: Path, resume: bool) -> dict | None:
                          "Add --resume to continue it, or choose a new --out folder.")
     # input/: data the Slicer module exported; a run killed before its config.json was written leaves only the
     # lock, events and cache behind, and a new run may start over them.
-    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, run.events.name, run.cache.name) for p in out.iterdir()):
+    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, run.events.name, run.cache.name, run.stop_request.name)
+                            for p in out.iterdir()):
         raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
     return None
 
@@ -130,6 +138,23 @@ def condition_labels(vocab: ConditionVocabulary | None, data: PreparedData, indi
 
 
 # ---------------------------------------------------------------- trainer
+def warmup_ema_update(decay: float):
+    """EMA with warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates, so early weights fade out fast
+    (a fixed 0.999 would still hold 61% of the step-1 weights at step 500, and previews/bundles use the EMA)."""
+
+    @torch.no_grad()
+    def update(ema_params, model_params, num_averaged) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(float(decay), (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, model_params, weight)
+        else:  # integer buffers (counters) simply follow the model
+            for ema, current in zip(ema_params, model_params):
+                ema.copy_(current)
+
+    return update
+
+
 class Trainer:
     def __init__(self, config: dict, run_dir: Path, data: PreparedData, vocab: ConditionVocabulary | None,
                  device: torch.device, events, dist: Distributed = Distributed()):
@@ -146,7 +171,7 @@ class Trainer:
         self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
         apply_speed_settings(self.model, device, config["data"]["mode"], grad_checkpoint=tr.grad_checkpoint,
                              attention=tr.attention, channels_last=tr.channels_last)
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tr.ema_decay), use_buffers=True)
+        self.ema = AveragedModel(self.model, multi_avg_fn=warmup_ema_update(tr.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
         from diffusers.optimization import get_cosine_schedule_with_warmup
 
@@ -163,7 +188,7 @@ class Trainer:
                                                    else None)
         if tr.compile:
             self.forward = torch.compile(self.forward)
-        self.stop = StopFlag()
+        self.stop = StopFlag(RunFolder(run_dir).stop_request)
         self.prefetch: Prefetcher | None = None  # set while fit() runs
 
     # -- state
@@ -383,6 +408,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
         events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
     elif out.is_dir():
         remove_temp_files(out)  # half-written files of a run that was killed; we hold the folder's lock
+        RunFolder(out).stop_request.unlink(missing_ok=True)  # a request left by an earlier job is not for this one
     stored = open_run_folder(out, args.resume)
     _barrier(dist)  # every rank has checked --out before rank 0 creates anything in it
     if stored is None:
