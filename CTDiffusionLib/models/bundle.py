@@ -86,10 +86,12 @@ _EDITED_HINT = ("model.json was edited or comes from another model: restore it f
 
 
 def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Path) -> torch.nn.Module:
-    """Check model.json against itself, the presets and the weights; one sentence naming the field that is off."""
+    """Check model.json against itself and the weights; one sentence naming the field that is off.
+
+    The network stored in model.json is authoritative, not today's preset of the same name: presets are redesigned
+    between versions, and a bundle trained with an earlier `default` must keep loading."""
     from CTDiffusionLib.models.conditioning import ConditionVocabulary
     from CTDiffusionLib.models.factory import build_model
-    from CTDiffusionLib.presets import PRESETS
     from CTDiffusionLib.profiles import PROFILES
     from CTDiffusionLib.training.config import check_grid
 
@@ -110,13 +112,6 @@ def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Pa
     spatial = 3 if spec.get("type") == "aniso_unet" else spec["kwargs"].get("spatial_dims")
     if spatial != (2 if mode == "2d" else 3) or len(grid) != (2 if mode == "2d" else 3):
         raise refuse(f"data mode {mode!r} with grid {grid} does not match a {spatial}D network")
-    preset = PRESETS.get(profile, {}).get(meta.get("preset"))
-    if preset is not None and json.loads(json.dumps(preset["model"])) != spec:
-        named = json.loads(json.dumps(preset["model"]))
-        ours, theirs = {"type": spec.get("type"), **spec["kwargs"]}, {"type": named["type"], **named["kwargs"]}
-        key = next(k for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k))
-        raise refuse(f"it names preset {meta['preset']!r} but describes a different network ({key} "
-                     f"{ours.get(key)} instead of {theirs.get(key)})")
     try:
         check_grid(grid, spec, mode)
     except InputError as exc:
