@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -162,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     except CTDiffusionError as exc:
         events.emit("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
         print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        # never remove a folder another run writes to; under torchrun only rank 0 cleans up (it owns the folder,
+        # and another rank removing it would pull the event log from under rank 0's own error report)
         if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists() \
-                and not getattr(exc, "output_in_use", False):  # never remove a folder another run writes to
+                and not getattr(exc, "output_in_use", False) and os.environ.get("RANK", "0") == "0":
             shutil.rmtree(new_out, ignore_errors=True)  # nothing half-written left behind
         return exc.exit_code
     except KeyboardInterrupt:

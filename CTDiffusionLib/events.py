@@ -57,8 +57,13 @@ class EventWriter:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
         if self.log_path:
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            try:
+                with open(self.log_path, "a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+            except OSError as exc:  # the run folder vanished or the disk is full: the event still went to stdout,
+                if event != "error":  # and an error being reported must not turn into a crash of its own
+                    raise
+                print(f"note: could not append the error event to {self.log_path} ({exc.strerror})", file=sys.stderr)
         return record
 
 

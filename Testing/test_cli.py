@@ -306,3 +306,17 @@ def test_sizes_are_parsed_once_for_every_flag(tmp_path, capsys):
     assert run_cli("phantoms", "--profile", "prostate-ct", "--num", 1, "--out", tmp_path / "p", "--size", "9x") \
         == EXIT_BAD_INPUT
     assert "--size '9x' is not a size" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_an_error_event_into_a_vanished_run_folder_is_still_reported(tmp_path, capsys):
+    """An error while its run folder has just been removed (e.g. by another process) reaches stdout and stderr;
+    the report itself must not crash."""
+    from CTDiffusionLib.events import EventWriter
+
+    run = tmp_path / "run"
+    writer = EventWriter(to_stdout=True)
+    writer.set_log_path(run / "events.jsonl")
+    run.rmdir()
+    writer.emit("error", message="The volume x.nii.gz cannot be read.", hint="Check it.", exit_code=2)
+    captured = capsys.readouterr()
+    assert '"event":"error"' in captured.out and "could not append the error event" in captured.err
