@@ -251,14 +251,18 @@ class JobRunner:
         with self._lock:
             return self._poll_locked()
 
-    def _poll_locked(self) -> list[dict]:
+    def _drain_stdout(self) -> str:
+        """Whatever the reader thread has queued so far (never waits)."""
         chunk = []
         while True:
             try:
                 chunk.append(self._stdout_queue.get_nowait())
             except queue.Empty:
-                break
-        new = self._reader.feed("".join(chunk)) if chunk else []
+                return "".join(chunk)
+
+    def _poll_locked(self) -> list[dict]:
+        chunk = self._drain_stdout()
+        new = self._reader.feed(chunk) if chunk else []
         for event in new:
             self._record(event)
         if self.state not in (RUNNING, STOPPING):
@@ -290,13 +294,7 @@ class JobRunner:
             self._tree.setdefault(p.pid, p)
 
     def _finish(self) -> list[dict]:
-        rest = []
-        while True:
-            try:
-                rest.append(self._stdout_queue.get_nowait())
-            except queue.Empty:
-                break
-        tail = self._reader.feed("".join(rest) + "\n")
+        tail = self._reader.feed(self._drain_stdout() + "\n")
         for event in tail:
             self._record(event)
         leftovers = _alive(self._tree.values())
