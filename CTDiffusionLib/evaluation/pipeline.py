@@ -25,16 +25,11 @@ STAGES = ("load", "realism", "diversity", "novelty", "features", "figures", "rep
 FEATURE_SEEDS = 3  # self-trained feature networks per report; Fréchet/MMD are reported over all of them
 
 
-def resolve_device(device: str) -> str:
-    import torch
+def resolve_device(device: str | None) -> str:
+    """The engine's one device rule (runtime.resolve_device), as the string the evaluation code passes around."""
+    from CTDiffusionLib.runtime import resolve_device as engine_device
 
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} was asked for but no CUDA GPU is available.", "Use --device cpu or auto.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise InputError(f"--device {device!r} is not a device.", "Use auto, cpu, cuda or cuda:N.")
-    return device
+    return str(engine_device(device))
 
 
 class _Progress:
