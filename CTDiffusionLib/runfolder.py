@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,6 +231,24 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path]
         raise
     _fsync_folder(path.parent)
     return path
+
+
+@contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """The atomic write of a whole folder: yields a hidden temporary folder beside `folder` to fill; on success it
+    replaces `folder` (which must be missing or empty), on any error it is removed. Readers never see half a folder.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}{_TEMP_MARK}{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if folder.exists():
+            folder.rmdir()  # empty (the caller checked); os.replace cannot replace a folder on every OS
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:

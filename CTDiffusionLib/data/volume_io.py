@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CTDiffusionLib.errors import CTDiffusionError, InputError
+from CTDiffusionLib.runfolder import staged_folder
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Header + separate data file: these cannot be written with one atomic rename of a temp file.
@@ -445,9 +446,7 @@ def write_dicom_series(image: sitk.Image, folder) -> Path:
         "0028|1050": "40",  # a soft-tissue window for viewers
         "0028|1051": "400",
     }
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(folder) as tmp:
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()  # keep our UIDs, so all slices share one series
         for k in range(volume.GetSize()[2]):
@@ -460,11 +459,6 @@ def write_dicom_series(image: sitk.Image, folder) -> Path:
                 slice_image.SetMetaData(key, value)
             writer.SetFileName(str(tmp / f"slice_{k:04d}.dcm"))
             writer.Execute(slice_image)
-        if folder.exists():
-            folder.rmdir()  # empty (checked above); os.replace cannot replace a folder on every OS
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

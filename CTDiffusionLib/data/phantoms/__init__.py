@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import Profile, get_profile
+from CTDiffusionLib.runfolder import staged_folder
 
 
 def write_phantom_dataset(profile, num: int, out, seed: int = 0, size_xyz: tuple | None = None) -> Path:
@@ -28,16 +26,8 @@ def write_phantom_dataset(profile, num: int, out, seed: int = 0, size_xyz: tuple
         raise InputError(f"The output folder {out} already exists and is not empty.",
                          "Choose a new folder, or delete the old one first.")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:  # a failed or interrupted writer leaves no half data set
         writer(staging, int(num), int(seed) % 2**63, size)  # SeedSequence needs a non-negative seed
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
