@@ -155,6 +155,28 @@ def test_mode_collapse_shows_in_ms_ssim_and_dice(ct_data, mask_data):
     assert real_d < 0.95
 
 
+def test_cases_stored_in_another_voxel_order_are_compared_in_model_order(tmp_path):
+    """Training reorients every case to LPS before gridding; the evaluation does the same with real, training and
+    generated volumes, so a case stored in RAS order is not compared mirrored in x and y."""
+    from CTDiffusionLib.evaluation.inputs import load_cases, load_generated
+
+    write_phantom_dataset("prostate-ct", 1, tmp_path / "lps", seed=4, size_xyz=(40, 40, 8))
+    (tmp_path / "ras").mkdir()
+    src = next((tmp_path / "lps").glob("*.nii.gz"))
+    ras = sitk.DICOMOrient(sitk.ReadImage(str(src)), "RAS")
+    sitk.WriteImage(ras, str(tmp_path / "ras" / src.name))
+    arr = ct_to_grid(sitk.ReadImage(str(src)), CT_GRID)
+    assert not np.array_equal(sitk.GetArrayFromImage(ras), sitk.GetArrayFromImage(sitk.ReadImage(str(src))))
+    gen = load_generated(write_generated(tmp_path / "gen", [arr], profile="prostate-ct"))
+    for folder in ("lps", "ras"):
+        (case,) = load_cases(tmp_path / folder, gen, "--real")
+        assert np.allclose(case.array, arr, atol=1e-3), folder
+    (tmp_path / "gen_ras").mkdir()
+    sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "gen" / "synthetic_0001.nii.gz")), "RAS"),
+                    str(tmp_path / "gen_ras" / "synthetic_0001.nii.gz"))
+    assert np.array_equal(load_generated(tmp_path / "gen_ras", "prostate-ct").samples[0].array, gen.samples[0].array)
+
+
 # ------------------------------------------------------------------------------------------ distances, novelty
 
 
