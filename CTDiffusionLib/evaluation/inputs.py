@@ -175,7 +175,7 @@ def _run_folder_split(folder: Path) -> tuple | None:
 def load_cases(folder, gen: GeneratedSet, flag: str, paths: list | None = None) -> list:
     """Cases of FOLDER (or explicit PATHS) as Samples on the generated grid; 2D masks yield one Sample per slice.
     Discovery, reading and gridding are the project's own (the same the model was trained with)."""
-    from CTDiffusionLib.data.discovery import discover_cases, read_case
+    from CTDiffusionLib.data.discovery import discover_cases, read_case, subject_of
     from CTDiffusionLib.data.preprocess import ct_to_grid, masks_to_grid, reorient
 
     cases = discover_cases(paths if paths is not None else [str(folder)], gen.profile)
@@ -183,15 +183,18 @@ def load_cases(folder, gen: GeneratedSet, flag: str, paths: list | None = None) 
     for case in cases:
         cond = dict(case.conditions) or None
         img = reorient(read_case(case, gen.profile))  # the voxel order training used (data.dataset._prepare_case)
+        subject = {"subject": subject_of(case, gen.profile)}  # ED and ES, and every slice, of one patient share it
         if not gen.profile.is_label_map:
             extent = [float(n * sp) for n, sp in zip(img.GetSize(), img.GetSpacing())]
             samples.append(Sample(case.case_id, np.asarray(ct_to_grid(img, gen.grid_xyz), np.float32), cond,
-                                  {"extent_mm": extent, "spacing": [float(x) for x in img.GetSpacing()]}))
+                                  {"extent_mm": extent, "spacing": [float(x) for x in img.GetSpacing()], **subject}))
         elif gen.mode == "2d":
             slices = masks_to_grid(img, gen.grid_xyz[:2], "2d")
-            samples += [Sample(f"{case.case_id}_s{k:02d}", s[None].astype(np.uint8), cond) for k, s in enumerate(slices)]
+            samples += [Sample(f"{case.case_id}_s{k:02d}", s[None].astype(np.uint8), cond, dict(subject))
+                        for k, s in enumerate(slices)]
         else:
-            samples += [Sample(case.case_id, a.astype(np.uint8), cond) for a in masks_to_grid(img, gen.grid_xyz, "3d")]
+            samples += [Sample(case.case_id, a.astype(np.uint8), cond, dict(subject))
+                        for a in masks_to_grid(img, gen.grid_xyz, "3d")]
     if not samples:
         raise InputError(f"{flag} {folder} gave no usable cases for the {gen.profile.name} profile (no labels?).",
                          "Check that the folder holds data of the same kind as the generated volumes.")

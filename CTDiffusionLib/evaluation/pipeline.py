@@ -131,7 +131,8 @@ def _search(gen, sim, run_config):
 
 
 def _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed) -> dict:
-    """Aligned nearest-training similarity of genuinely new volumes: held-out cases, and training cases left out."""
+    """Aligned nearest-training similarity of genuinely new volumes: held-out cases, and training cases against the
+    training cases of other patients (a seeded subset of at most MAX_LEAVE_ONE_OUT, spread over the patients)."""
     from CTDiffusionLib.evaluation import novelty
 
     search, space = _search(gen, sim, run_config)
@@ -141,12 +142,16 @@ def _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed) -> dict
         real_s = [real_s[i] for i in sorted(keep)]
     h_idx, h_sim = novelty.nearest(search.matrix([s.array for s in real_s], train_arrays, device))
     loo = []
-    if len(train_s) >= 2:
-        k = min(len(train_s), novelty.MAX_LEAVE_ONE_OUT)
-        loo_m = search.matrix(train_arrays[:k], train_arrays, device, skip_diagonal=True)
+    subjects = [s.meta.get("subject", s.name) for s in train_s]
+    if len(set(subjects)) >= 2:
+        left = np.arange(len(train_s))
+        if len(left) > novelty.MAX_LEAVE_ONE_OUT:
+            left = np.sort(np.random.default_rng(seed + 1).choice(len(left), novelty.MAX_LEAVE_ONE_OUT, replace=False))
+        same = np.array([[subjects[i] == subjects[j] for j in range(len(train_s))] for i in left])
+        loo_m = search.matrix([train_arrays[i] for i in left], train_arrays, device, exclude=same)
         l_idx, l_sim = novelty.nearest(loo_m)
         loo = [{"name": train_s[i].name, "nearest_train": train_s[int(j)].name, "similarity": float(v)}
-               for i, (j, v) in enumerate(zip(l_idx, l_sim))]
+               for i, j, v in zip(left, l_idx, l_sim)]
     null = list(h_sim) + [r["similarity"] for r in loo]
     return {"heldout": [{"name": real_s[i].name, "nearest_train": train_s[int(j)].name, "similarity": float(v)}
                         for i, (j, v) in enumerate(zip(h_idx, h_sim))],
