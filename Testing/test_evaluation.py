@@ -155,6 +155,45 @@ def test_mode_collapse_shows_in_ms_ssim_and_dice(ct_data, mask_data):
     assert real_d < 0.95
 
 
+def test_dice_leaves_out_structures_absent_from_both():
+    """Two apical slices without RV: their similarity is that of LV and MYO, not lifted by a free 1 for the RV."""
+    a = np.zeros((1, 16, 16), np.uint8)
+    a[0, 4:12, 4:12] = masks.MYO
+    a[0, 6:10, 6:10] = masks.LV
+    b = a.copy()
+    b[0, 4, 4:12] = 0  # one row of myocardium less
+    dice = ForegroundDice()
+    myo = 2 * (b == masks.MYO).sum() / ((a == masks.MYO).sum() + (b == masks.MYO).sum())
+    assert dice.pairs(dice.prepare([a]), dice.prepare([b]), [(0, 0)])[0] == pytest.approx((myo + 1.0) / 2)
+    with_rv = b.copy()
+    with_rv[0, 13, 4:8] = masks.RV  # RV in one of them only: it counts, with Dice 0
+    assert dice.pairs(dice.prepare([a]), dice.prepare([with_rv]), [(0, 0)])[0] == pytest.approx((myo + 1.0) / 3)
+    empty = np.zeros_like(a)
+    assert dice.matrix(dice.prepare([empty, a]), dice.prepare([empty, a])).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_cases_stored_in_another_voxel_order_are_compared_in_model_order(tmp_path):
+    """Training reorients every case to LPS before gridding; the evaluation does the same with real, training and
+    generated volumes, so a case stored in RAS order is not compared mirrored in x and y."""
+    from CTDiffusionLib.evaluation.inputs import load_cases, load_generated
+
+    write_phantom_dataset("prostate-ct", 1, tmp_path / "lps", seed=4, size_xyz=(40, 40, 8))
+    (tmp_path / "ras").mkdir()
+    src = next((tmp_path / "lps").glob("*.nii.gz"))
+    ras = sitk.DICOMOrient(sitk.ReadImage(str(src)), "RAS")
+    sitk.WriteImage(ras, str(tmp_path / "ras" / src.name))
+    arr = ct_to_grid(sitk.ReadImage(str(src)), CT_GRID)
+    assert not np.array_equal(sitk.GetArrayFromImage(ras), sitk.GetArrayFromImage(sitk.ReadImage(str(src))))
+    gen = load_generated(write_generated(tmp_path / "gen", [arr], profile="prostate-ct"))
+    for folder in ("lps", "ras"):
+        (case,) = load_cases(tmp_path / folder, gen, "--real")
+        assert np.allclose(case.array, arr, atol=1e-3), folder
+    (tmp_path / "gen_ras").mkdir()
+    sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "gen" / "synthetic_0001.nii.gz")), "RAS"),
+                    str(tmp_path / "gen_ras" / "synthetic_0001.nii.gz"))
+    assert np.array_equal(load_generated(tmp_path / "gen_ras", "prostate-ct").samples[0].array, gen.samples[0].array)
+
+
 # ------------------------------------------------------------------------------------------ distances, novelty
 
 

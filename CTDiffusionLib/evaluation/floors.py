@@ -94,10 +94,12 @@ def verdict(value, bounds, sided: str) -> str:
     return "ok"
 
 
-def draw(stat, split: Split) -> tuple:
+def draw(stat, split: Split, null: list | None = None) -> tuple:
     """(generated value, real-vs-real null values) of one statistic over the split's draws. `stat` has
-    .generated(gen_idx, real_idx) and .null(a_idx, b_idx), each returning a number or None."""
-    null = [stat.null(a, b) for a, b in split.null]
+    .generated(gen_idx, real_idx) and .null(a_idx, b_idx), each returning a number or None. `null`: the null values
+    drawn before for the same statistic and split sizes (they depend on real data only), reused as they are."""
+    if null is None:
+        null = [stat.null(a, b) for a, b in split.null]
     gen_vals = [stat.generated(g, r) for g, r in split.gen_draws]
     g = float(np.median(gen_vals)) if all(_finite(v) is not None for v in gen_vals) else None
     return g, null

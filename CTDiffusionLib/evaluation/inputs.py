@@ -2,7 +2,10 @@
 
 Generated volumes define the grid (they are what the model produces); real/train cases are brought to it with the
 project's discovery and preprocessing (CTDiffusionLib.data). Every array here is (z, y, x): float32 HU for
-intensity profiles, uint8 labels for label-map profiles (2D-slice masks are (1, y, x)).
+intensity profiles, uint8 labels for label-map profiles (2D-slice masks are (1, y, x)), in the model's voxel order
+(preprocess.ORIENTATION): training reorients every case to it before gridding, so a model reproduces cases in that
+order, and a case stored in another order (e.g. a NIfTI in RAS order) would otherwise be compared mirrored in x and
+y, which no near-copy search undoes.
 """
 
 from __future__ import annotations
@@ -96,9 +99,11 @@ def load_generated(folder, profile: str | None = None) -> GeneratedSet:
     if not files:
         raise InputError(f"--generated {folder} contains no volumes (.nii.gz, .nii, .nrrd, .mha).",
                          "Point --generated at a folder written by `ctdiffusion generate` (synthetic_0001.nii.gz, ...).")
+    from CTDiffusionLib.data.preprocess import reorient
+
     samples, paths, spacings, sidecar_profiles, modes = [], [], set(), set(), set()
     for f in files:
-        img = read_image(f, what="generated volume")
+        img = reorient(read_image(f, what="generated volume"))  # a no-op unless resampled onto a --reference
         spacings.add(tuple(round(float(s), 4) for s in img.GetSpacing()))
         sidecar = {}
         side = f.with_name(Path(strip_image_suffix(f)).name + ".json")
@@ -170,23 +175,26 @@ def _run_folder_split(folder: Path) -> tuple | None:
 def load_cases(folder, gen: GeneratedSet, flag: str, paths: list | None = None) -> list:
     """Cases of FOLDER (or explicit PATHS) as Samples on the generated grid; 2D masks yield one Sample per slice.
     Discovery, reading and gridding are the project's own (the same the model was trained with)."""
-    from CTDiffusionLib.data.discovery import discover_cases, read_case
-    from CTDiffusionLib.data.preprocess import ct_to_grid, masks_to_grid
+    from CTDiffusionLib.data.discovery import discover_cases, read_case, subject_of
+    from CTDiffusionLib.data.preprocess import ct_to_grid, masks_to_grid, reorient
 
     cases = discover_cases(paths if paths is not None else [str(folder)], gen.profile)
     samples = []
     for case in cases:
         cond = dict(case.conditions) or None
-        img = read_case(case, gen.profile)
+        img = reorient(read_case(case, gen.profile))  # the voxel order training used (data.dataset._prepare_case)
+        subject = {"subject": subject_of(case, gen.profile)}  # ED and ES, and every slice, of one patient share it
         if not gen.profile.is_label_map:
             extent = [float(n * sp) for n, sp in zip(img.GetSize(), img.GetSpacing())]
             samples.append(Sample(case.case_id, np.asarray(ct_to_grid(img, gen.grid_xyz), np.float32), cond,
-                                  {"extent_mm": extent, "spacing": [float(x) for x in img.GetSpacing()]}))
+                                  {"extent_mm": extent, "spacing": [float(x) for x in img.GetSpacing()], **subject}))
         elif gen.mode == "2d":
             slices = masks_to_grid(img, gen.grid_xyz[:2], "2d")
-            samples += [Sample(f"{case.case_id}_s{k:02d}", s[None].astype(np.uint8), cond) for k, s in enumerate(slices)]
+            samples += [Sample(f"{case.case_id}_s{k:02d}", s[None].astype(np.uint8), cond, dict(subject))
+                        for k, s in enumerate(slices)]
         else:
-            samples += [Sample(case.case_id, a.astype(np.uint8), cond) for a in masks_to_grid(img, gen.grid_xyz, "3d")]
+            samples += [Sample(case.case_id, a.astype(np.uint8), cond, dict(subject))
+                        for a in masks_to_grid(img, gen.grid_xyz, "3d")]
     if not samples:
         raise InputError(f"{flag} {folder} gave no usable cases for the {gen.profile.name} profile (no labels?).",
                          "Check that the folder holds data of the same kind as the generated volumes.")

@@ -9,7 +9,10 @@ the sample: a start from matched foreground areas (zoom) and centres of mass (sh
 scores exactly 1).
 
 The threshold comes from real-vs-real: the same aligned nearest-training similarity for every held-out real case
-and, leave-one-out, for training cases against the other training cases; those are genuinely new volumes. A normal
+and, leave-one-out, for training cases against the training cases of other patients; those are genuinely new
+volumes. Leaving out only the case itself would compare an ACDC ED frame with its own patient's ES frame, and a 2D
+slice with the neighbouring slices of its own stack: not new anatomy, and near-copies in all but name, which would
+lift the threshold above what an augmented copy of a training case scores. A normal
 fit to log(1 - similarity) (similarity is bounded by 1) gives the threshold at which a new volume is flagged with
 probability FALSE_FLAG_RATE, never below the largest value observed, and the report states that probability.
 Exact copies (identical arrays, or similarity >= COPY_SIMILARITY) are always flagged.
@@ -192,9 +195,11 @@ class AlignedSearch:
             best = grid[int(np.argmax(scores))]
         return best
 
-    def matrix(self, targets: list, refs: list, device: str = "cpu", skip_diagonal: bool = False) -> np.ndarray:
+    def matrix(self, targets: list, refs: list, device: str = "cpu", exclude: np.ndarray | None = None
+               ) -> np.ndarray:
         """(len(targets), len(refs)) similarities: the aligned score for each target's TOP_REFS references, the
-        untouched one elsewhere; the diagonal is -inf when skip_diagonal (leave one out)."""
+        untouched one elsewhere; -inf where `exclude` (a boolean (targets, refs) array) is True: leave-one-out,
+        the target's own patient."""
         shape = targets[0].shape
         factor = max(1.0, max(shape[1:]) / self.SEARCH_INPLANE)
         small = (lambda a: ndimage.zoom(a, (1, 1 / factor, 1 / factor), order=1)) if factor > 1 else (lambda a: a)
@@ -205,17 +210,21 @@ class AlignedSearch:
         t_com, r_com = [self._com(t) for t in t_small], [self._com(r) for r in r_small]
         t_area, r_area = [self._area(t) for t in t_small], [self._area(r) for r in r_small]
         out = self.sim.matrix(self.sim.prepare(targets), self.sim.prepare(refs), device)
+        if exclude is not None:
+            out[np.asarray(exclude, bool)] = -np.inf
         t_sig, r_sig = [self._signature(t) for t in t_small], np.array([self._signature(r) for r in r_small])
         for i, t in enumerate(targets):
             # coarse candidates of the PREFILTER references with the nearest signatures, plus the best untouched
             # match, in one batched warp; best candidate per reference
-            near = set(np.argsort(np.abs(r_sig - t_sig[i]).sum(1), kind="stable")[:self.PREFILTER].tolist())
-            near.add(int(np.argmax(np.where(np.arange(len(refs)) == i, -np.inf, out[i])) if skip_diagonal
-                         else np.argmax(out[i])))
+            allowed = np.isfinite(out[i])
+            if not allowed.any():
+                continue
+            dist = np.where(allowed, np.abs(r_sig - t_sig[i]).sum(1), np.inf)
+            near = set(np.argsort(dist, kind="stable")[:self.PREFILTER].tolist())
+            near.add(int(np.argmax(out[i])))
             rows, which, sources, dzs = [], [], [], {}
             for j, r in enumerate(refs):
-                if skip_diagonal and i == j:
-                    out[i, j] = -np.inf
+                if not allowed[j]:
                     continue
                 if t.shape == r.shape and np.array_equal(t, r):
                     out[i, j] = 1.0

@@ -81,6 +81,7 @@ class Reference:
     pool_similarity: np.ndarray  # pairwise similarity within real + train (NaN diagonal)
     copy_null: dict | None = None  # near-copy null: {"heldout": (idx, sim), "loo": [...], "threshold": {...}}
     features: list = field(default_factory=list)  # per feature seed: (featurize, description, pool features)
+    null_draws: dict = field(default_factory=dict)  # (metric, n_gen, n_ref) -> real-vs-real values of its draws
 
     @property
     def pool(self) -> list:
@@ -131,7 +132,8 @@ def _search(gen, sim, run_config):
 
 
 def _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed) -> dict:
-    """Aligned nearest-training similarity of genuinely new volumes: held-out cases, and training cases left out."""
+    """Aligned nearest-training similarity of genuinely new volumes: held-out cases, and training cases against the
+    training cases of other patients (a seeded subset of at most MAX_LEAVE_ONE_OUT, spread over the patients)."""
     from CTDiffusionLib.evaluation import novelty
 
     search, space = _search(gen, sim, run_config)
@@ -141,12 +143,16 @@ def _near_copy_null(gen, real_s, train_s, sim, device, run_config, seed) -> dict
         real_s = [real_s[i] for i in sorted(keep)]
     h_idx, h_sim = novelty.nearest(search.matrix([s.array for s in real_s], train_arrays, device))
     loo = []
-    if len(train_s) >= 2:
-        k = min(len(train_s), novelty.MAX_LEAVE_ONE_OUT)
-        loo_m = search.matrix(train_arrays[:k], train_arrays, device, skip_diagonal=True)
+    subjects = [s.meta.get("subject", s.name) for s in train_s]
+    if len(set(subjects)) >= 2:
+        left = np.arange(len(train_s))
+        if len(left) > novelty.MAX_LEAVE_ONE_OUT:
+            left = np.sort(np.random.default_rng(seed + 1).choice(len(left), novelty.MAX_LEAVE_ONE_OUT, replace=False))
+        same = np.array([[subjects[i] == subjects[j] for j in range(len(train_s))] for i in left])
+        loo_m = search.matrix([train_arrays[i] for i in left], train_arrays, device, exclude=same)
         l_idx, l_sim = novelty.nearest(loo_m)
         loo = [{"name": train_s[i].name, "nearest_train": train_s[int(j)].name, "similarity": float(v)}
-               for i, (j, v) in enumerate(zip(l_idx, l_sim))]
+               for i, j, v in zip(left, l_idx, l_sim)]
     null = list(h_sim) + [r["similarity"] for r in loo]
     return {"heldout": [{"name": real_s[i].name, "nearest_train": train_s[int(j)].name, "similarity": float(v)}
                         for i, (j, v) in enumerate(zip(h_idx, h_sim))],
@@ -180,25 +186,50 @@ def _reference(cache, key, build):
 # ------------------------------------------------------------------------------------------- set metrics
 
 
-def _distance(fn, gen_stats: list, ref: Reference, split) -> dict:
+def _drawn(ref: Reference, key: str, stat, split) -> tuple:
+    """floors.draw, with the metric's real-vs-real draws kept in the reference: they depend only on the real pool
+    and the split's sizes, so every generated set judged against the same reference (reference_cache) reuses them."""
+    slot = (key, split.n_gen, split.n_ref)
+    g, null = floors.draw(stat, split, ref.null_draws.get(slot))
+    ref.null_draws[slot] = null
+    return g, null
+
+
+def _judged(ref: Reference, key: str, stat, split, sided: str, **extra) -> dict:
+    return floors.judgement(*_drawn(ref, key, stat, split), sided, **extra)
+
+
+def _pending(stat, sided: str) -> dict:
+    """A judgement to be drawn once the metric's key is known (_resolve)."""
+    return {"_stat": stat, "sided": sided}
+
+
+def _resolve(entries: dict, ref: Reference, split) -> dict:
+    for key, entry in entries.items():
+        if "_stat" in entry:
+            entry.update(_judged(ref, key, entry.pop("_stat"), split, entry["sided"]))
+    return entries
+
+
+def _distance(fn, gen_stats: list, ref: Reference) -> dict:
     """A distance between two sets of per-sample statistics, judged against real-vs-real splits (fails above)."""
-    return floors.judged(floors.PairStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), split, "upper")
+    return _pending(floors.PairStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), "upper")
 
 
-def _value(fn, gen_stats: list, ref: Reference, split, sided: str) -> dict:
+def _value(fn, gen_stats: list, ref: Reference, sided: str) -> dict:
     """A value of one set (a rate, a mean), judged against the values sets of real cases reach."""
-    return floors.judged(floors.ValueStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), split, sided)
+    return _pending(floors.ValueStat(fn, gen_stats, ref.stats["real"], ref.pool_stats), sided)
 
 
 def _set_metrics(measures, gen_stats: list, ref: Reference, split) -> dict:
     """The profile's own set metrics (ct_realism / masks), each judged against its real-vs-real floor."""
     def distance(fn):
-        return _distance(fn, gen_stats, ref, split)
+        return _distance(fn, gen_stats, ref)
 
     def value(fn, sided):
-        return _value(fn, gen_stats, ref, split, sided)
+        return _value(fn, gen_stats, ref, sided)
 
-    return measures.set_metrics(gen_stats, ref.stats["real"], distance, value)
+    return _resolve(measures.set_metrics(gen_stats, ref.stats["real"], distance, value), ref, split)
 
 
 def _found_metric(measures, gen_stats: list, ref: Reference, split) -> dict:
@@ -207,9 +238,9 @@ def _found_metric(measures, gen_stats: list, ref: Reference, split) -> dict:
         return float(np.mean([s["found"] for s in items])) if items else None
 
     found = measures.FOUND
-    return {found["key"]: _entry(_value(share, gen_stats, ref, split, "lower"), "higher",
-                                 f"share of samples in which {found['what']} is found",
-                                 real_value=share(ref.stats["real"]))}
+    return _resolve({found["key"]: _entry(_value(share, gen_stats, ref, "lower"), "higher",
+                                          f"share of samples in which {found['what']} is found",
+                                          real_value=share(ref.stats["real"]))}, ref, split)
 
 
 def _diversity(gen, ref: Reference, sim, split, device, key: str) -> tuple:
@@ -226,7 +257,7 @@ def _diversity(gen, ref: Reference, sim, split, device, key: str) -> tuple:
 
     pool_items = [("pool", k) for k in range(len(ref.pool))]
     stat = floors.ValueStat(mean_pairs, [("gen", i) for i in range(len(gen.samples))], pool_items[:n_real], pool_items)
-    entry = _entry(floors.judged(stat, split, "two-sided"), "within",
+    entry = _entry(_judged(ref, key, stat, split, "two-sided"), "within",
                    f"mean pairwise {sim.description} among generated samples against sets of real cases; above the "
                    "interval is mode collapse, below it noise or broken anatomy", real_value=stat.real_value)
     div = {"gen": pair_values(matrices["gen"]), "real": pair_values(ref.pool_similarity, list(range(n_real)))}
@@ -298,14 +329,15 @@ def _feature_metrics(gen, ref: Reference, split) -> tuple:
     for key, text in (("frechet_distance", "Fréchet distance (FID formula) between feature distributions"),
                       ("mmd", "squared MMD, Gaussian kernel (bandwidth = median real feature distance)")):
         gens, nulls = [], []
-        for gf, (_, _, pool_f), bw in zip(gen_feats, ref.features, bandwidths):
+        for net, (gf, (_, _, pool_f), bw) in enumerate(zip(gen_feats, ref.features, bandwidths)):
             def fn(a, b, bw=bw):
                 if len(a) < 2 or len(b) < 2:
                     return None
                 a, b = np.stack(a), np.stack(b)
                 return frechet_distance(a, b) if key == "frechet_distance" else mmd2(a, b, bw)
 
-            g, null = floors.draw(floors.PairStat(fn, list(gf), list(pool_f[:n_real]), list(pool_f)), split)
+            stat = floors.PairStat(fn, list(gf), list(pool_f[:n_real]), list(pool_f))
+            g, null = _drawn(ref, f"{key}/network{net}", stat, split)
             gens.append(g)
             nulls += null
         g = float(np.median(gens)) if all(v is not None for v in gens) else None

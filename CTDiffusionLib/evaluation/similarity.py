@@ -8,7 +8,10 @@ window (5 scales from 112 px, 4 from 63, 3 from 28, 2 from 14), with the standar
 HU are windowed to the profile's comparison window (-1000..1000 HU) -> [0, 1] (data_range 1): wide enough for
 air/fat/tissue/bone edges.
 
-Label maps: mean Dice over the foreground classes (MONAI DiceMetric, a structure absent from both counts as 1).
+Label maps: mean Dice over the foreground classes present in either mask (MONAI DiceMetric per class; a structure
+absent from both is left out, two empty masks score 1). Counting an absent structure as a perfect 1 would hand every
+pair of apical 2D slices (no RV) a third of the score for free: they would look alike whatever their shapes, which
+compresses the scale and lifts the near-copy threshold above what augmented copies of training slices score.
 """
 
 from __future__ import annotations
@@ -94,8 +97,8 @@ class ForegroundDice(Similarity):
 
     def __init__(self, class_names=("background", "RV", "MYO", "LV")):
         self.n_classes = len(class_names)
-        self.description = (f"mean Dice over {', '.join(class_names[1:])} (a structure absent from both counts "
-                            "as 1)")
+        self.description = (f"mean Dice over {', '.join(class_names[1:])}, each where present in either mask "
+                            "(two empty masks score 1)")
 
     def prepare(self, arrays: list) -> torch.Tensor:
         return torch.from_numpy(np.stack([a.astype(np.int64) for a in arrays]))  # (N, Z, Y, X) labels
@@ -106,7 +109,10 @@ class ForegroundDice(Similarity):
         oh_a = torch.nn.functional.one_hot(a, self.n_classes).movedim(-1, 1).float()
         oh_b = torch.nn.functional.one_hot(b, self.n_classes).movedim(-1, 1).float()
         dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(oh_a, oh_b)
-        return dice.mean(dim=1)
+        present = (oh_a[:, 1:] + oh_b[:, 1:]).flatten(2).amax(-1) > 0  # (pairs, classes): in either mask
+        n = present.sum(dim=1)
+        mean = torch.where(present, dice, torch.zeros_like(dice)).sum(dim=1) / n.clamp_min(1)
+        return torch.where(n > 0, mean, torch.ones_like(mean))
 
 
 def similarity_for(profile, shape_zyx: tuple) -> Similarity:
