@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=_non_negative_int, default=None)
     p.add_argument("--schedule", choices=("linear", "cosine"), default=None, help="beta schedule")
     p.add_argument("--prediction", choices=("epsilon", "v"), default=None, help="what the network predicts")
+    p.add_argument("--min-snr-gamma", type=float, default=None,
+                   help="weight the loss by Min-SNR-gamma (e.g. 5; 0: plain MSE; default: the preset's)")
     p.add_argument("--grid", default=None, help="training grid XxYxZ (or XxY for 2D masks); overrides the preset")
     p.add_argument("--val-fraction", type=float, default=None, help="share of cases held out for validation (0.2)")
     p.add_argument("--augment", default=None,

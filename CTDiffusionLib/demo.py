@@ -12,7 +12,7 @@ from CTDiffusionLib.errors import InputError
 
 # per profile: phantom size (whole field of view, coarse pixels), preset, grid, training steps, batch
 DEMO = {
-    "prostate-ct": {"size": "48x48x12", "preset": "demo", "grid": None, "steps": 650, "batch": 2, "train": 16,
+    "prostate-ct": {"size": "48x48x12", "preset": "demo", "grid": None, "steps": 1400, "batch": 2, "train": 16,
                     "heldout": 8},
     "cardiac-masks": {"size": "128x128x8", "preset": "tiny2d", "grid": "48x48", "steps": 300, "batch": 16,
                       "train": 15, "heldout": 5},

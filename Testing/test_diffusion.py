@@ -114,3 +114,25 @@ def test_diffusion_loss_is_the_mse_to_the_training_target():
     diffusion_loss(lambda x, t, class_labels: seen.setdefault("labels", class_labels) is None or x, sched, x0, noise,
                    t, labels=torch.tensor([1, 2]))
     assert seen["labels"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("prediction", ["v", "epsilon"])
+def test_min_snr_weighting_caps_the_nearly_clean_timesteps(prediction):
+    from CTDiffusionLib.diffusion.loss import diffusion_loss, min_snr_weight
+
+    sched = training_scheduler(default_diffusion_config("linear", prediction, min_snr_gamma=5))
+    t = torch.tensor([0, 50, 500, 999])
+    alpha_bar = sched.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    weight = min_snr_weight(sched, t, 5.0)
+    plain = snr / (snr + 1) if prediction == "v" else torch.ones_like(snr)  # weight when SNR <= gamma
+    assert snr[0] > 5 > snr[-1]
+    assert torch.allclose(weight[snr <= 5], plain[snr <= 5].float())
+    assert torch.all(weight[snr > 5] < plain[snr > 5]) and torch.all(weight <= 1)
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1, torch.randn(4, 1, 8, 8, generator=g)
+    model = lambda x, t: x * 0.5  # noqa: E731
+    per_sample = ((sched.add_noise(x0, noise, t) * 0.5 - training_target(sched, x0, noise, t)) ** 2).mean((1, 2, 3))
+    assert torch.allclose(diffusion_loss(model, sched, x0, noise, t, min_snr_gamma=5.0), (weight * per_sample).mean())
+    assert "min_snr_gamma" not in default_diffusion_config("linear", prediction)

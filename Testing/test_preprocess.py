@@ -1,6 +1,7 @@
 """Preprocessing: the HU map is invertible, resampling keeps the field of view, masks stay labels."""
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from CTDiffusionLib.data.augment import augment_sample, parse_augment
@@ -8,13 +9,24 @@ from CTDiffusionLib.data.preprocess import (ct_grid_geometry, ct_to_grid, hu_to_
                                             masks_to_grid, unit_to_hu, unit_to_labels)
 
 
-def test_hu_mapping_is_exact_for_every_hu_in_range():
+@pytest.mark.parametrize("intensity", [None, {"kind": "hu_linear", "hu_range": [-1024.0, 2000.0]}],
+                         ids=["profile-piecewise", "linear"])
+def test_hu_mapping_is_exact_for_every_hu_in_range(intensity):
     hu = np.arange(-1024, 2001, dtype=np.int16)
-    unit = hu_to_unit(hu.astype(np.float32))
-    assert unit.min() == -1.0 and unit.max() == 1.0
-    np.testing.assert_array_equal(unit_to_hu(unit), hu)
-    # float16 is how the training cache stores CT; it must stay within 1 HU of the truth
-    assert np.abs(unit_to_hu(unit.astype(np.float16).astype(np.float32)) - hu).max() <= 1
+    unit = hu_to_unit(hu.astype(np.float32), intensity)
+    assert unit.min() == -1.0 and unit.max() == 1.0 and np.all(np.diff(unit) > 0)
+    np.testing.assert_array_equal(unit_to_hu(unit, intensity), hu)
+    # float16 is how the training cache stores CT: within 1 HU of the truth in soft tissue and 2 HU in bone
+    error = np.abs(unit_to_hu(unit.astype(np.float16).astype(np.float32), intensity) - hu)
+    soft = (hu >= -200) & (hu <= 300)
+    assert error[soft].max() <= 1 and error.max() <= 2
+
+
+def test_profile_mapping_gives_soft_tissue_more_of_the_range():
+    fat, muscle = hu_to_unit(np.array([-100.0, 50.0]))
+    linear_fat, linear_muscle = hu_to_unit(np.array([-100.0, 50.0]), {"kind": "hu_linear",
+                                                                     "hu_range": [-1024.0, 2000.0]})
+    assert (muscle - fat) > 3 * (linear_muscle - linear_fat)
 
 
 def test_ct_to_grid_keeps_the_field_of_view_and_values():
@@ -82,3 +94,22 @@ def test_augmentation_keeps_shape_dtype_and_labels():
     a = augment_sample(labels, cfg, np.random.default_rng(5), True)
     b = augment_sample(labels, cfg, np.random.default_rng(5), True)
     np.testing.assert_array_equal(a, b)
+
+
+def test_training_cache_follows_the_runs_intensity_mapping(ct_phantoms, tmp_path):
+    """A run stores its mapping; preparing data for it uses that mapping and caches it separately, so an older run
+    (linear map) resumed after the profile's default changed still trains on what it started with."""
+    from CTDiffusionLib.data.dataset import prepare_dataset
+    from CTDiffusionLib.data.discovery import discover_cases
+
+    cases = discover_cases(ct_phantoms, "prostate-ct")[:2]
+    cfg = {"grid": [16, 16, 4], "mode": "3d", "val_fraction": 0.0}
+    linear = {"kind": "hu_linear", "hu_range": [-1024.0, 2000.0]}
+    new = prepare_dataset(cases, "prostate-ct", cfg, tmp_path, seed=0)
+    old = prepare_dataset(cases, "prostate-ct", cfg, tmp_path, seed=0, intensity=linear)
+    assert len(list(tmp_path.glob("*.npz"))) == 4  # one cache file per case and mapping
+    for a, b in zip(new.samples, old.samples):
+        hu_a = unit_to_hu(a.astype(np.float32))
+        hu_b = unit_to_hu(b.astype(np.float32), linear)
+        assert np.abs(hu_a.astype(int) - hu_b).max() <= 2  # the same HU through either mapping (float16 cache)
+        assert not np.allclose(a, b)

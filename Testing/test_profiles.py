@@ -31,7 +31,9 @@ def test_ct_profile_facts():
     assert p.display_window.range == (-160.0, 240.0)  # soft tissue, W400 / L40
     assert (p.display_window.level, p.display_window.width) == (40.0, 400.0)
     assert p.comparison_window.range == (-1000.0, 1000.0)
-    assert p.intensity_config() == {"kind": "hu_linear", "hu_range": [-1024.0, 2000.0]}
+    assert p.intensity_config() == {"kind": "hu_piecewise", "hu": [-1024.0, -200.0, 300.0, 2000.0],
+                                    "unit": [-1.0, -0.6, 0.6, 1.0]}
+    assert Profile("x", "X", hu_range=(0.0, 1.0)).intensity_config() == {"kind": "hu_linear", "hu_range": [0.0, 1.0]}
     assert p.output_dtype == "int16" and p.slicer_node_class == "vtkMRMLScalarVolumeNode"
     assert p.default_preset == "default" and "dicom" in p.folder_layouts
 
@@ -63,6 +65,10 @@ def test_profile_checks_its_own_consistency():
         Profile("neither", "Neither")
     with pytest.raises(ValueError):
         Profile("gap", "Gap", classes=(LabelClass(0, "bg", (0, 0, 0)), LabelClass(2, "x", (1, 0, 0))))
+    for knots in [((0.0, -1.0), (0.5, 0.5), (0.4, 0.6), (1.0, 1.0)),  # HU not rising
+                  ((0.0, -1.0), (0.5, 0.0), (0.9, 1.0))]:  # does not end at the range's end
+        with pytest.raises(ValueError):
+            Profile("knots", "Knots", hu_range=(0.0, 1.0), hu_knots=knots)
     with pytest.raises(Exception):
         PROSTATE_CT.name = "other"  # frozen
 

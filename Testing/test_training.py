@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, run_cli
 from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 from CTDiffusionLib.events import read_events
+from CTDiffusionLib.profiles import PROSTATE_CT
 from CTDiffusionLib.runfolder import is_temporary
 from CTDiffusionLib.training import trainer as trainer_module
 from CTDiffusionLib.training.checkpoints import list_checkpoints, load_checkpoint
@@ -131,7 +132,7 @@ def test_run_folder_contract(tiny_ct_run):
     assert {"step", "total", "epoch", "loss", "lr", "it_per_s", "eta_s"} <= set(progress[0])
     assert any("val_loss" in e for e in progress)
     meta = json.loads((tiny_ct_run / "model" / "model.json").read_text(encoding="utf-8"))
-    assert meta["intensity"]["hu_range"] == [-1024.0, 2000.0] and len(meta["geometry"]["spacing"]) == 3
+    assert meta["intensity"] == PROSTATE_CT.intensity_config() and len(meta["geometry"]["spacing"]) == 3
     assert set(load_file(str(tiny_ct_run / "model" / "model.safetensors")))
     assert list((tiny_ct_run / "cache").glob("*.npz"))
 
@@ -150,3 +151,14 @@ def test_typed_training_config_reads_old_and_new_run_folders():
     assert total_steps(TrainingConfig.from_dict({**old, "epochs": 4}), 5) == (12, 3)
     with pytest.raises(TypeError):
         TrainingConfig.from_dict({"lr": 1e-3})  # a config without the essentials is a bug, not a default
+
+
+def test_validation_runs_at_most_max_validations_times(ct_phantoms, tmp_path, monkeypatch):
+    """5 cases: 4 train at batch 2 = 2 steps an epoch; 12 steps = 6 epochs. With a cap of 2 validation points the
+    trainer validates every 3rd epoch end (steps 6 and 12), not at all 6."""
+    monkeypatch.setattr(trainer_module, "MAX_VALIDATIONS", 2)
+    run = tmp_path / "run"
+    assert run_cli("train", "--profile", "prostate-ct", "--data", ct_phantoms, "--out", run, "--preset", "tiny",
+                   "--steps", 12, "--batch-size", 2, "--checkpoint-every", 12, "--sample-every", 0) == 0
+    validated = [e["step"] for e in read_events(run / "events.jsonl") if e.get("phase") == "validate"]
+    assert validated == [6, 12]

@@ -261,7 +261,8 @@ def make_trainer(profile: str, preset: str, data: Path, run_dir: Path, device: t
     config["training"]["channels_last"] = channels_last
     config["training"]["checkpoint_every"] = 10 ** 9
     cases, vocab = load_cases(config)
-    prepared = prepare_dataset(cases, profile, config["data"], run_dir / "cache", config["training"]["seed"])
+    prepared = prepare_dataset(cases, profile, config["data"], run_dir / "cache", config["training"]["seed"],
+                               intensity=config["intensity"])
     trainer = Trainer(config, run_dir, prepared, vocab, device, EventWriter())
     if channels_last and device.type != "cuda" and config["data"]["mode"] == "3d":
         # the engine uses channels_last_3d on CUDA only; the CPU "fast path" row applies it here to measure it
@@ -543,7 +544,8 @@ def section_quality(ctx: dict) -> dict:
     meta = {"profile": "prostate-ct", "intensity": trainer.config["intensity"], "data": trainer.config["data"],
             "model": trainer.config["model"]}
     shape = model_input_shape(meta)
-    real = np.concatenate([unit_to_hu(s.astype(np.float32)).ravel() for s in trainer.data.samples])
+    real = np.concatenate([unit_to_hu(s.astype(np.float32), meta["intensity"]).ravel()
+                           for s in trainer.data.samples])
 
     def generate_set(name, steps, seeds, clip_x0=False):
         t1 = time.perf_counter()

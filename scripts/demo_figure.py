@@ -72,18 +72,18 @@ def figure(demo: Path, out: Path, rows: int = 2) -> None:
 
 def evaluate_noise(demo: Path, noise_report: Path) -> None:
     from CTDiffusionLib.cli import main
+    from CTDiffusionLib.data.preprocess import unit_to_hu
     from CTDiffusionLib.data.volume_io import array_to_image, write_image
-    from CTDiffusionLib.profiles import get_profile
+    from CTDiffusionLib.runfolder import read_model_json
 
     folder = noise_report.parent / (noise_report.name + "_volumes")
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
+    intensity = read_model_json(demo / "run")["intensity"]  # noise in the model's own space, mapped as it maps
     for path in sorted((demo / "generated").glob("*.nii.gz")):
         array, geometry = image_to_array(read_image(path))
         x = np.clip(rng.standard_normal(array.shape), -1, 1)
-        low, high = get_profile("prostate-ct").hu_range
-        hu = (x + 1) / 2 * (high - low) + low
-        write_image(array_to_image(np.rint(hu).astype(np.int16), geometry), folder / path.name)
+        write_image(array_to_image(unit_to_hu(x, intensity), geometry), folder / path.name)
     code = main(["evaluate", "--real", str(demo / "data" / "heldout"), "--train", str(demo / "data" / "train"),
                  "--generated", str(folder), "--out", str(noise_report), "--device", "cpu"])
     if code != 0:

@@ -41,16 +41,16 @@ class PreparedData:
         return [i for i, c in enumerate(self.sample_case) if c in wanted]
 
 
-def _cache_key(case: Case, data_cfg: dict, profile: Profile) -> str:
+def _cache_key(case: Case, data_cfg: dict, profile: Profile, intensity: dict) -> str:
     path = Path(case.path)
     stat_paths = sorted(path.iterdir()) if path.is_dir() else [path]
     ident = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in stat_paths if p.is_file()]
     settings = {"v": CACHE_VERSION, "profile": profile.name, "grid": data_cfg["grid"], "mode": data_cfg["mode"],
-                "series": case.series_uid}
+                "series": case.series_uid, "intensity": intensity}
     return hashlib.sha1(json.dumps([ident, settings]).encode()).hexdigest()[:16]
 
 
-def _prepare_case(case: Case, profile: Profile, data_cfg: dict) -> tuple[list[np.ndarray], dict]:
+def _prepare_case(case: Case, profile: Profile, data_cfg: dict, intensity: dict) -> tuple[list[np.ndarray], dict]:
     """Read + resample one case; returns compact arrays (intensity: float16 model units, labels: uint8) and its
     geometry/statistics."""
     stored = read_case(case, profile)
@@ -64,7 +64,7 @@ def _prepare_case(case: Case, profile: Profile, data_cfg: dict) -> tuple[list[np
         info.update({"origin": list(origin), "direction": list(direction),
                      "hu": {"mean": float(hu.mean()), "std": float(hu.std()),
                             "p1": float(np.percentile(hu, 1)), "p99": float(np.percentile(hu, 99))}})
-        return [to_unit(hu, profile)[0].astype(np.float16)], info
+        return [to_unit(hu, profile, intensity)[0].astype(np.float16)], info
     if not samples:
         names = ", ".join(c.name for c in profile.foreground_classes)
         raise InputError(f"{case.path} contains only background (no {names} labels).",
@@ -75,14 +75,15 @@ def _prepare_case(case: Case, profile: Profile, data_cfg: dict) -> tuple[list[np
     return samples, info
 
 
-def _load_or_prepare(case: Case, profile: Profile, data_cfg: dict, cache_dir: Path | None):
-    cache_file = cache_dir / f"{case.case_id}-{_cache_key(case, data_cfg, profile)}.npz" if cache_dir else None
+def _load_or_prepare(case: Case, profile: Profile, data_cfg: dict, intensity: dict, cache_dir: Path | None):
+    cache_file = (cache_dir / f"{case.case_id}-{_cache_key(case, data_cfg, profile, intensity)}.npz"
+                  if cache_dir else None)
     if cache_file and cache_file.exists():
         with np.load(cache_file, allow_pickle=False) as z:
             arrays = [z[f"a{i}"] for i in range(int(z["n"]))]
             info = json.loads(str(z["info"]))
         return arrays, info
-    arrays, info = _prepare_case(case, profile, data_cfg)
+    arrays, info = _prepare_case(case, profile, data_cfg, intensity)
     if cache_file:
         atomic_write(cache_file, lambda tmp: np.savez(tmp, n=len(arrays), info=json.dumps(info),
                                                        **{f"a{i}": a for i, a in enumerate(arrays)}))
@@ -138,11 +139,13 @@ def _count(n: int, noun: str) -> str:
 
 
 def prepare_dataset(cases: list[Case], profile, data_cfg: dict, cache_dir: Path | None, seed: int,
-                    on_case=None) -> PreparedData:
+                    on_case=None, intensity: dict | None = None) -> PreparedData:
+    """Every case on the training grid in model units, by the run's `intensity` config (default: the profile's)."""
     profile = get_profile(profile)
+    intensity = intensity or profile.intensity_config()
     samples, sample_case, infos = [], [], []
     for i, case in enumerate(cases):
-        arrays, info = _load_or_prepare(case, profile, data_cfg, cache_dir)
+        arrays, info = _load_or_prepare(case, profile, data_cfg, intensity, cache_dir)
         samples += arrays
         sample_case += [i] * len(arrays)
         infos.append(info)

@@ -1,8 +1,8 @@
 """Bring one case to the profile's training grid, and map intensities to model space and back.
 
 Intensity images (prostate CT): the whole physical extent of the volume is resampled (anti-aliased linear) onto a
-fixed grid, so volumes of different sizes and spacings become comparable; HU are mapped linearly and invertibly
-to [-1, 1] over the profile's HU range.
+fixed grid, so volumes of different sizes and spacings become comparable; HU are mapped invertibly to [-1, 1] over
+the profile's HU range, linearly or piecewise linearly (the profile's knots, stored as the run's intensity config).
 Label maps (cardiac masks): crop around the foreground (the heart), pad to a square (in mm), nearest-neighbour
 resize (labels are never interpolated); one channel per class scaled to [-1, 1]; argmax returns labels.
 Which of the two applies is the profile's `is_label_map`; the way back is the stored intensity config's "kind".
@@ -16,7 +16,6 @@ import SimpleITK as sitk
 from CTDiffusionLib.profiles import CARDIAC_MASKS, PROSTATE_CT, Profile
 
 # defaults of the helpers below for callers that do not pass a profile's values (evaluation, tests)
-HU_RANGE = PROSTATE_CT.hu_range
 NUM_CLASSES = CARDIAC_MASKS.channels
 
 CROP_MARGIN = 0.25  # fraction of the heart's in-plane extent kept around it on each side
@@ -48,7 +47,7 @@ def ct_grid_geometry(image: sitk.Image, grid_xyz) -> tuple[tuple, tuple, tuple]:
     return tuple(new_spacing), tuple(new_origin), tuple(image.GetDirection())
 
 
-def ct_to_grid(image: sitk.Image, grid_xyz, fill_hu: float = HU_RANGE[0]) -> np.ndarray:
+def ct_to_grid(image: sitk.Image, grid_xyz, fill_hu: float = PROSTATE_CT.hu_range[0]) -> np.ndarray:
     """float32 HU array (z, y, x) on the grid; blurs before down-sampling so small grids do not alias; `fill_hu`
     outside the image."""
     spacing, origin, direction = ct_grid_geometry(image, grid_xyz)
@@ -61,14 +60,25 @@ def ct_to_grid(image: sitk.Image, grid_xyz, fill_hu: float = HU_RANGE[0]) -> np.
     return sitk.GetArrayFromImage(out)
 
 
-def hu_to_unit(hu: np.ndarray, hu_range=HU_RANGE) -> np.ndarray:
-    lo, hi = hu_range
-    return (np.clip(hu, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+def hu_to_unit(hu: np.ndarray, intensity: dict | None = None) -> np.ndarray:
+    """HU -> model values in [-1, 1] by an intensity config (default: the prostate-CT profile's); clamps outside."""
+    hu_points, unit_points = _intensity_knots(intensity or PROSTATE_CT.intensity_config())
+    return np.interp(hu, hu_points, unit_points)
 
 
-def unit_to_hu(x: np.ndarray, hu_range=HU_RANGE) -> np.ndarray:
-    lo, hi = hu_range
-    return np.round((np.clip(x, -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.int16)
+def unit_to_hu(x: np.ndarray, intensity: dict | None = None) -> np.ndarray:
+    """Model values -> int16 HU, the inverse of `hu_to_unit` for the same intensity config."""
+    hu_points, unit_points = _intensity_knots(intensity or PROSTATE_CT.intensity_config())
+    return np.round(np.interp(x, unit_points, hu_points)).astype(np.int16)
+
+
+def _intensity_knots(intensity: dict) -> tuple[list[float], list[float]]:
+    """(HU, model value) points of an intensity mapping: two for hu_linear, the stored knots for hu_piecewise."""
+    if intensity["kind"] == "hu_linear":
+        return list(intensity["hu_range"]), [-1.0, 1.0]
+    if intensity["kind"] == "hu_piecewise":
+        return list(intensity["hu"]), list(intensity["unit"])
+    raise ValueError(f"unknown intensity mapping {intensity['kind']!r}")
 
 
 # ---------------------------------------------------------------- masks
@@ -132,11 +142,12 @@ def case_to_grid(image: sitk.Image, profile: Profile, grid, mode: str) -> tuple[
     return [ct_to_grid(image, grid, profile.fill_value)], spacing
 
 
-def to_unit(sample: np.ndarray, profile: Profile) -> np.ndarray:
-    """A compact sample in real units (HU or labels) -> model space (channels, spatial...) float32 in [-1, 1]."""
+def to_unit(sample: np.ndarray, profile: Profile, intensity: dict | None = None) -> np.ndarray:
+    """A compact sample in real units (HU or labels) -> model space (channels, spatial...) float32 in [-1, 1], by
+    the run's intensity config (default: the profile's)."""
     if profile.is_label_map:
         return labels_to_unit(sample, profile.channels)
-    return hu_to_unit(sample, profile.hu_range)[None].astype(np.float32)
+    return hu_to_unit(sample, intensity or profile.intensity_config())[None].astype(np.float32)
 
 
 def from_unit(x: np.ndarray, intensity: dict) -> np.ndarray:
@@ -144,6 +155,4 @@ def from_unit(x: np.ndarray, intensity: dict) -> np.ndarray:
     (config.json / model.json "intensity", written by Profile.intensity_config): int16 HU or uint8 labels."""
     if intensity["kind"] == "onehot":
         return unit_to_labels(x)
-    if intensity["kind"] == "hu_linear":
-        return unit_to_hu(x[0], tuple(intensity["hu_range"]))
-    raise ValueError(f"unknown intensity mapping {intensity['kind']!r}")
+    return unit_to_hu(x[0], intensity)

@@ -10,13 +10,27 @@ from CTDiffusionLib.diffusion.schedulers import training_target
 
 def diffusion_loss(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                    labels: torch.Tensor | None = None, autocast_dtype: torch.dtype | None = None,
-                   reduction: str = "mean") -> torch.Tensor:
+                   reduction: str = "mean", min_snr_gamma: float | None = None) -> torch.Tensor:
     """MSE between the network's output for x_t = q(x0, noise, t) and what it learns to predict (noise or v).
 
     The forward pass runs under bf16 autocast when `autocast_dtype` is given; the loss itself is computed in float32.
+    With `min_snr_gamma` (training only) each sample's MSE is weighted by Min-SNR-gamma (Hang et al. 2023): the
+    nearly noise-free timesteps, which plain v/epsilon losses over-weight, count no more than SNR = gamma, so the
+    coarse structure is learned sooner.
     """
     xt = scheduler.add_noise(x0, noise, t)
     target = training_target(scheduler, x0, noise, t)
     with torch.autocast(x0.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         pred = model(xt, t, class_labels=labels) if labels is not None else model(xt, t)
-    return F.mse_loss(pred.float(), target.float(), reduction=reduction)
+    if not min_snr_gamma:
+        return F.mse_loss(pred.float(), target.float(), reduction=reduction)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (min_snr_weight(scheduler, t, min_snr_gamma) * per_sample).mean()
+
+
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t for epsilon targets, min(SNR_t, gamma) / (SNR_t + 1) for v targets."""
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alpha_bar / (1.0 - alpha_bar)
+    denominator = snr + 1.0 if scheduler.config.prediction_type == "v_prediction" else snr
+    return snr.clamp(max=gamma) / denominator

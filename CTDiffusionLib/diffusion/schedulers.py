@@ -15,11 +15,16 @@ DEFAULT_SAMPLER_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 25}
 LEGACY_SAMPLING = {"clip_sample": True, "timestep_spacing": "trailing", "thresholding": False}
 
 
-def default_diffusion_config(schedule: str = "linear", prediction: str = "v") -> dict:
+def default_diffusion_config(schedule: str = "linear", prediction: str = "v",
+                             min_snr_gamma: float | None = None) -> dict:
     """v-prediction by default: measured on tiny mask models, epsilon-prediction made the deterministic few-step
-    samplers (DDIM, DPM-Solver++) drift far from DDPM, v-prediction made all three agree (docs/engine.md)."""
-    return {"num_train_timesteps": 1000, "beta_schedule": schedule, "prediction": prediction,
-            "beta_start": 1e-4, "beta_end": 0.02}
+    samplers (DDIM, DPM-Solver++) drift far from DDPM, v-prediction made all three agree (docs/engine.md).
+    `min_snr_gamma` weights the training loss by Min-SNR (diffusion/loss.py); None keeps the plain MSE."""
+    config = {"num_train_timesteps": 1000, "beta_schedule": schedule, "prediction": prediction,
+              "beta_start": 1e-4, "beta_end": 0.02}
+    if min_snr_gamma:  # only when used, so configs of runs without it stay what they were
+        config["min_snr_gamma"] = float(min_snr_gamma)
+    return config
 
 
 def training_scheduler(cfg: dict) -> DDPMScheduler:

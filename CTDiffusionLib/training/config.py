@@ -106,8 +106,9 @@ def build_config(args, sources: list[str]) -> dict:
                  "augment": parse_augment(args.augment, preset["augment"]), "conditions": conditions},
         "intensity": profile.intensity_config(),
         "model": preset["model"],
-        "diffusion": default_diffusion_config(args.schedule or preset.get("schedule", "linear"),
-                                              args.prediction or preset.get("prediction", "v")),
+        "diffusion": default_diffusion_config(
+            args.schedule or preset.get("schedule", "linear"), args.prediction or preset.get("prediction", "v"),
+            preset.get("min_snr_gamma") if getattr(args, "min_snr_gamma", None) is None else args.min_snr_gamma),
         "training": training,
     }
 

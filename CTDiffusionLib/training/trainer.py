@@ -43,6 +43,7 @@ from CTDiffusionLib.training.prefetch import Prefetcher
 
 log = logging.getLogger("ctdiffusion")
 VAL_SAMPLES_MAX = 64
+MAX_VALIDATIONS = 50  # validation points per run at most (the loss curve needs no more)
 SYNC_EVERY = 10  # steps between host syncs (loss read-back, the DDP stop vote) when nothing else forces one
 
 
@@ -167,6 +168,9 @@ class Trainer:
         self.train_idx = data.sample_indices("train")
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
+        # Validate at the end of every k-th epoch, at most MAX_VALIDATIONS times a run: with few cases an epoch is a
+        # handful of steps and validating each one would cost a tenth of the training time.
+        self.validate_every_epochs = max(1, math.ceil(self.total / self.per_epoch / MAX_VALIDATIONS))
         torch.manual_seed(self.seed)
         self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
         apply_speed_settings(self.model, device, config["data"]["mode"], grad_checkpoint=tr.grad_checkpoint,
@@ -255,7 +259,8 @@ class Trainer:
         x0, noise, t, labels = (v.to(self.device, non_blocking=True) if v is not None else None
                                 for v in (batch["x0"], batch["noise"], batch["t"], batch["labels"]))
         self.model.train()
-        loss = diffusion_loss(self.forward, self.noise_schedule, x0, noise, t, labels, self.amp_dtype)
+        loss = diffusion_loss(self.forward, self.noise_schedule, x0, noise, t, labels, self.amp_dtype,
+                              min_snr_gamma=self.config["diffusion"].get("min_snr_gamma"))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
@@ -367,7 +372,8 @@ class Trainer:
                     log.info("step %d/%d (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, self.total, epoch,
                              loss_avg, rate, format_eta((self.total - self.step) / max(rate, 1e-9)))
                 preview_now = bool(tr.sample_every) and self.step % tr.sample_every == 0
-                if end_of_epoch and main:
+                validate_now = end_of_epoch and (epoch % self.validate_every_epochs == 0 or self.step == self.total)
+                if validate_now and main:
                     val = self.validation_loss()
                     if val is not None:
                         self.events.emit("progress", phase="validate", step=self.step, total=self.total,
@@ -376,7 +382,7 @@ class Trainer:
                     self.save()
                 if main and preview_now:
                     self.preview()
-                if end_of_epoch or save_now or preview_now:  # same steps on every rank
+                if validate_now or save_now or preview_now:  # same steps on every rank
                     wait_for_main(self.dist)
         finally:
             self.prefetch.close()
@@ -437,7 +443,8 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
     # rank 0 fills the preprocessing cache first, the other ranks then read it (no write race); if rank 0 fails,
     # every rank ends with its error instead of waiting at a barrier
     data = run_on_main_then_share(dist, lambda: prepare_dataset(cases, config["profile"], config["data"],
-                                                                run.cache, config["training"]["seed"]),
+                                                                run.cache, config["training"]["seed"],
+                                                                intensity=config["intensity"]),
                                   "Preprocessing the training data")
     split_line, split_warnings = split_summary(data)  # refuses a split with nothing to train on
     if dist.is_main:
