@@ -79,7 +79,8 @@ def test_every_case_is_reoriented_before_resampling(tmp_path):
     results = []
     for name, image in (("up", up), ("down", down)):
         path = write_image(image, tmp_path / f"{name}.nii.gz")
-        results.append(_prepare_case(Case(name, path), get_profile("prostate-ct"), cfg))
+        profile = get_profile("prostate-ct")
+        results.append(_prepare_case(Case(name, path), profile, cfg, profile.intensity_config()))
     (a,), info_a = results[0]
     (b,), info_b = results[1]
     assert not np.allclose(sitk.GetArrayFromImage(up), sitk.GetArrayFromImage(down))  # stored differently
