@@ -15,8 +15,7 @@ def diffusion_loss(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: t
 
     The forward pass runs under bf16 autocast when `autocast_dtype` is given; the loss itself is computed in float32.
     With `min_snr_gamma` (training only) each sample's MSE is weighted by Min-SNR-gamma (Hang et al. 2023): the
-    nearly noise-free timesteps, which plain v/epsilon losses over-weight, count no more than SNR = gamma, so the
-    coarse structure is learned sooner.
+    nearly noise-free timesteps, which plain v/epsilon losses over-weight, count no more than SNR = gamma.
     """
     xt = scheduler.add_noise(x0, noise, t)
     target = training_target(scheduler, x0, noise, t)

@@ -108,7 +108,7 @@ def build_config(args, sources: list[str]) -> dict:
         "model": preset["model"],
         "diffusion": default_diffusion_config(
             args.schedule or preset.get("schedule", "linear"), args.prediction or preset.get("prediction", "v"),
-            preset.get("min_snr_gamma") if getattr(args, "min_snr_gamma", None) is None else args.min_snr_gamma),
+            preset.get("min_snr_gamma") if args.min_snr_gamma is None else args.min_snr_gamma),
         "training": training,
     }
 

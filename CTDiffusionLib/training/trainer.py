@@ -169,7 +169,8 @@ class Trainer:
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
         # Validate at the end of every k-th epoch, at most MAX_VALIDATIONS times a run: with few cases an epoch is a
-        # handful of steps and validating each one would cost a tenth of the training time.
+        # handful of steps, and validating after each one would add a forward pass over the held-out set every few
+        # steps.
         self.validate_every_epochs = max(1, math.ceil(self.total / self.per_epoch / MAX_VALIDATIONS))
         torch.manual_seed(self.seed)
         self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
