@@ -23,6 +23,7 @@ from CTDiffusionLib.data.augment import augment_sample
 from CTDiffusionLib.data.phantoms import write_phantom_dataset
 from CTDiffusionLib.errors import InputError
 from test_evaluation import _one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
+from verdict_table import failing_metrics, write_verdict_table
 
 SIZE = (48, 48, 12)  # phantoms are written on the evaluation grid: the copies below are copies on that grid
 N = 8
@@ -103,27 +104,10 @@ def results(data, tmp_path_factory):
 
 
 def _write_table(path: Path, res: dict) -> None:
-    keys = list(next(iter(res.values()))["verdicts"])
-    lines = ["| generated set | failing metrics (value; real-vs-real interval) | near-copies flagged |", "|---|---|---|"]
-    for name, m in res.items():
-        fails = [f"`{k}` ({m['summary'][k]['generated']:.4g}; {_iv(m['summary'][k])})" if
-                 m["summary"][k]["generated"] is not None else f"`{k}` (cannot be computed)"
-                 for k in keys if m["verdicts"][k] == "fail"]
-        lines.append(f"| {name} | {', '.join(fails) or 'none'} | {len(m['near_copies'])} of {m['counts']['generated']} |")
     m = next(iter(res.values()))
-    lines.append("")
-    lines.append(f"Near-copy threshold {m['memorisation']['threshold']:.4f} (aligned in-plane MS-SSIM); chance that a "
-                 f"genuinely new volume is flagged: {m['memorisation']['false_flag_chance']:.2g}.")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _iv(entry) -> str:
-    iv = entry.get("interval")
-    return f"{iv[0]:.4g}..{iv[1]:.4g}" if iv else "none"
-
-
-def _fails(m) -> set:
-    return {k for k, v in m["verdicts"].items() if v == "fail"}
+    write_verdict_table(path, res, f"Near-copy threshold {m['memorisation']['threshold']:.4f} (aligned in-plane "
+                                   f"MS-SSIM); chance that a genuinely new volume is flagged: "
+                                   f"{m['memorisation']['false_flag_chance']:.2g}.")
 
 
 def test_every_metric_has_a_verdict_and_an_interval(results):
@@ -138,7 +122,7 @@ def test_every_metric_has_a_verdict_and_an_interval(results):
 
 def test_fresh_real_gets_no_fail(results):
     m = results["fresh real (new phantom seed)"]
-    assert not _fails(m), {k: (m["summary"][k]["generated"], m["summary"][k]["interval"]) for k in _fails(m)}
+    assert not failing_metrics(m), {k: (m["summary"][k]["generated"], m["summary"][k]["interval"]) for k in failing_metrics(m)}
     assert m["near_copies"] == [] and m["memorisation"]["status"] == "pass"
     assert m["verdict"] == "ok" and m["verdict_line"].startswith("OK")
     assert 0 < m["memorisation"]["false_flag_chance"] <= 0.01
@@ -150,7 +134,7 @@ def test_fresh_real_gets_no_fail(results):
 def test_copies_of_training_cases_are_flagged_by_name(results, data, name):
     _, train_names, _, _ = data
     m = results[name]
-    assert "memorised_fraction" in _fails(m) and m["memorisation"]["status"] == "flagged"
+    assert "memorised_fraction" in failing_metrics(m) and m["memorisation"]["status"] == "flagged"
     flagged = {c["sample"]: c for c in m["near_copies"]}
     assert sorted(flagged) == [f"synthetic_{k:04d}" for k in range(1, N + 1)]
     for k, train_name in enumerate(train_names, start=1):  # each sample is matched to the case it was made from
@@ -158,14 +142,14 @@ def test_copies_of_training_cases_are_flagged_by_name(results, data, name):
         assert flagged[f"synthetic_{k:04d}"]["similarity"] > m["memorisation"]["threshold"]
     if name == "exact copies":
         assert all(c["similarity"] == 1.0 for c in m["near_copies"])
-    assert "nearest_train_similarity" in _fails(m)
+    assert "nearest_train_similarity" in failing_metrics(m)
 
 
 def test_noise_fails_diversity_on_the_low_side_and_realism(results):
     m = results["pure noise"]
     div = m["summary"]["ms_ssim_diversity"]
     assert div["verdict"] == "fail" and div["generated"] < div["interval"][0]
-    assert {"hu_histogram_w1", "nearest_train_similarity"} <= _fails(m)
+    assert {"hu_histogram_w1", "nearest_train_similarity"} <= failing_metrics(m)
     assert m["summary"]["nearest_train_similarity"]["generated"] < m["summary"]["nearest_train_similarity"]["interval"][0]
     assert m["near_copies"] == []
 
@@ -179,7 +163,7 @@ def test_collapse_fails_diversity_on_the_high_side(results):
 
 def test_constant_volume_is_no_body_found(results):
     m = results["constant (all air)"]
-    assert {"body_found_rate", "hu_histogram_w1", "tissue_contrast_hu_gap"} <= _fails(m)
+    assert {"body_found_rate", "hu_histogram_w1", "tissue_contrast_hu_gap"} <= failing_metrics(m)
     assert m["summary"]["body_found_rate"]["generated"] == 0.0
     assert any(n.startswith(f"No body found in {N} of {N} generated volumes") for n in m["notes"])
     assert all(r["found"] is False for r in m["per_sample"])

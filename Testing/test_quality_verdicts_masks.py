@@ -33,6 +33,7 @@ from CTDiffusionLib.data.volume_io import Geometry
 from CTDiffusionLib.evaluation import masks
 from CTDiffusionLib.presets import PRESETS
 from test_evaluation import _one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
+from verdict_table import failing_metrics, write_verdict_table
 
 PROFILE = "cardiac-masks"
 SIZE = (64, 64, 6)  # phantom volumes; the model grids below are what the presets crop and resize to
@@ -172,29 +173,11 @@ def results(data, tmp_path_factory):
 
 
 def _write_table(path: Path, res: dict) -> None:
-    keys = list(next(iter(res.values()))["verdicts"])
-    lines = ["| generated set | failing metrics (value; real-vs-real interval) | near-copies flagged |", "|---|---|---|"]
-    for name, m in res.items():
-        fails = [f"`{k}` ({m['summary'][k]['generated']:.4g}; {_iv(m['summary'][k])})" if
-                 m["summary"][k]["generated"] is not None else f"`{k}` (cannot be computed)"
-                 for k in keys if m["verdicts"][k] == "fail"]
-        lines.append(f"| {name} | {', '.join(fails) or 'none'} | {len(m['near_copies'])} of {m['counts']['generated']} |")
     m = next(iter(res.values()))
-    lines.append("")
-    lines.append(f"{m['mode'].upper()} ({'x'.join(map(str, m['grid_xyz']))}; {m['counts']['real']} held-out and "
-                 f"{m['counts']['train']} training samples): near-copy threshold {m['memorisation']['threshold']:.4f} "
-                 f"(aligned Dice); chance that a genuinely new sample is flagged: "
-                 f"{m['memorisation']['false_flag_chance']:.2g}.")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _iv(entry) -> str:
-    iv = entry.get("interval")
-    return f"{iv[0]:.4g}..{iv[1]:.4g}" if iv else "none"
-
-
-def _fails(m) -> set:
-    return {k for k, v in m["verdicts"].items() if v == "fail"}
+    write_verdict_table(path, res, f"{m['mode'].upper()} ({'x'.join(map(str, m['grid_xyz']))}; {m['counts']['real']} "
+                                   f"held-out and {m['counts']['train']} training samples): near-copy threshold "
+                                   f"{m['memorisation']['threshold']:.4f} (aligned Dice); chance that a genuinely new "
+                                   f"sample is flagged: {m['memorisation']['false_flag_chance']:.2g}.")
 
 
 def _below(m, key) -> bool:
@@ -223,7 +206,7 @@ def test_generated_folders_read_back_as_written(data, results):
 
 def test_fresh_real_gets_no_fail(results):
     m = results[FRESH]
-    assert not _fails(m), {k: (m["summary"][k]["generated"], m["summary"][k]["interval"]) for k in _fails(m)}
+    assert not failing_metrics(m), {k: (m["summary"][k]["generated"], m["summary"][k]["interval"]) for k in failing_metrics(m)}
     assert m["near_copies"] == [] and m["memorisation"]["status"] == "pass"
     assert m["verdict"] == "ok" and m["verdict_line"].startswith("OK")
     assert 0 < m["memorisation"]["false_flag_chance"] <= 0.01
@@ -253,7 +236,7 @@ def test_copies_of_training_samples_are_flagged_by_name(data, results, name):
     would flag new anatomy too."""
     mode, sources = data["mode"], data["sources"]
     m = results[name]
-    assert "memorised_fraction" in _fails(m) and m["memorisation"]["status"] == "flagged"
+    assert "memorised_fraction" in failing_metrics(m) and m["memorisation"]["status"] == "flagged"
     assert _above(m, "nearest_train_similarity")
     names = [f"synthetic_{k:04d}" for k in range(1, N + 1)]
     assert [r["name"] for r in m["per_sample"]] == names
@@ -298,7 +281,7 @@ def test_collapse_fails_diversity_on_the_high_side(results):
 def test_empty_masks_are_no_structure_found(results):
     m = results[EMPTY]
     assert _below(m, "structure_found_rate") and m["summary"]["structure_found_rate"]["generated"] == 0.0
-    assert {"lv_volume_w1", "nearest_train_similarity", "frechet_distance", "mmd"} <= _fails(m)
+    assert {"lv_volume_w1", "nearest_train_similarity", "frechet_distance", "mmd"} <= failing_metrics(m)
     lv = m["summary"]["check_lv_isolated"]  # no LV anywhere: the check applies to no sample, which fails
     assert lv["generated"] is None and lv["verdict"] == "fail"
     assert any(n.startswith(f"No heart structure found in {N} of {N} generated volumes") for n in m["notes"])
