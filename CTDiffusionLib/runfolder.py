@@ -15,6 +15,7 @@
     BUNDLE_DIR/ (RUN_DIR/model, or a copy anywhere)
       model.safetensors   weights (never pickled)
       model.json          architecture, diffusion schedule, profile, intensity mapping, output geometry
+      model.incoming.safetensors   only while a save is under way (or was killed): see models/bundle.py
 
 Every save goes through `atomic_write`: a temporary file in the same folder, flushed to disk, then renamed over
 the target, so a reader sees the old file or the new one, never half of one. Standard library only.
@@ -48,6 +49,7 @@ CACHE = "cache"
 STOP_REQUEST = "stop-request"
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
+BUNDLE_INCOMING = "model.incoming.safetensors"  # new weights between a save's first and last step (bundle.py)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
@@ -103,6 +105,7 @@ class BundleFolder(_Folder):
 
     weights = property(lambda self: self.root / BUNDLE_WEIGHTS)
     meta = property(lambda self: self.root / BUNDLE_META)
+    incoming = property(lambda self: self.root / BUNDLE_INCOMING)
 
     def exists(self) -> bool:
         return self.meta.is_file()

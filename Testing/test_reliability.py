@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import ROOT, run_cli
 from CTDiffusionLib.data.dataset import PreparedData, _prepare_case, split_summary
@@ -23,7 +24,8 @@ from CTDiffusionLib.data.volume_io import array_to_image, Geometry, read_image, 
 from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, InputError
 from CTDiffusionLib.events import parse_event_line, read_events
 from CTDiffusionLib.generation import output_geometry
-from CTDiffusionLib.models.bundle import load_bundle
+from CTDiffusionLib.models import bundle as bundle_module
+from CTDiffusionLib.models.bundle import bundle_is_current, load_bundle, save_bundle
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.training.checkpoints import list_checkpoints, load_checkpoint
 from CTDiffusionLib.training.crash_recovery import RunFolderBusy, RunLock, remove_temp_files, trim_events_after
@@ -244,8 +246,8 @@ def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
         with RunLock(run):  # the killed run left no lock behind
             pass
 
-    # What a kill in the middle of save() leaves: a cut-off checkpoint temp file, and new weights beside the old
-    # model.json (killed between the two renames). The next start must clear the first and rewrite the bundle.
+    # What a kill in the middle of save() leaves: a cut-off checkpoint temp file; and weights that are not the ones
+    # model.json names (a foreign copy). The next start must clear the first and rewrite the bundle.
     newest = list_checkpoints(run / "checkpoints")[-1]
     (run / "checkpoints" / ".step_00000099.tmp-0123456789ab.pt").write_bytes(newest.read_bytes()[:1000])
     (run / "checkpoints" / "step_00000098.pt.tmp").write_bytes(newest.read_bytes()[:1000])  # older versions' name
@@ -295,6 +297,45 @@ def _checkpoint_step_of(path: str) -> int:
 def _last_checkpoint_step(run: Path) -> int:
     saved = list_checkpoints(run / "checkpoints")
     return _checkpoint_step_of(str(saved[-1])) if saved else 0
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: nothing after the point it is raised runs."""
+
+
+@pytest.mark.parametrize("killed_before", ["model.json", "model.safetensors"])
+def test_bundle_killed_mid_save_reads_as_one_whole_bundle(tiny_ct_run, tmp_path, monkeypatch, killed_before):
+    """A save killed before model.json is replaced leaves the old bundle; killed after it (model.json ahead of
+    model.safetensors), readers take the incoming weights model.json names, and the trainer's check says "rewrite"."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_ct_run / "model", folder)
+    model, meta = load_bundle(folder)
+    old_step = meta["training"]["step"]
+    new_state = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    new_meta = {k: v for k, v in meta.items() if not k.startswith("_")}
+    new_meta["training"] = {**meta["training"], "step": old_step + 1}
+
+    real_replace = os.replace
+    def replace_until_killed(src, dst):
+        if Path(dst).name == killed_before:
+            raise _Killed
+        return real_replace(src, dst)
+    monkeypatch.setattr(bundle_module.os, "replace", replace_until_killed)
+    with pytest.raises(_Killed):
+        save_bundle(folder, new_state, new_meta)
+    monkeypatch.setattr(bundle_module.os, "replace", real_replace)
+
+    loaded, loaded_meta = load_bundle(folder)
+    expected = new_state if killed_before == "model.safetensors" else model.state_dict()
+    assert loaded_meta["training"]["step"] == (old_step + 1 if killed_before == "model.safetensors" else old_step)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert bundle_is_current(folder, old_step) == (killed_before == "model.json")
+    assert not bundle_is_current(folder, old_step + 1)  # an unfinished save is rewritten on resume
+
+    save_bundle(folder, new_state, new_meta)  # the rewrite finishes the bundle and leaves no incoming file
+    assert bundle_is_current(folder, old_step + 1)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
 
 
 def test_remove_temp_files_clears_what_atomic_writers_leave(tmp_path):

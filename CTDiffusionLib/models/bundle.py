@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from CTDiffusionLib.errors import CTDiffusionError, InputError
 from CTDiffusionLib.runfolder import BUNDLE_FORMAT, BUNDLE_META, BUNDLE_WEIGHTS, BundleFolder, atomic_write, \
@@ -35,13 +35,19 @@ def sha256_of(path: Path) -> str:
 
 
 def save_bundle(folder: Path, state_dict: dict, meta: dict) -> Path:
-    """Write weights then metadata, each atomically; metadata last so a reader never sees a half bundle."""
+    """Replace the bundle's weights and model.json together.
+
+    Two renames cannot be one, so the new weights first go to model.incoming.safetensors, then model.json (naming
+    their sha256) is replaced, then the incoming file is renamed over model.safetensors. A kill before model.json is
+    replaced leaves the old pair; a kill after it leaves model.json ahead of model.safetensors, and readers then take
+    the incoming file, which is the one model.json names (`_described_weights`). No reader sees a mixed bundle."""
     bundle = BundleFolder(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     try:
-        atomic_write(bundle.weights, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(bundle.incoming, lambda tmp: save_file(tensors, str(tmp)))
         write_json(bundle.meta, {**meta, "format": BUNDLE_FORMAT, "weights": WEIGHTS,
-                                 "sha256": sha256_of(bundle.weights)})
+                                 "sha256": sha256_of(bundle.incoming)})
+        os.replace(bundle.incoming, bundle.weights)
     except (OSError, SafetensorError) as exc:  # disk full, quota, permissions; atomic_write left no temp file
         reason = getattr(exc, "strerror", None) or str(exc)
         raise CTDiffusionError(f"Could not write the model bundle in {bundle.root} ({reason}).",
@@ -50,31 +56,49 @@ def save_bundle(folder: Path, state_dict: dict, meta: dict) -> Path:
     return bundle.root
 
 
+def _described_weights(folder: Path, meta: dict) -> tuple[Path, bytes | None]:
+    """The weights file model.json describes and its bytes (None when no file has model.json's sha256).
+
+    Normally model.safetensors; after a save killed between its last two steps, model.incoming.safetensors. The
+    bytes are read once, hashed and then loaded, so a save finishing meanwhile cannot swap the file under the check.
+    """
+    weights = folder / meta.get("weights", WEIGHTS)
+    for candidate in (weights, BundleFolder(folder).incoming):
+        try:
+            data = candidate.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+            return candidate, data
+    return weights, None
+
+
 def bundle_is_current(folder: Path, step: int) -> bool:
-    """True when the bundle in `folder` is complete (weights match model.json) and was written at `step`."""
+    """True when the bundle in `folder` was written at `step` and its save finished (model.safetensors is the file
+    model.json describes); otherwise the trainer rewrites it from its checkpoint."""
     bundle = BundleFolder(folder)
     try:
         meta = json.loads(bundle.meta.read_text(encoding="utf-8"))
-        return meta.get("training", {}).get("step") == step and sha256_of(bundle.weights) == meta.get("sha256")
+        if meta.get("training", {}).get("step") != step:
+            return False
     except (OSError, ValueError, AttributeError):
         return False
+    path, data = _described_weights(bundle.root, meta)
+    return data is not None and path == bundle.weights
 
 
 def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the network from model.json and load its weights; every mismatch is a clear InputError."""
-    from CTDiffusionLib.models.conditioning import ConditionVocabulary
-    from CTDiffusionLib.models.factory import build_model
-
     meta = read_model_json(path)
     folder = Path(meta["_folder"])
-    weights = folder / meta.get("weights", WEIGHTS)
-    if not weights.exists():
+    weights, data = _described_weights(folder, meta)
+    if data is None and not weights.exists():
         raise InputError(f"{weights} is missing from the bundle.", "Copy model.safetensors together with model.json.")
-    if sha256_of(weights) != meta.get("sha256"):
+    if data is None:
         raise InputError(f"{weights} does not match {folder / META} (sha256 differs).",
                          "The two files come from different models or a copy was cut short: re-copy the bundle.")
     try:
-        state = load_file(str(weights), device="cpu")
+        state = load(data)
     except SafetensorError as exc:
         raise InputError(f"{weights} is not a readable safetensors file ({exc}).", "Re-copy the bundle.") from None
     model = _model_fitting_weights(meta, state, folder / META, weights)
