@@ -63,7 +63,8 @@ def _described_weights(folder: Path, meta: dict) -> tuple[Path, bytes | None]:
     bytes are read once, hashed and then loaded, so a save finishing meanwhile cannot swap the file under the check.
     """
     weights = folder / meta.get("weights", WEIGHTS)
-    for candidate in (weights, BundleFolder(folder).incoming):
+    # model.safetensors once more last: a save may rename the incoming file into place while we look
+    for candidate in (weights, BundleFolder(folder).incoming, weights):
         try:
             data = candidate.read_bytes()
         except OSError:
