@@ -145,6 +145,13 @@ def _created_by_us(path: str | None) -> Path | None:
     return None if p.exists() else p
 
 
+def _report(text: str) -> None:
+    """Write a final message to stderr in one write: under torchrun every rank reports into the same pipe, and
+    print()'s separate write of the newline let another rank's message land in the middle of the line."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[args.command](args, events) or 0
     except Interrupted as exc:  # a requested stop, not a failure: the run is resumable
         events.emit("done", status="stopped", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
-        print(f"stopped: {exc.message}\n{exc.hint}", file=sys.stderr)
+        _report(f"stopped: {exc.message}\n{exc.hint}")
         return exc.exit_code
     except CTDiffusionError as exc:
         events.emit("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
-        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        _report(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
         # never remove a folder another run writes to; under torchrun only rank 0 cleans up (it owns the folder,
         # and another rank removing it would pull the event log from under rank 0's own error report)
         if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists() \

@@ -320,3 +320,29 @@ def test_an_error_event_into_a_vanished_run_folder_is_still_reported(tmp_path, c
     writer.emit("error", message="The volume x.nii.gz cannot be read.", hint="Check it.", exit_code=2)
     captured = capsys.readouterr()
     assert '"event":"error"' in captured.out and "could not append the error event" in captured.err
+
+
+class _RecordedWrites:
+    """A stand-in stderr that keeps every write() call separately."""
+
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_error_and_hint_reach_stderr_in_one_write(bundle_copy, tmp_path, monkeypatch):
+    """Under torchrun every rank reports into one pipe: a message written in pieces (print's separate newline) let
+    another rank's message land in the middle of a line. One write of a few hundred bytes is atomic on a pipe."""
+    (bundle_copy / "model.safetensors").unlink()
+    stderr = _RecordedWrites()
+    monkeypatch.setattr("sys.stderr", stderr)
+    assert run_cli("generate", "--model", bundle_copy, "--num", 1, "--out", tmp_path / "gen") == EXIT_BAD_INPUT
+    reports = [w for w in stderr.writes if "error:" in w]
+    assert len(reports) == 1 and reports[0].startswith("error: ") and "\nhint: " in reports[0], stderr.writes
+    assert reports[0].endswith("\n"), stderr.writes
