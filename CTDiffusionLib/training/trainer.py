@@ -340,7 +340,9 @@ class Trainer:
         last_report, last_log, rate, loss, loss_avg = 0.0, time.time(), None, None, None
         pending, pending_from = [], self.step  # device-side losses not yet read back
         window_t, window_step = time.time(), self.step
-        self.prefetch = Prefetcher(self.step_inputs)
+        # Only where the step runs on a GPU: on a CPU the worker thread competes with torch's own threads for the
+        # same cores (measured on the 2-core demo: 1.64-1.87 steps/s with it, 2.25 without).
+        self.prefetch = Prefetcher(self.step_inputs) if self.device.type == "cuda" else None
         try:
             while self.step < self.total:
                 if self._stop_everywhere():
@@ -386,7 +388,8 @@ class Trainer:
                 if validate_now or save_now or preview_now:  # same steps on every rank
                     wait_for_main(self.dist)
         finally:
-            self.prefetch.close()
+            if self.prefetch is not None:
+                self.prefetch.close()
             self.prefetch = None
             self.stop.restore()
         elapsed = time.time() - t_start
