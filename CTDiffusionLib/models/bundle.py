@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
 from CTDiffusionLib.errors import CTDiffusionError, InputError
 from CTDiffusionLib.runfolder import BUNDLE_FORMAT, BUNDLE_META, BUNDLE_WEIGHTS, BundleFolder, atomic_write, \
@@ -26,12 +26,8 @@ from CTDiffusionLib.runfolder import BUNDLE_FORMAT, BUNDLE_META, BUNDLE_WEIGHTS,
 WEIGHTS, META = BUNDLE_WEIGHTS, BUNDLE_META
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def save_bundle(folder: Path, state_dict: dict, meta: dict) -> Path:
@@ -44,9 +40,9 @@ def save_bundle(folder: Path, state_dict: dict, meta: dict) -> Path:
     bundle = BundleFolder(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     try:
-        atomic_write(bundle.incoming, lambda tmp: save_file(tensors, str(tmp)))
-        write_json(bundle.meta, {**meta, "format": BUNDLE_FORMAT, "weights": WEIGHTS,
-                                 "sha256": sha256_of(bundle.incoming)})
+        data = save(tensors)  # serialised once: the bytes written are the bytes hashed, nothing is read back
+        atomic_write(bundle.incoming, data)
+        write_json(bundle.meta, {**meta, "format": BUNDLE_FORMAT, "weights": WEIGHTS, "sha256": _sha256(data)})
         os.replace(bundle.incoming, bundle.weights)
     except (OSError, SafetensorError) as exc:  # disk full, quota, permissions; atomic_write left no temp file
         reason = getattr(exc, "strerror", None) or str(exc)
@@ -69,7 +65,7 @@ def _described_weights(folder: Path, meta: dict) -> tuple[Path, bytes | None]:
             data = candidate.read_bytes()
         except OSError:
             continue
-        if hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+        if _sha256(data) == meta.get("sha256"):
             return candidate, data
     return weights, None
 
@@ -80,12 +76,10 @@ def bundle_is_current(folder: Path, step: int) -> bool:
     bundle = BundleFolder(folder)
     try:
         meta = json.loads(bundle.meta.read_text(encoding="utf-8"))
-        if meta.get("training", {}).get("step") != step:
-            return False
+        return (meta.get("training", {}).get("step") == step
+                and _sha256(bundle.weights.read_bytes()) == meta.get("sha256"))
     except (OSError, ValueError, AttributeError):
         return False
-    path, data = _described_weights(bundle.root, meta)
-    return data is not None and path == bundle.weights
 
 
 def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
