@@ -37,7 +37,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-LENGTH_MODES = [("Steps", "steps"), ("Epochs", "epochs")]
+LENGTH_MODES = [("Steps", "steps"), ("Epochs", "epochs"), ("Minutes", "minutes")]  # minutes: a time budget
 MODEL_SOURCES = [("This session's run", "run"), ("Model bundle on disk", "bundle")]
 ANY_CONDITION = "(any)"
 POLL_INTERVAL_MS = 250
@@ -321,7 +321,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                     (self.ui.modelPathLineEdit, p.modelPath)):
                 if lineEdit.currentPath != value:
                     lineEdit.currentPath = value
-            self.ui.lengthSpinBox.suffix = _(" steps") if p.lengthMode == "steps" else _(" epochs")
+            self._showLengthUnit(p.lengthMode)
         finally:
             self._updatingGui = False
         self.updateConditionWidgets()
@@ -332,10 +332,14 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None or self._updatingGui:
             return
+        from CTDiffusionLib.jobs import panel
+
         wasModified = p.StartModify()
         try:
             p.schedule = self.ui.scheduleComboBox.currentData or "linear"
-            p.lengthMode = self.ui.lengthModeComboBox.currentData or "steps"
+            lengthMode = self.ui.lengthModeComboBox.currentData or "steps"
+            p.length = panel.length_for_mode(p.profile, p.preset, lengthMode, p.lengthMode, p.length)
+            p.lengthMode = lengthMode
             p.device = self.ui.deviceComboBox.currentData or "auto"
             augment = [name for name, box in (("zoom", self.ui.augmentZoomCheckBox), ("flip", self.ui.augmentFlipCheckBox),
                                               ("rotate", self.ui.augmentRotateCheckBox)) if box.checked]
@@ -344,7 +348,10 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             p.EndModify(wasModified)
         self._setSetting("device", p.device)
-        self.ui.lengthSpinBox.suffix = _(" steps") if p.lengthMode == "steps" else _(" epochs")
+        self._showLengthUnit(p.lengthMode)
+
+    def _showLengthUnit(self, lengthMode: str) -> None:
+        self.ui.lengthSpinBox.suffix = {"epochs": _(" epochs"), "minutes": _(" min")}.get(lengthMode, _(" steps"))
 
     def onProfileChanged(self, _index) -> None:
         if self._parameterNode is None or self._updatingGui:

@@ -6,17 +6,28 @@ in-process (so demo does not import the CLI), then prints `demo_summary`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
 
-# per profile: phantom size (whole field of view, coarse pixels), preset, grid, training steps, batch
+# per profile: phantom size (whole field of view, coarse pixels), preset, grid, training length (a step count, or
+# minutes of training: the CT demo trains to a time budget so that set-up + demo stay inside 15 minutes on a slow
+# 2-core host and a faster one gets more steps), batch
 DEMO = {
-    "prostate-ct": {"size": "48x48x12", "preset": "demo", "grid": None, "steps": 1400, "batch": 2, "train": 16,
+    "prostate-ct": {"size": "48x48x12", "preset": "demo", "grid": None, "minutes": 11, "batch": 2, "train": 16,
                     "heldout": 8},
     "cardiac-masks": {"size": "128x128x8", "preset": "tiny2d", "grid": "48x48", "steps": 300, "batch": 16,
                       "train": 15, "heldout": 5},
 }
+
+
+def _length(spec: dict, steps: int | None) -> list:
+    """--steps N (with checkpoints and previews spread over it) or --minutes M (the preset's own cadence)."""
+    steps = steps or spec.get("steps")
+    if steps:
+        return ["--steps", steps, "--checkpoint-every", max(1, steps // 4), "--sample-every", max(1, steps // 2)]
+    return ["--minutes", spec["minutes"]]
 
 
 def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None) -> list[tuple[str, list[str]]]:
@@ -25,16 +36,14 @@ def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
         raise InputError(f"The demo folder {out} is not empty.", "Remove it or pass --out NEW_FOLDER.")
-    steps = steps or spec["steps"]
     stages = {
         "phantoms (training set)": ["phantoms", "--profile", profile, "--num", spec["train"], "--out",
                                     out / "data" / "train", "--size", spec["size"], "--seed", 0],
         "phantoms (held-out real set)": ["phantoms", "--profile", profile, "--num", spec["heldout"], "--out",
                                          out / "data" / "heldout", "--size", spec["size"], "--seed", 1000],
         "train": ["train", "--profile", profile, "--data", out / "data" / "train", "--out", out / "run",
-                  "--preset", spec["preset"], "--steps", steps, "--batch-size", spec["batch"], "--device",
-                  device, "--checkpoint-every", max(1, steps // 4), "--sample-every", max(1, steps // 2),
-                  *(["--grid", spec["grid"]] if spec["grid"] else [])],
+                  "--preset", spec["preset"], *_length(spec, steps), "--batch-size", spec["batch"], "--device",
+                  device, *(["--grid", spec["grid"]] if spec["grid"] else [])],
         "generate": ["generate", "--model", out / "run", "--num", 8, "--out", out / "generated", "--sampler",
                      "dpm++", "--steps", 25, "--seed", 0, "--device", device],
         "evaluate": ["evaluate", "--real", out / "data" / "heldout", "--train", out / "data" / "train",
@@ -44,11 +53,15 @@ def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None
     return [(name, [str(a) for a in argv]) for name, argv in stages.items()]
 
 
-def demo_summary(profile: str, out, device: str, steps: int | None, seconds: float) -> str:
+def demo_summary(profile: str, out, device: str, seconds: float) -> str:
     """Where every result of a finished demo is."""
     out = Path(out).resolve()
+    try:
+        steps = json.loads((out / "run" / "config.json").read_text(encoding="utf-8"))["training"]["steps"]
+    except (OSError, ValueError, KeyError):
+        steps = "?"
     return f"""
-CTDiffusion demo finished in {seconds:.0f} s ({profile}, {steps or DEMO[profile]['steps']} training steps on {device}).
+CTDiffusion demo finished in {seconds:.0f} s ({profile}, {steps} training steps on {device}).
   training data     {out / 'data' / 'train'}
   run folder        {out / 'run'}   (config.json, events.jsonl, checkpoints/, model/, samples/)
   model bundle      {out / 'run' / 'model'}

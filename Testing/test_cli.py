@@ -268,6 +268,8 @@ def test_demo_plans_its_stages_and_the_cli_runs_them(tmp_path, monkeypatch, caps
     assert train[:3] == ["train", "--profile", "cardiac-masks"] and train[train.index("--steps") + 1] == "7"
     for _, argv in stages:
         cli.build_parser().parse_args(argv)  # every planned line is a valid command
+    ct_train = dict(demo_stages("prostate-ct", tmp_path / "ct", "cpu"))["train"]  # CT: a time budget by default
+    assert "--steps" not in ct_train and float(ct_train[ct_train.index("--minutes") + 1]) > 0
     import subprocess
 
     code = "import sys, CTDiffusionLib.demo; print('CTDiffusionLib.cli' in sys.modules)"

@@ -240,3 +240,21 @@ def test_a_fixed_cuda_device_under_torchrun_is_an_input_error(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(InputError, match="--device cuda:1 cannot be used with torchrun"):
         init_distributed("cuda:1")
+
+
+@pytest.mark.skipif(not _torchrun_available(), reason="torch.distributed with gloo is not available")
+def test_a_minutes_budget_ends_every_rank_at_the_same_step(tmp_path):
+    """Only rank 0 measures the speed; the length it fixes (and a deadline cut) reaches every rank at an agreed
+    step. Ranks that disagreed would leave one waiting in a gradient all-reduce until the job times out."""
+    from CTDiffusionLib.data.phantoms import write_phantom_dataset
+
+    data = write_phantom_dataset("prostate-ct", 2, tmp_path / "ct", seed=2, size_xyz=(48, 48, 12))
+    args = _train_args(data, tmp_path / "run")
+    args[args.index("--steps"):args.index("--steps") + 2] = ["--minutes", "0.25"]
+    done = _torchrun(tmp_path, args, timeout=180)
+    assert done.returncode == 0, done.stderr[-4000:]
+    training = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))["training"]
+    assert training["lr_decay_from"] is not None and training["steps"] > training["lr_decay_from"]
+    assert _latest_checkpoint(tmp_path / "run")["step"] == training["steps"]
+    finished = [e for e in _events(tmp_path / "run" / "events.jsonl") if e["event"] == "done"]
+    assert [e["step"] for e in finished] == [training["steps"]]

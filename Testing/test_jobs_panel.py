@@ -61,6 +61,18 @@ def test_changed_values_are_sent_and_trained():
     epochs = panel.TrainingPanel("epochs", 3, shown.batch_size, shown.lr, shown.schedule, ())
     args = build_parser().parse_args(_train("cardiac-masks", "tiny2d", epochs).arguments())
     assert (args.epochs, args.steps, args.augment) == (3, None, "none")
+    # minutes mode sends a time budget, which the engine records instead of a step count
+    minutes = panel.TrainingPanel("minutes", 30, shown.batch_size, shown.lr, shown.schedule, shown.augment)
+    settings = _train("cardiac-masks", "tiny2d", minutes)
+    args = build_parser().parse_args(settings.arguments())
+    assert (args.minutes, args.steps, args.epochs) == (30.0, None, None)
+    assert _engine_config(settings)["training"]["minutes"] == 30.0
+    # switching the unit gives a value that makes sense in it (1400 steps read as minutes would be a day)
+    assert panel.length_for_mode("cardiac-masks", "tiny2d", "minutes", "steps", shown.length) == panel.DEFAULT_MINUTES
+    assert panel.length_for_mode("cardiac-masks", "tiny2d", "steps", "minutes", 45) == shown.length
+    assert panel.length_for_mode("cardiac-masks", "tiny2d", "minutes", "minutes", 45) == 45
+    with pytest.raises(ValueError, match="one of epochs, steps or minutes"):
+        TrainSettings(profile="prostate-ct", data=["/d"], out="/o", steps=10, minutes=5).arguments()
 
 
 def test_no_preset_means_the_profile_default_and_combos_come_from_the_table():

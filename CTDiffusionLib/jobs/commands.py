@@ -121,6 +121,7 @@ class TrainSettings:
     preset: str | None = None
     epochs: int | None = None
     steps: int | None = None
+    minutes: float | None = None  # a wall-clock budget instead of a step count
     batch_size: int | None = None
     lr: float | None = None
     schedule: str | None = None  # linear | cosine
@@ -137,12 +138,13 @@ class TrainSettings:
     def arguments(self) -> list[str]:
         if not self.data:
             raise ValueError("training needs at least one data folder or file")
-        if self.epochs and self.steps:
-            raise ValueError("give either epochs or steps, not both")
+        if sum(bool(v) for v in (self.epochs, self.steps, self.minutes)) > 1:
+            raise ValueError("give one of epochs, steps or minutes")
         args = ["train", "--profile", self.profile, "--data", *[str(d) for d in self.data], "--out", str(self.out)]
         _opt(args, "--preset", self.preset)
         _opt(args, "--epochs", self.epochs or None)
         _opt(args, "--steps", self.steps or None)
+        _opt(args, "--minutes", f"{self.minutes:g}" if self.minutes else None)
         _opt(args, "--batch-size", self.batch_size or None)
         _opt(args, "--lr", self.lr or None)
         _opt(args, "--schedule", self.schedule)

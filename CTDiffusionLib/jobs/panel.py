@@ -59,7 +59,7 @@ def preset_choices(profile: str) -> list[tuple[str, str]]:
 class TrainingPanel:
     """The values the Training panel shows (and the parameter node stores)."""
 
-    length_mode: str  # "steps" | "epochs"
+    length_mode: str  # "steps" | "epochs" | "minutes" (LENGTH_UNITS)
     length: int
     batch_size: int
     lr: float
@@ -84,13 +84,24 @@ def preset_panel(profile: str, preset: str | None) -> TrainingPanel:
                          lr=float(training["lr"]), schedule=p.get("schedule", "linear"), augment=_preset_augment(p))
 
 
+DEFAULT_MINUTES = 60  # what Length shows on switching to minutes: a step count read as minutes would be days
+
+
+def length_for_mode(profile: str, preset: str | None, mode: str, old_mode: str, length: int) -> int:
+    """The Length value after the user switches its unit from `old_mode` to `mode`: the preset's own step count for
+    steps, DEFAULT_MINUTES for minutes, the value as it was when the unit did not change or for epochs."""
+    if mode == old_mode or mode == "epochs":
+        return int(length)
+    return preset_panel(profile, preset).length if mode == "steps" else DEFAULT_MINUTES
+
+
 def training_overrides(profile: str, preset: str | None, panel: TrainingPanel) -> dict:
     """TrainSettings keyword arguments: the preset by name, plus each panel value that differs from it."""
     name = preset_name(profile, preset)
     base = preset_panel(profile, name)
     out: dict = {"preset": name}
-    if panel.length_mode == "epochs":
-        out["epochs"] = int(panel.length)
+    if panel.length_mode in ("epochs", "minutes"):
+        out[panel.length_mode] = int(panel.length)
     elif int(panel.length) != base.length:
         out["steps"] = int(panel.length)
     if int(panel.batch_size) != base.batch_size:

@@ -45,6 +45,13 @@ class TrainingConfig:
     cond_drop: float = 0.15
     channels_last: bool = True
     attention: str = "auto"  # models/attention.py: auto (fused SDPA) | flash | efficient | math | plain
+    minutes: float | None = None  # --minutes: a wall-clock budget (training/budget.py) instead of a step count
+    lr_decay_from: int | None = None  # step where the cosine decay starts (None: at the end of warm-up)
+
+    @property
+    def budget_open(self) -> bool:
+        """A --minutes run whose length is not fixed yet (fixed once its speed is measured)."""
+        return self.minutes is not None and self.lr_decay_from is None
 
     @classmethod
     def from_dict(cls, training: dict) -> TrainingConfig:
@@ -82,8 +89,11 @@ def build_config(args, sources: list[str]) -> dict:
             training[key] = value
     training.setdefault("seed", 0)
     training.setdefault("grad_checkpoint", False)
+    minutes = getattr(args, "minutes", None)
+    if minutes is not None and not minutes > 0:
+        raise InputError(f"--minutes {minutes} must be more than 0.", "For example --minutes 30.")
     training.update({
-        "epochs": args.epochs, "steps": args.steps or training["steps"],
+        "epochs": args.epochs, "steps": args.steps or training["steps"], "minutes": minutes, "lr_decay_from": None,
         "amp": args.amp or training.get("amp", "auto"), "compile": bool(args.compile),
         "grad_checkpoint": bool(args.grad_checkpoint) or training["grad_checkpoint"],
         "weight_decay": 0.0, "grad_clip": 1.0, "keep_checkpoints": 2,
@@ -113,8 +123,15 @@ def build_config(args, sources: list[str]) -> dict:
     }
 
 
+#: The length of a --minutes run before its speed is measured: the loop runs until the budget fixes the real one.
+OPEN_LENGTH = 2**62
+
+
 def total_steps(training: TrainingConfig, num_train_samples: int) -> tuple[int, int]:
-    """(total optimisation steps, steps per epoch); --epochs converts via the training-set size."""
+    """(total optimisation steps, steps per epoch); --epochs converts via the training-set size; an open --minutes
+    budget has no length yet (OPEN_LENGTH)."""
     per_epoch = max(1, math.ceil(num_train_samples / training.batch_size))
+    if training.budget_open:
+        return OPEN_LENGTH, per_epoch
     steps = training.epochs * per_epoch if training.epochs else training.steps
     return steps, per_epoch

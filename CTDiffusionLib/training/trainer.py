@@ -35,10 +35,12 @@ from CTDiffusionLib.runfolder import INPUT, RunFolder, read_config, write_json
 from CTDiffusionLib.runtime import (Distributed, autocast_dtype, init_distributed, resolve_device,
                                     run_on_main_then_share, wait_for_main)
 from CTDiffusionLib.textformat import format_eta
+from CTDiffusionLib.training.budget import TimeBudget
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
 from CTDiffusionLib.training.config import TrainingConfig, build_config, total_steps
 from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, RunLock, checkpoint_logged, remove_temp_files,
                                                    trim_events_after)
+from CTDiffusionLib.training.lr_schedule import warmup_flat_cosine
 from CTDiffusionLib.training.prefetch import Prefetcher
 
 log = logging.getLogger("ctdiffusion")
@@ -168,20 +170,17 @@ class Trainer:
         self.train_idx = data.sample_indices("train")
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
-        # Validate at the end of every k-th epoch, at most MAX_VALIDATIONS times a run: with few cases an epoch is a
-        # handful of steps, and validating after each one would add a forward pass over the held-out set every few
-        # steps.
-        self.validate_every_epochs = max(1, math.ceil(self.total / self.per_epoch / MAX_VALIDATIONS))
+        self.decay_from = tr.lr_decay_from
+        self._plan_validation()
         torch.manual_seed(self.seed)
         self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
         apply_speed_settings(self.model, device, config["data"]["mode"], grad_checkpoint=tr.grad_checkpoint,
                              attention=tr.attention, channels_last=tr.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=warmup_ema_update(tr.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
-        from diffusers.optimization import get_cosine_schedule_with_warmup
-
-        self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(tr.warmup_steps, self.total // 4),
-                                                           self.total)
+        # a --minutes run keeps its warm-up whatever length the budget fixes later
+        warmup = tr.warmup_steps if tr.minutes is not None else min(tr.warmup_steps, self.total // 4)
+        self.lr_schedule = warmup_flat_cosine(self.optimizer, warmup, lambda: (self.decay_from, self.total))
         self.noise_schedule = training_scheduler(config["diffusion"])
         self.amp_dtype = autocast_dtype(device, tr.amp)
         self.step = 0
@@ -195,6 +194,43 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.stop = StopFlag(RunFolder(run_dir).stop_request)
         self.prefetch: Prefetcher | None = None  # set while fit() runs
+
+    # -- length
+    @property
+    def planned_total(self) -> int | None:
+        """The run's last step; None while a --minutes budget has not fixed it yet."""
+        return None if self.budget_open else self.total
+
+    @property
+    def budget_open(self) -> bool:
+        return self.training.minutes is not None and self.decay_from is None
+
+    def _plan_validation(self) -> None:
+        # Validate at the end of every k-th epoch, at most MAX_VALIDATIONS times a run: with few cases an epoch is a
+        # handful of steps, and validating after each one would add a forward pass over the held-out set every few
+        # steps. An open budget plans with the preset's step count until the real length is known.
+        steps = self.training.steps if self.budget_open else self.total
+        self.validate_every_epochs = max(1, math.ceil(steps / self.per_epoch / MAX_VALIDATIONS))
+
+    def set_length(self, total: int, rate: float | None = None) -> None:
+        """Fix (or, at the deadline, shorten) the length of a --minutes run at the current step, and record it in
+        config.json so that a resumed run continues the same learning-rate schedule."""
+        opening = self.budget_open
+        self.total = int(total)
+        if opening:
+            self.decay_from = self.step
+        self._plan_validation()
+        training = self.config["training"]
+        training.update(steps=self.total, total_steps=self.total, lr_decay_from=self.decay_from)
+        if not self.dist.is_main:
+            return
+        write_json(self.run.config, self.config)
+        minutes = self.training.minutes
+        if opening:
+            log.info("time budget: %d steps fit in %s min%s; the learning rate decays from step %d to %d",
+                     self.total, f"{minutes:g}", f" at {rate:.2f} it/s" if rate else "", self.decay_from, self.total)
+        else:
+            log.info("time budget of %s min reached: the run ends at step %d", f"{minutes:g}", self.total)
 
     # -- state
     def state_dict(self) -> dict:
@@ -216,7 +252,7 @@ class Trainer:
                 "orientation": ORIENTATION,
                 "data": {"grid": c["data"]["grid"], "mode": c["data"]["mode"]},
                 "geometry": self.data.geometry, "conditions": self.vocab.to_dict() if self.vocab else {},
-                "training": {"step": self.step, "total_steps": self.total}}
+                "training": {"step": self.step, "total_steps": self.planned_total}}
 
     def save(self) -> Path:
         path = save_checkpoint(self.run.checkpoints, self.step, self.state_dict(), self.training.keep_checkpoints)
@@ -319,18 +355,32 @@ class Trainer:
         png = save_mid_slice_png(paths[0], paths[0].with_suffix("").with_suffix(".png"), self.profile)
         self.events.emit("sample", path=str(paths[0]), png=str(png), step=self.step)
 
-    def _stop_everywhere(self) -> bool:
-        """Whether any rank got SIGINT/SIGTERM. Under DDP that takes an all-reduce (a host sync), so the ranks ask
-        together every SYNC_EVERY steps rather than every step."""
+    def _agree(self, budget: TimeBudget | None) -> tuple[bool, int | None]:
+        """(stop?, new length or None): whether any rank got SIGINT/SIGTERM, and rank 0's time budget's answer.
+        Under DDP that takes an all-reduce (a host sync), so the ranks ask together every SYNC_EVERY steps rather
+        than every step."""
+        def proposal() -> int | None:
+            return budget.propose(self.step, self.total, time.time()) if budget is not None else None
+
         if not self.dist.enabled:
-            return self.stop.requested
+            return self.stop.requested, proposal()
         if self.step % SYNC_EVERY:
-            return False
+            return False, None
         import torch.distributed as dist
 
-        flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=self.device)
-        dist.all_reduce(flag)
-        return bool(flag.item() > 0)
+        mine = proposal() if self.dist.is_main else None
+        vote = torch.tensor([1.0 if self.stop.requested else 0.0, float(mine or 0)], dtype=torch.float64,
+                            device=self.device)
+        dist.all_reduce(vote)  # only rank 0 proposes, so the sum is its proposal
+        return bool(vote[0].item() > 0), int(vote[1].item()) or None
+
+    def _outlook(self, budget: TimeBudget | None, rate: float | None) -> tuple[int | None, float | None]:
+        """(total, ETA in s) for progress: while a budget is open, where it would end at the speed so far and the
+        time left in it."""
+        if self.budget_open and budget is not None:
+            now = time.time()
+            return budget.estimated_total(self.step, now), max(0.0, budget.deadline - now)
+        return self.total, (self.total - self.step) / max(rate or 0.0, 1e-9)
 
     def fit(self) -> dict:
         tr = self.training
@@ -343,9 +393,14 @@ class Trainer:
         # Only where the step runs on a GPU: on a CPU the worker thread competes with torch's own threads for the
         # same cores (measured on the 2-core demo: 1.64-1.87 steps/s with it, 2.25 without).
         self.prefetch = Prefetcher(self.step_inputs) if self.device.type == "cuda" else None
+        budget = TimeBudget(tr.minutes * 60.0, t_start, self.step) if tr.minutes is not None and (
+            self.budget_open) else None
         try:
             while self.step < self.total:
-                if self._stop_everywhere():
+                stop, length = self._agree(budget)
+                if length is not None:
+                    self.set_length(length, budget.rate(self.step, time.time()) if budget else None)
+                if stop:
                     self.check_losses(pending, pending_from)
                     if main:
                         self.save()
@@ -365,21 +420,23 @@ class Trainer:
                     if self.step > window_step:
                         rate = (self.step - window_step) / max(now - window_t, 1e-9)
                         window_t, window_step = now, self.step
+                if report_now or (main and (time.time() - last_log > 15 or self.step == self.total)):
+                    total, eta = self._outlook(budget, rate)
                 if report_now:
                     last_report = time.time()
-                    self.events.emit("progress", phase="train", step=self.step, total=self.total, epoch=epoch,
+                    self.events.emit("progress", phase="train", step=self.step, total=total, epoch=epoch,
                                      loss=loss, loss_avg=loss_avg, lr=self.lr_schedule.get_last_lr()[0],
-                                     it_per_s=rate, eta_s=(self.total - self.step) / max(rate, 1e-9))
+                                     it_per_s=rate, eta_s=eta)
                 if main and (time.time() - last_log > 15 or self.step == self.total):
                     last_log = time.time()
-                    log.info("step %d/%d (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, self.total, epoch,
-                             loss_avg, rate, format_eta((self.total - self.step) / max(rate, 1e-9)))
+                    log.info("step %d/%s (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, total or "?", epoch,
+                             loss_avg, rate or 0.0, format_eta(eta))
                 preview_now = bool(tr.sample_every) and self.step % tr.sample_every == 0
                 validate_now = end_of_epoch and (epoch % self.validate_every_epochs == 0 or self.step == self.total)
                 if validate_now and main:
                     val = self.validation_loss()
                     if val is not None:
-                        self.events.emit("progress", phase="validate", step=self.step, total=self.total,
+                        self.events.emit("progress", phase="validate", step=self.step, total=self.planned_total,
                                          epoch=epoch, val_loss=val)
                 if main and save_now:
                     self.save()
@@ -431,9 +488,15 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
         if args.profile and args.profile != config["profile"]:
             raise InputError(f"--profile {args.profile} differs from the run's profile {config['profile']}.",
                              "Resume with the run's own profile.")
+        if getattr(args, "minutes", None) is not None:
+            raise InputError("--minutes cannot change the length of a resumed run.",
+                             f"Resume with --steps N instead (this run is set to {config['training']['steps']} "
+                             "steps in its config.json).")
         if args.steps or args.epochs:  # resuming may extend (or shorten) the run, nothing else
-            config["training"]["steps"], config["training"]["epochs"] = args.steps or config["training"]["steps"], \
-                args.epochs
+            training = config["training"]
+            training["steps"], training["epochs"] = args.steps or training["steps"], args.epochs
+            if training.get("minutes") is not None and training.get("lr_decay_from") is None:
+                training["lr_decay_from"] = 0  # a step count replaces the open budget: decay from warm-up's end
     if dist.enabled and config["training"]["batch_size"] % dist.world_size:
         raise InputError(f"--batch-size {config['training']['batch_size']} is the global batch and must divide "
                          f"evenly over the {dist.world_size} processes.",
@@ -468,7 +531,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
                 save_bundle(run.model, trainer.ema.module.state_dict(), trainer.bundle_meta())
             if resumed_from and not checkpoint_logged(run.events, trainer.step):
                 events.emit("checkpoint", path=str(resumed_from), step=trainer.step, bundle=str(run.model))
-    config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.total, trainer.per_epoch
+    config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.planned_total, trainer.per_epoch
     if dist.is_main:
         write_json(run.config, config)
         write_json(run.dataset, {**data.stats, "split": {
@@ -476,12 +539,14 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
             "warnings": split_warnings, "geometry": data.geometry,
             "conditions": vocab.to_dict() if vocab else {}})
     events.emit("start", command="train", run_dir=str(out), profile=config["profile"], preset=config["preset"],
-                step=trainer.step, total=trainer.total, steps_per_epoch=trainer.per_epoch, device=str(device),
+                step=trainer.step, total=trainer.planned_total, minutes=trainer.training.minutes,
+                steps_per_epoch=trainer.per_epoch, device=str(device),
                 world_size=dist.world_size, parameters=count_parameters(trainer.model),
                 train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
                 resumed_from=str(resumed_from) if resumed_from else None, split=split_line, warnings=split_warnings)
-    log.info("training %s/%s on %s: %d steps (%d per epoch), %d train / %d val samples, %.2fM parameters",
-             config["profile"], config["preset"], device, trainer.total, trainer.per_epoch, len(trainer.train_idx),
+    length = (f"{trainer.training.minutes:g} minutes" if trainer.budget_open else f"{trainer.total} steps")
+    log.info("training %s/%s on %s: %s (%d steps per epoch), %d train / %d val samples, %.2fM parameters",
+             config["profile"], config["preset"], device, length, trainer.per_epoch, len(trainer.train_idx),
              len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
     if trainer.step >= trainer.total:
         log.info("nothing to do: the run is already at step %d of %d", trainer.step, trainer.total)
