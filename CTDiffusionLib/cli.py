@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_output")
     p.add_argument("--profile", choices=profiles, default=PROSTATE_CT.name)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's own: 11 minutes of training for CT, 300 steps for masks)")
+    demo_length = p.add_mutually_exclusive_group()
+    demo_length.add_argument("--steps", type=_positive_int, default=None,
+                             help="training steps (default: the demo's own: 11 minutes of training for CT, 300 steps "
+                                  "for masks)")
+    demo_length.add_argument("--minutes", type=float, default=None, help="train for this many minutes instead")
 
     from CTDiffusionLib.web.command import add_view_parser  # light: the web extra is imported only when serving
 
@@ -223,7 +227,7 @@ def _cmd_demo(args, events) -> int:
     from CTDiffusionLib.demo import demo_stages, demo_summary
 
     t0 = time.time()
-    for name, argv in demo_stages(args.profile, args.out, args.device, args.steps):
+    for name, argv in demo_stages(args.profile, args.out, args.device, args.steps, args.minutes):
         t = time.time()
         print(f"[demo] {name} ...", file=sys.stderr, flush=True)
         code = main(argv)

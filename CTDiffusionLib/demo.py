@@ -22,15 +22,19 @@ DEMO = {
 }
 
 
-def _length(spec: dict, steps: int | None) -> list:
-    """--steps N (with checkpoints and previews spread over it) or --minutes M (the preset's own cadence)."""
+def _length(spec: dict, steps: int | None, minutes: float | None) -> list:
+    """--steps N (with checkpoints and previews spread over it) or --minutes M (the preset's own cadence); the
+    caller's choice first, then the profile's."""
+    if minutes:
+        return ["--minutes", f"{minutes:g}"]
     steps = steps or spec.get("steps")
     if steps:
         return ["--steps", steps, "--checkpoint-every", max(1, steps // 4), "--sample-every", max(1, steps // 2)]
     return ["--minutes", spec["minutes"]]
 
 
-def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None) -> list[tuple[str, list[str]]]:
+def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None,
+                minutes: float | None = None) -> list[tuple[str, list[str]]]:
     """(stage name, CLI arguments) for each stage of the demo in `out` (which must be new or empty)."""
     spec = DEMO[profile]
     out = Path(out).resolve()
@@ -42,7 +46,7 @@ def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None
         "phantoms (held-out real set)": ["phantoms", "--profile", profile, "--num", spec["heldout"], "--out",
                                          out / "data" / "heldout", "--size", spec["size"], "--seed", 1000],
         "train": ["train", "--profile", profile, "--data", out / "data" / "train", "--out", out / "run",
-                  "--preset", spec["preset"], *_length(spec, steps), "--batch-size", spec["batch"], "--device",
+                  "--preset", spec["preset"], *_length(spec, steps, minutes), "--batch-size", spec["batch"], "--device",
                   device, *(["--grid", spec["grid"]] if spec["grid"] else [])],
         "generate": ["generate", "--model", out / "run", "--num", 8, "--out", out / "generated", "--sampler",
                      "dpm++", "--steps", 25, "--seed", 0, "--device", device],

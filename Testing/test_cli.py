@@ -270,6 +270,8 @@ def test_demo_plans_its_stages_and_the_cli_runs_them(tmp_path, monkeypatch, caps
         cli.build_parser().parse_args(argv)  # every planned line is a valid command
     ct_train = dict(demo_stages("prostate-ct", tmp_path / "ct", "cpu"))["train"]  # CT: a time budget by default
     assert "--steps" not in ct_train and float(ct_train[ct_train.index("--minutes") + 1]) > 0
+    longer = dict(demo_stages("cardiac-masks", tmp_path / "m", "cpu", minutes=2.5))["train"]
+    assert "--steps" not in longer and longer[longer.index("--minutes") + 1] == "2.5"
     import subprocess
 
     code = "import sys, CTDiffusionLib.demo; print('CTDiffusionLib.cli' in sys.modules)"

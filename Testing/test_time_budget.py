@@ -45,6 +45,19 @@ class StepClock:
         monkeypatch.setattr(trainer_module.Trainer, "train_step", timed_step)
 
 
+def stop_after(monkeypatch, last_step: int) -> None:
+    """The next run stops (as on SIGINT) after `last_step`, on top of whatever train_step is installed now."""
+    step = trainer_module.Trainer.train_step
+
+    def then_stop(trainer):
+        loss = step(trainer)
+        if trainer.step == last_step:
+            trainer.stop.signalled = True
+        return loss
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", then_stop)
+
+
 def _training(run) -> dict:
     return json.loads((run / "config.json").read_text(encoding="utf-8"))["training"]
 
@@ -159,15 +172,7 @@ def test_stopped_minutes_run_resumes_to_the_same_weights(ct_phantoms, tmp_path, 
     assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", full, "--minutes", 0.5,
                    "--checkpoint-every", 100) == 0
 
-    timed_step = trainer_module.Trainer.train_step
-
-    def stop_at_ten(trainer):
-        loss = timed_step(trainer)
-        if trainer.step == 10:
-            trainer.stop.signalled = True
-        return loss
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", stop_at_ten)
+    stop_after(monkeypatch, 10)
     assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", split, "--minutes", 0.5,
                    "--checkpoint-every", 100) == EXIT_INTERRUPTED
     monkeypatch.undo()  # the real clock and step: a resumed run has no budget left to measure
@@ -188,3 +193,23 @@ def test_minutes_must_be_positive_and_cannot_change_a_resumed_run(ct_phantoms, t
         EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "--minutes cannot change the length of a resumed run" in err and "--steps N" in err
+
+
+def test_run_stopped_before_its_length_was_fixed_measures_again_on_resume(ct_phantoms, tmp_path, monkeypatch):
+    StepClock(lambda step: 1.0).install(monkeypatch)
+    timed_step = trainer_module.Trainer.train_step
+    run, fixed = tmp_path / "run", tmp_path / "fixed"
+    for out in (run, fixed):
+        monkeypatch.setattr(trainer_module.Trainer, "train_step", timed_step)
+        stop_after(monkeypatch, 2)
+        assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", out, "--minutes", 0.5,
+                       "--checkpoint-every", 100) == EXIT_INTERRUPTED
+        assert (_training(out)["lr_decay_from"], _training(out)["total_steps"]) == (None, None)
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", timed_step)
+    # a new 30 s budget from step 2: measured from step 5 for 3 s, fixed at step 8 to 8 + floor(24 * 0.97) = 31
+    assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume") == 0
+    assert (_training(run)["lr_decay_from"], _training(run)["steps"]) == (8, 31)
+    # a step count given on resume replaces the open budget: the cosine runs from the end of warm-up to it
+    assert run_cli("train", "--profile", "prostate-ct", "--out", fixed, "--resume", "--steps", 12) == 0
+    assert (_training(fixed)["lr_decay_from"], _training(fixed)["steps"]) == (0, 12)
+    assert load_checkpoint(list_checkpoints(fixed / "checkpoints")[-1])["step"] == 12
