@@ -7,6 +7,7 @@ Heavy packages are imported inside the handlers so `--help` and argument errors 
 from __future__ import annotations
 
 import argparse
+import math
 import logging
 import os
 import shutil
@@ -44,6 +45,17 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _minutes(text: str) -> float:
+    """argparse type for a time budget: a finite number of minutes > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of minutes above 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdiffusion",
@@ -72,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None)
     length.add_argument("--steps", type=_positive_int, default=None)
-    length.add_argument("--minutes", type=float, default=None,
+    length.add_argument("--minutes", type=_minutes, default=None,
                         help="train for about this many minutes: the step count is fixed from the measured speed "
                              "after the first minute (docs/engine.md)")
     p.add_argument("--batch-size", type=_positive_int, default=None)
@@ -136,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_length.add_argument("--steps", type=_positive_int, default=None,
                              help="training steps (default: the demo's own: 11 minutes of training for CT, 300 steps "
                                   "for masks)")
-    demo_length.add_argument("--minutes", type=float, default=None, help="train for this many minutes instead")
+    demo_length.add_argument("--minutes", type=_minutes, default=None, help="train for this many minutes instead")
 
     from CTDiffusionLib.web.command import add_view_parser  # light: the web extra is imported only when serving
 

@@ -25,7 +25,7 @@ DEMO = {
 def _length(spec: dict, steps: int | None, minutes: float | None) -> list:
     """--steps N (with checkpoints and previews spread over it) or --minutes M (the preset's own cadence); the
     caller's choice first, then the profile's."""
-    if minutes:
+    if minutes is not None:
         return ["--minutes", f"{minutes:g}"]
     steps = steps or spec.get("steps")
     if steps:

@@ -34,7 +34,8 @@ class StepClock:
         self.now, self.seconds_per_step = T0, seconds_per_step
 
     def install(self, monkeypatch) -> None:
-        monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(time=lambda: self.now))
+        monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(time=lambda: self.now,
+                                                                          monotonic=lambda: self.now))
         original = trainer_module.Trainer.train_step
 
         def timed_step(trainer):
@@ -185,10 +186,18 @@ def test_stopped_minutes_run_resumes_to_the_same_weights(ct_phantoms, tmp_path, 
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_minutes_must_be_positive_and_cannot_change_a_resumed_run(ct_phantoms, tiny_ct_run, tmp_path, capsys):
-    assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", tmp_path / "r", "--minutes", 0) == EXIT_BAD_INPUT
-    assert "--minutes 0.0 must be more than 0" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+@pytest.mark.parametrize("minutes", ["0", "-5", "inf", "nan", "ten"])
+def test_minutes_must_be_a_finite_positive_number(ct_phantoms, tmp_path, capsys, minutes):
+    for command in (["train", *TINY, "--data", str(ct_phantoms), "--out", str(tmp_path / "r")],
+                    ["demo", "--out", str(tmp_path / "d")]):
+        with pytest.raises(SystemExit) as stop:
+            run_cli(*command, "--minutes", minutes)
+        assert stop.value.code == EXIT_BAD_INPUT
+        assert "argument --minutes: expected a number of minutes" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
+
+
+def test_minutes_cannot_change_a_resumed_run(tiny_ct_run, capsys):
     assert run_cli("train", "--profile", "prostate-ct", "--out", tiny_ct_run, "--resume", "--minutes", 5) == \
         EXIT_BAD_INPUT
     err = capsys.readouterr().err
@@ -209,7 +218,20 @@ def test_run_stopped_before_its_length_was_fixed_measures_again_on_resume(ct_pha
     # a new 30 s budget from step 2: measured from step 5 for 3 s, fixed at step 8 to 8 + floor(24 * 0.97) = 31
     assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume") == 0
     assert (_training(run)["lr_decay_from"], _training(run)["steps"]) == (8, 31)
-    # a step count given on resume replaces the open budget: the cosine runs from the end of warm-up to it
+    # a step count given on resume replaces the open budget: the cosine runs from the resumed step to it
     assert run_cli("train", "--profile", "prostate-ct", "--out", fixed, "--resume", "--steps", 12) == 0
-    assert (_training(fixed)["lr_decay_from"], _training(fixed)["steps"]) == (0, 12)
+    assert (_training(fixed)["lr_decay_from"], _training(fixed)["steps"]) == (2, 12)
     assert load_checkpoint(list_checkpoints(fixed / "checkpoints")[-1])["step"] == 12
+
+
+def test_a_warmup_longer_than_the_fixed_run_is_cut_to_a_quarter_of_it(ct_phantoms, tmp_path, monkeypatch):
+    """A preset's warm-up is in steps (the thesis: 1000); a short budget must still reach the peak and decay."""
+    StepClock(lambda step: 1.0).install(monkeypatch)
+    run = tmp_path / "run"
+    assert run_cli("train", *TINY, "--warmup-steps", 100, "--data", ct_phantoms, "--out", run, "--minutes", 0.5,
+                   "--checkpoint-every", 100) == 0  # the last --warmup-steps counts
+    training = _training(run)
+    # fixed at step 6 to 29 steps (as above): warm-up min(100, max(6, 29 // 4)) = 7
+    assert (training["steps"], training["lr_decay_from"], training["warmup_steps"]) == (29, 6, 7)
+    lrs = {e["step"]: e["lr"] for e in _train_progress(run)}
+    assert max(lrs.values()) > 0.95 * training["lr"] and lrs[29] == 0.0  # uncut: at most 29 % of the peak, never 0

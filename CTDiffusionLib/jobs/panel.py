@@ -59,7 +59,7 @@ def preset_choices(profile: str) -> list[tuple[str, str]]:
 class TrainingPanel:
     """The values the Training panel shows (and the parameter node stores)."""
 
-    length_mode: str  # "steps" | "epochs" | "minutes" (LENGTH_UNITS)
+    length_mode: str  # "steps" | "epochs" | "minutes" (a time budget)
     length: int
     batch_size: int
     lr: float

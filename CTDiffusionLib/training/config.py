@@ -90,7 +90,7 @@ def build_config(args, sources: list[str]) -> dict:
     training.setdefault("seed", 0)
     training.setdefault("grad_checkpoint", False)
     minutes = getattr(args, "minutes", None)
-    if minutes is not None and not minutes > 0:
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise InputError(f"--minutes {minutes} must be more than 0.", "For example --minutes 30.")
     training.update({
         "epochs": args.epochs, "steps": args.steps or training["steps"], "minutes": minutes, "lr_decay_from": None,

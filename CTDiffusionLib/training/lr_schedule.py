@@ -24,12 +24,11 @@ def lr_factor(step: int, warmup: int, decay_from: int | None, total: int) -> flo
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def warmup_flat_cosine(optimizer: torch.optim.Optimizer, warmup: int,
-                       length: Callable[[], tuple[int | None, int]]) -> torch.optim.lr_scheduler.LambdaLR:
-    """`length()` -> (decay_from, total), read at each step."""
+def warmup_flat_cosine(optimizer: torch.optim.Optimizer,
+                       plan: Callable[[], tuple[int, int | None, int]]) -> torch.optim.lr_scheduler.LambdaLR:
+    """`plan()` -> (warmup, decay_from, total), read at each step."""
 
     def factor(step: int) -> float:
-        decay_from, total = length()
-        return lr_factor(step, warmup, decay_from, total)
+        return lr_factor(step, *plan())
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

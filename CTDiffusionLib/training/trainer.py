@@ -178,9 +178,9 @@ class Trainer:
                              attention=tr.attention, channels_last=tr.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=warmup_ema_update(tr.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
-        # a --minutes run keeps its warm-up whatever length the budget fixes later
-        warmup = tr.warmup_steps if tr.minutes is not None else min(tr.warmup_steps, self.total // 4)
-        self.lr_schedule = warmup_flat_cosine(self.optimizer, warmup, lambda: (self.decay_from, self.total))
+        # a --minutes run's warm-up is capped when its length is fixed (set_length), and recorded then
+        self.warmup = tr.warmup_steps if tr.minutes is not None else min(tr.warmup_steps, self.total // 4)
+        self.lr_schedule = warmup_flat_cosine(self.optimizer, lambda: (self.warmup, self.decay_from, self.total))
         self.noise_schedule = training_scheduler(config["diffusion"])
         self.amp_dtype = autocast_dtype(device, tr.amp)
         self.step = 0
@@ -219,9 +219,12 @@ class Trainer:
         self.total = int(total)
         if opening:
             self.decay_from = self.step
+            # a warm-up longer than a quarter of the run would never reach the decay: end it by then (or now)
+            self.warmup = min(self.warmup, max(self.step, self.total // 4))
         self._plan_validation()
         training = self.config["training"]
-        training.update(steps=self.total, total_steps=self.total, lr_decay_from=self.decay_from)
+        training.update(steps=self.total, total_steps=self.total, lr_decay_from=self.decay_from,
+                        warmup_steps=self.warmup)
         if not self.dist.is_main:
             return
         write_json(self.run.config, self.config)
@@ -360,7 +363,7 @@ class Trainer:
         Under DDP that takes an all-reduce (a host sync), so the ranks ask together every SYNC_EVERY steps rather
         than every step."""
         def proposal() -> int | None:
-            return budget.propose(self.step, self.total, time.time()) if budget is not None else None
+            return budget.propose(self.step, self.total, time.monotonic()) if budget is not None else None
 
         if not self.dist.enabled:
             return self.stop.requested, proposal()
@@ -378,7 +381,7 @@ class Trainer:
         """(total, ETA in s) for progress: while a budget is open, where it would end at the speed so far and the
         time left in it."""
         if self.budget_open and budget is not None:
-            now = time.time()
+            now = time.monotonic()
             return budget.estimated_total(self.step, now), max(0.0, budget.deadline - now)
         return self.total, (self.total - self.step) / max(rate or 0.0, 1e-9)
 
@@ -393,13 +396,13 @@ class Trainer:
         # Only where the step runs on a GPU: on a CPU the worker thread competes with torch's own threads for the
         # same cores (measured on the 2-core demo: 1.64-1.87 steps/s with it, 2.25 without).
         self.prefetch = Prefetcher(self.step_inputs) if self.device.type == "cuda" else None
-        budget = TimeBudget(tr.minutes * 60.0, t_start, self.step) if tr.minutes is not None and (
-            self.budget_open) else None
+        # monotonic: a clock step (NTP) must not move the deadline
+        budget = TimeBudget(tr.minutes * 60.0, time.monotonic(), self.step) if self.budget_open else None
         try:
             while self.step < self.total:
                 stop, length = self._agree(budget)
                 if length is not None:
-                    self.set_length(length, budget.rate(self.step, time.time()) if budget else None)
+                    self.set_length(length, budget.rate(self.step, time.monotonic()) if budget else None)
                 if stop:
                     self.check_losses(pending, pending_from)
                     if main:
@@ -420,14 +423,15 @@ class Trainer:
                     if self.step > window_step:
                         rate = (self.step - window_step) / max(now - window_t, 1e-9)
                         window_t, window_step = now, self.step
-                if report_now or (main and (time.time() - last_log > 15 or self.step == self.total)):
+                log_now = main and (time.time() - last_log > 15 or self.step == self.total)
+                if report_now or log_now:
                     total, eta = self._outlook(budget, rate)
                 if report_now:
                     last_report = time.time()
                     self.events.emit("progress", phase="train", step=self.step, total=total, epoch=epoch,
                                      loss=loss, loss_avg=loss_avg, lr=self.lr_schedule.get_last_lr()[0],
                                      it_per_s=rate, eta_s=eta)
-                if main and (time.time() - last_log > 15 or self.step == self.total):
+                if log_now:
                     last_log = time.time()
                     log.info("step %d/%s (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, total or "?", epoch,
                              loss_avg, rate or 0.0, format_eta(eta))
@@ -471,6 +475,7 @@ def train_from_args(args, events) -> int:
 
 
 def _train(args, events, out: Path, dist: Distributed) -> int:
+    budget_replaced = False  # --resume --steps/--epochs on a run whose time budget had not fixed its length
     if not dist.is_main:
         events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
     elif out.is_dir():
@@ -488,15 +493,18 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
         if args.profile and args.profile != config["profile"]:
             raise InputError(f"--profile {args.profile} differs from the run's profile {config['profile']}.",
                              "Resume with the run's own profile.")
+        training = config["training"]
+        open_budget = training.get("minutes") is not None and training.get("lr_decay_from") is None
         if getattr(args, "minutes", None) is not None:
             raise InputError("--minutes cannot change the length of a resumed run.",
-                             f"Resume with --steps N instead (this run is set to {config['training']['steps']} "
-                             "steps in its config.json).")
+                             f"Resume without --minutes to measure its {training['minutes']:g}-minute budget again, "
+                             "or give --steps N." if open_budget else
+                             f"Resume with --steps N instead (this run is set to {training['steps']} steps in its "
+                             "config.json).")
         if args.steps or args.epochs:  # resuming may extend (or shorten) the run, nothing else
-            training = config["training"]
             training["steps"], training["epochs"] = args.steps or training["steps"], args.epochs
-            if training.get("minutes") is not None and training.get("lr_decay_from") is None:
-                training["lr_decay_from"] = 0  # a step count replaces the open budget: decay from warm-up's end
+            if open_budget:  # a step count replaces the open budget; the decay starts where the run resumes
+                training["lr_decay_from"], budget_replaced = 0, True  # 0 until the resumed step is known
     if dist.enabled and config["training"]["batch_size"] % dist.world_size:
         raise InputError(f"--batch-size {config['training']['batch_size']} is the global batch and must divide "
                          f"evenly over the {dist.world_size} processes.",
@@ -525,6 +533,8 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
         if latest:
             resumed_from, state = latest
             trainer.load_state_dict(state)
+        if budget_replaced:
+            trainer.decay_from = config["training"]["lr_decay_from"] = trainer.step
         if dist.is_main:  # a crash (kill -9, full disk) may have left events past the checkpoint and a bundle
             trim_events_after(run.events, trainer.step)  # newer or older than it: continue cleanly
             if trainer.step and not bundle_is_current(run.model, trainer.step):
