@@ -250,7 +250,7 @@ def test_a_minutes_budget_ends_every_rank_at_the_same_step(tmp_path):
 
     data = write_phantom_dataset("prostate-ct", 2, tmp_path / "ct", seed=2, size_xyz=(48, 48, 12))
     args = _train_args(data, tmp_path / "run")
-    args[args.index("--steps"):args.index("--steps") + 2] = ["--minutes", "0.25"]
+    args[args.index("--steps"):args.index("--steps") + 2] = ["--minutes", "0.15"]
     done = _torchrun(tmp_path, args, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
     training = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))["training"]
