@@ -7,8 +7,8 @@ Heavy packages are imported inside the handlers so `--help` and argument errors 
 from __future__ import annotations
 
 import argparse
-import math
 import logging
+import math
 import os
 import shutil
 import sys

@@ -9,6 +9,7 @@ the single-process one and a checkpoint resumes on any number of GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -170,7 +171,6 @@ class Trainer:
         self.train_idx = data.sample_indices("train")
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
-        self.decay_from = tr.lr_decay_from
         self._plan_validation()
         torch.manual_seed(self.seed)
         self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
@@ -180,7 +180,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
         # a --minutes run's warm-up is capped when its length is fixed (set_length), and recorded then
         self.warmup = tr.warmup_steps if tr.minutes is not None else min(tr.warmup_steps, self.total // 4)
-        self.lr_schedule = warmup_flat_cosine(self.optimizer, lambda: (self.warmup, self.decay_from, self.total))
+        self.lr_schedule = warmup_flat_cosine(self.optimizer,
+                                              lambda: (self.warmup, self.training.lr_decay_from, self.total))
         self.noise_schedule = training_scheduler(config["diffusion"])
         self.amp_dtype = autocast_dtype(device, tr.amp)
         self.step = 0
@@ -199,41 +200,40 @@ class Trainer:
     @property
     def planned_total(self) -> int | None:
         """The run's last step; None while a --minutes budget has not fixed it yet."""
-        return None if self.budget_open else self.total
-
-    @property
-    def budget_open(self) -> bool:
-        return self.training.minutes is not None and self.decay_from is None
+        return None if self.training.budget_open else self.total
 
     def _plan_validation(self) -> None:
         # Validate at the end of every k-th epoch, at most MAX_VALIDATIONS times a run: with few cases an epoch is a
         # handful of steps, and validating after each one would add a forward pass over the held-out set every few
         # steps. An open budget plans with the preset's step count until the real length is known.
-        steps = self.training.steps if self.budget_open else self.total
+        steps = self.training.steps if self.training.budget_open else self.total
         self.validate_every_epochs = max(1, math.ceil(steps / self.per_epoch / MAX_VALIDATIONS))
 
     def set_length(self, total: int, rate: float | None = None) -> None:
         """Fix (or, at the deadline, shorten) the length of a --minutes run at the current step, and record it in
         config.json so that a resumed run continues the same learning-rate schedule."""
-        opening = self.budget_open
+        opening = self.training.budget_open
         self.total = int(total)
         if opening:
-            self.decay_from = self.step
+            self.start_decay_here()
             # a warm-up longer than a quarter of the run would never reach the decay: end it by then (or now)
             self.warmup = min(self.warmup, max(self.step, self.total // 4))
         self._plan_validation()
-        training = self.config["training"]
-        training.update(steps=self.total, total_steps=self.total, lr_decay_from=self.decay_from,
-                        warmup_steps=self.warmup)
+        self.config["training"].update(steps=self.total, total_steps=self.total, warmup_steps=self.warmup)
         if not self.dist.is_main:
             return
         write_json(self.run.config, self.config)
         minutes = self.training.minutes
         if opening:
             log.info("time budget: %d steps fit in %s min%s; the learning rate decays from step %d to %d",
-                     self.total, f"{minutes:g}", f" at {rate:.2f} it/s" if rate else "", self.decay_from, self.total)
+                     self.total, f"{minutes:g}", f" at {rate:.2f} it/s" if rate else "", self.step, self.total)
         else:
             log.info("time budget of %s min reached: the run ends at step %d", f"{minutes:g}", self.total)
+
+    def start_decay_here(self) -> None:
+        """The cosine decay starts at the current step (the length of a --minutes run became known)."""
+        self.training = dataclasses.replace(self.training, lr_decay_from=self.step)
+        self.config["training"]["lr_decay_from"] = self.step
 
     # -- state
     def state_dict(self) -> dict:
@@ -380,7 +380,7 @@ class Trainer:
     def _outlook(self, budget: TimeBudget | None, rate: float | None) -> tuple[int | None, float | None]:
         """(total, ETA in s) for progress: while a budget is open, where it would end at the speed so far and the
         time left in it."""
-        if self.budget_open and budget is not None:
+        if self.training.budget_open and budget is not None:
             now = time.monotonic()
             return budget.estimated_total(self.step, now), max(0.0, budget.deadline - now)
         return self.total, (self.total - self.step) / max(rate or 0.0, 1e-9)
@@ -397,7 +397,7 @@ class Trainer:
         # same cores (measured on the 2-core demo: 1.64-1.87 steps/s with it, 2.25 without).
         self.prefetch = Prefetcher(self.step_inputs) if self.device.type == "cuda" else None
         # monotonic: a clock step (NTP) must not move the deadline
-        budget = TimeBudget(tr.minutes * 60.0, time.monotonic(), self.step) if self.budget_open else None
+        budget = TimeBudget(tr.minutes * 60.0, time.monotonic(), self.step) if tr.budget_open else None
         try:
             while self.step < self.total:
                 stop, length = self._agree(budget)
@@ -494,7 +494,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
             raise InputError(f"--profile {args.profile} differs from the run's profile {config['profile']}.",
                              "Resume with the run's own profile.")
         training = config["training"]
-        open_budget = training.get("minutes") is not None and training.get("lr_decay_from") is None
+        open_budget = TrainingConfig.from_dict(training).budget_open
         if getattr(args, "minutes", None) is not None:
             raise InputError("--minutes cannot change the length of a resumed run.",
                              f"Resume without --minutes to measure its {training['minutes']:g}-minute budget again, "
@@ -534,7 +534,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
             resumed_from, state = latest
             trainer.load_state_dict(state)
         if budget_replaced:
-            trainer.decay_from = config["training"]["lr_decay_from"] = trainer.step
+            trainer.start_decay_here()
         if dist.is_main:  # a crash (kill -9, full disk) may have left events past the checkpoint and a bundle
             trim_events_after(run.events, trainer.step)  # newer or older than it: continue cleanly
             if trainer.step and not bundle_is_current(run.model, trainer.step):
@@ -554,7 +554,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
                 world_size=dist.world_size, parameters=count_parameters(trainer.model),
                 train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
                 resumed_from=str(resumed_from) if resumed_from else None, split=split_line, warnings=split_warnings)
-    length = (f"{trainer.training.minutes:g} minutes" if trainer.budget_open else f"{trainer.total} steps")
+    length = (f"{trainer.training.minutes:g} minutes" if trainer.training.budget_open else f"{trainer.total} steps")
     log.info("training %s/%s on %s: %s (%d steps per epoch), %d train / %d val samples, %.2fM parameters",
              config["profile"], config["preset"], device, length, trainer.per_epoch, len(trainer.train_idx),
              len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
