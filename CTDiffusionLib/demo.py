@@ -6,10 +6,10 @@ in-process (so demo does not import the CLI), then prints `demo_summary`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.errors import CTDiffusionError, InputError
+from CTDiffusionLib.runfolder import read_config
 
 # per profile: phantom size (whole field of view, coarse pixels), preset, grid, training length (a step count, or
 # minutes of training: the CT demo trains to a time budget so that set-up + demo stay inside 15 minutes on a slow
@@ -61,8 +61,8 @@ def demo_summary(profile: str, out, device: str, seconds: float) -> str:
     """Where every result of a finished demo is."""
     out = Path(out).resolve()
     try:
-        steps = json.loads((out / "run" / "config.json").read_text(encoding="utf-8"))["training"]["steps"]
-    except (OSError, ValueError, KeyError):
+        steps = read_config(out / "run")["training"]["steps"]
+    except (CTDiffusionError, KeyError):
         steps = "?"
     return f"""
 CTDiffusion demo finished in {seconds:.0f} s ({profile}, {steps} training steps on {device}).

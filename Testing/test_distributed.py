@@ -253,7 +253,9 @@ def test_a_minutes_budget_ends_every_rank_at_the_same_step(tmp_path):
     args[args.index("--steps"):args.index("--steps") + 2] = ["--minutes", "0.15"]
     done = _torchrun(tmp_path, args, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
-    training = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))["training"]
+    from CTDiffusionLib.runfolder import read_config
+
+    training = read_config(tmp_path / "run")["training"]
     # rank 0 measured the speed and fixed the length (logged once), and that length is what every rank ran
     fixed = [line for line in done.stderr.splitlines() if "time budget:" in line and "steps fit" in line]
     assert len(fixed) == 1, done.stderr[-3000:]

@@ -17,6 +17,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from conftest import run_cli
 from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from CTDiffusionLib.events import read_events
+from CTDiffusionLib.runfolder import read_config
 from CTDiffusionLib.training import trainer as trainer_module
 from CTDiffusionLib.training.budget import RESERVE, SKIP_STEPS, TimeBudget, measure_for
 from CTDiffusionLib.training.checkpoints import list_checkpoints, load_checkpoint
@@ -60,7 +61,7 @@ def stop_after(monkeypatch, last_step: int) -> None:
 
 
 def _training(run) -> dict:
-    return json.loads((run / "config.json").read_text(encoding="utf-8"))["training"]
+    return read_config(run)["training"]
 
 
 def _train_progress(run) -> list[dict]:
