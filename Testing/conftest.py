@@ -26,6 +26,21 @@ def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+def stop_after(monkeypatch, last_step: int) -> None:
+    """The next training stops as on SIGINT/SIGTERM after `last_step`, on top of whatever train_step is installed."""
+    from CTDiffusionLib.training import trainer as trainer_module
+
+    step = trainer_module.Trainer.train_step
+
+    def then_stop(trainer):
+        loss = step(trainer)
+        if trainer.step == last_step:
+            trainer.stop.signalled = True  # what the signal handlers do
+        return loss
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", then_stop)
+
+
 @pytest.fixture(scope="session")
 def ct_phantoms(tmp_path_factory) -> Path:
     from CTDiffusionLib.data.phantoms import write_phantom_dataset

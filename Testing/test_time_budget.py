@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
-from conftest import run_cli
+from conftest import run_cli, stop_after
 from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from CTDiffusionLib.events import read_events
 from CTDiffusionLib.runfolder import read_config
@@ -45,19 +45,6 @@ class StepClock:
             return loss
 
         monkeypatch.setattr(trainer_module.Trainer, "train_step", timed_step)
-
-
-def stop_after(monkeypatch, last_step: int) -> None:
-    """The next run stops (as on SIGINT) after `last_step`, on top of whatever train_step is installed now."""
-    step = trainer_module.Trainer.train_step
-
-    def then_stop(trainer):
-        loss = step(trainer)
-        if trainer.step == last_step:
-            trainer.stop.signalled = True
-        return loss
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", then_stop)
 
 
 def _training(run) -> dict:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, stop_after
 from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 from CTDiffusionLib.events import read_events
 from CTDiffusionLib.profiles import PROSTATE_CT
@@ -33,14 +33,7 @@ def test_resume_continues_exactly(ct_phantoms, tmp_path, monkeypatch):
     assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", full, "--steps", 6, "--checkpoint-every", 3) == 0
 
     original = trainer_module.Trainer.train_step
-
-    def stop_after_three(self):
-        loss = original(self)
-        if self.step == 3:
-            self.stop.signalled = True  # what SIGINT/SIGTERM do
-        return loss
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", stop_after_three)
+    stop_after(monkeypatch, 3)
     assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", split, "--steps", 6, "--checkpoint-every",
                    100) == EXIT_INTERRUPTED
     assert [p.name for p in list_checkpoints(split / "checkpoints")] == ["step_00000003.pt"]
