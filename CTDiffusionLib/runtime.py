@@ -29,15 +29,25 @@ def resolve_device(spec: str | None, local_rank: int = 0) -> torch.device:
     raise InputError(f"--device {spec!r} is not a device.", "Use auto, cpu, cuda or cuda:N.")
 
 
-def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it (Ampere and later: no loss scaling needed); fp32 elsewhere.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Only there does bf16 autocast pay on a CPU:
+    oneDNN emulates bf16 everywhere else, ~100x slower than fp32 (docs/performance.md)."""
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check is not None and check() for check in checks)
 
-    'auto' silently stays fp32 on CPU (bf16 conv3d is slower there) and on pre-Ampere GPUs; 'on' asks for bf16 and
-    is refused where the GPU cannot do it rather than falling back to a slow emulation."""
+
+def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
+    """bf16 autocast where the hardware computes bf16 natively (Ampere and later GPUs: no loss scaling needed; CPUs
+    with AVX512-BF16 or AMX), fp32 elsewhere.
+
+    'auto' silently stays fp32 on pre-Ampere GPUs and on CPUs without native bf16; 'on' asks for bf16 and is refused
+    on a GPU that cannot do it rather than falling back to a slow emulation (a CPU emulates it, slowly but correctly)."""
     amp = amp or "auto"
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    if amp == "off":
         return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type != "cuda":
+        return torch.bfloat16 if amp == "on" or cpu_has_native_bf16() else None
+    if not torch.cuda.is_bf16_supported():
         if amp == "on":
             raise InputError(f"--amp on: {torch.cuda.get_device_name(device)} has no bf16 support.",
                              "Use --amp auto or off (fp32 training).")

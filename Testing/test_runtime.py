@@ -20,6 +20,12 @@ def test_bf16_autocast_only_where_the_gpu_supports_it(monkeypatch):
     assert autocast_dtype(CUDA, "off") is None
 
 
-def test_cpu_stays_fp32_unless_asked():
-    assert autocast_dtype(torch.device("cpu"), "auto") is None
-    assert autocast_dtype(torch.device("cpu"), "on") is torch.bfloat16
+@pytest.mark.parametrize("native", [False, True])
+def test_cpu_uses_bf16_only_where_it_is_native(monkeypatch, native):
+    # AVX512-BF16 / AMX: bf16 autocast trains the demo network 1.5x faster; elsewhere it is emulated, ~100x slower
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
+    assert autocast_dtype(cpu, "on") is torch.bfloat16
+    assert autocast_dtype(cpu, "off") is None

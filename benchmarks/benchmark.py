@@ -55,7 +55,7 @@ from CTDiffusionLib.events import EventWriter  # noqa: E402
 from CTDiffusionLib.generation import decode, model_input_shape  # noqa: E402
 from CTDiffusionLib.models.factory import build_model, count_parameters  # noqa: E402
 from CTDiffusionLib.presets import PRESETS  # noqa: E402
-from CTDiffusionLib.runtime import resolve_device  # noqa: E402
+from CTDiffusionLib.runtime import autocast_dtype, resolve_device  # noqa: E402
 from CTDiffusionLib.textformat import format_number  # noqa: E402
 from CTDiffusionLib.training.config import build_config  # noqa: E402
 from CTDiffusionLib.training.trainer import Trainer, load_cases  # noqa: E402
@@ -404,7 +404,7 @@ def section_sample(ctx: dict) -> list[dict]:
         torch.manual_seed(0)
         model = build_model(spec).to(device).eval()
         shape = preset_in_shape("prostate-ct", preset)
-        amp = torch.bfloat16 if device.type == "cuda" else None  # what `generate` uses: runtime.autocast_dtype(dev)
+        amp = autocast_dtype(device, None)  # what `generate` uses
         batch = 8 if device.type == "cuda" else 2  # generate()'s default batch
         if preset == "native512" and device.type == "cuda":
             batch = 4
@@ -442,9 +442,9 @@ def section_fast_path(ctx: dict) -> dict:
         configs["fast"] = dict(amp="on", fused=True, channels_last=True, compile_=ctx["compile"], batch=1,
                                sampler=("dpm++", 25), sample_batch=8, preset="default")
     else:
-        # the engine's CPU path: SDPA + dpm++-25 + batched sampling, fp32 (runtime.autocast_dtype keeps bf16 off on
-        # CPU, where bf16 convolutions/matmuls are ~100x slower than fp32 on CPUs without native bf16 support)
-        configs["fast"] = dict(amp="off", fused=True, channels_last=False, compile_=False, batch=1,
+        # the engine's CPU path: SDPA + dpm++-25 + batched sampling, bf16 only where the CPU computes it natively
+        # (runtime.autocast_dtype: elsewhere bf16 convolutions/matmuls are ~100x slower than fp32)
+        configs["fast"] = dict(amp="auto", fused=True, channels_last=False, compile_=False, batch=1,
                                sampler=("dpm++", 25), sample_batch=2)
         # the CUDA switches forced on CPU, training only: documents why they are off here
         configs["cuda_switches_on_cpu"] = dict(amp="on", fused=True, channels_last=True, compile_=False, batch=1,
