@@ -117,6 +117,7 @@ def test_two_process_training_matches_one_process_and_resumes(tmp_path):
     assert [e["event"] for e in logged] == [e["event"] for e in streamed]
     assert logged[0]["world_size"] == 2 and logged[-1]["step"] == STEPS
     assert sorted(p.name for p in ddp_run.rglob("events*.jsonl")) == ["events.jsonl"]
+    assert stderr.count("training prostate-ct/tiny on cpu") == 1, "every rank logged the start line"
     assert not list(ddp_run.rglob("*.tmp")) and not list(ddp_run.rglob("*.tmp.npz"))
 
     # -- same weights as one process with the same global batch

@@ -554,14 +554,17 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
                 world_size=dist.world_size, parameters=count_parameters(trainer.model),
                 train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
                 resumed_from=str(resumed_from) if resumed_from else None, split=split_line, warnings=split_warnings)
-    length = (f"{trainer.training.minutes:g} minutes" if trainer.training.budget_open else f"{trainer.total} steps")
-    log.info("training %s/%s on %s: %s (%d steps per epoch), %d train / %d val samples, %.2fM parameters",
-             config["profile"], config["preset"], device, length, trainer.per_epoch, len(trainer.train_idx),
-             len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
+    if dist.is_main:  # one voice under torchrun, as for events
+        length = (f"{trainer.training.minutes:g} minutes" if trainer.training.budget_open else
+                  f"{trainer.total} steps")
+        log.info("training %s/%s on %s: %s (%d steps per epoch), %d train / %d val samples, %.2fM parameters",
+                 config["profile"], config["preset"], device, length, trainer.per_epoch, len(trainer.train_idx),
+                 len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
     if trainer.step >= trainer.total:
-        log.info("nothing to do: the run is already at step %d of %d", trainer.step, trainer.total)
-        if dist.is_main and not run.bundle.exists():
-            trainer.save()
+        if dist.is_main:
+            log.info("nothing to do: the run is already at step %d of %d", trainer.step, trainer.total)
+            if not run.bundle.exists():
+                trainer.save()
     result = trainer.fit()
     events.emit("done", status="completed", step=trainer.step, total=trainer.total, run_dir=str(out),
                 bundle=str(run.model), **result)
