@@ -40,8 +40,9 @@ def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
     """bf16 autocast where the hardware computes bf16 natively (Ampere and later GPUs: no loss scaling needed; CPUs
     with AVX512-BF16 or AMX), fp32 elsewhere.
 
-    'auto' silently stays fp32 on pre-Ampere GPUs and on CPUs without native bf16; 'on' asks for bf16 and is refused
-    on a GPU that cannot do it rather than falling back to a slow emulation (a CPU emulates it, slowly but correctly)."""
+    'auto' silently stays fp32 on pre-Ampere GPUs and on CPUs without native bf16; 'on' asks for bf16 and is
+    refused on a GPU that cannot do it rather than falling back to a slow emulation (a CPU emulates it, slowly but
+    correctly)."""
     amp = amp or "auto"
     if amp == "off":
         return None

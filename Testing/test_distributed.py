@@ -31,8 +31,8 @@ ATOL = 2e-5
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
     # fp32: the 2-process run must equal the 1-process one to 2e-5, and bf16 autocast (on by default on CPUs with
     # native bf16) rounds differently for a batch of 2 per process than for one batch of 4
-    return ["train", "--amp", "off", "--profile", "prostate-ct", "--data", str(data), "--out", str(out), "--preset", "tiny",
-            "--steps", str(STEPS), "--batch-size", str(GLOBAL_BATCH), "--sample-every", "0",
+    return ["train", "--amp", "off", "--profile", "prostate-ct", "--data", str(data), "--out", str(out),
+            "--preset", "tiny", "--steps", str(STEPS), "--batch-size", str(GLOBAL_BATCH), "--sample-every", "0",
             "--checkpoint-every", "2", "--val-fraction", "0", "--seed", "5", "--device", "cpu", *extra]
 
 
