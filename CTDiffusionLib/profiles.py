@@ -164,10 +164,12 @@ PROSTATE_CT = Profile(
     name="prostate-ct",
     label="Prostate CT",
     hu_range=(-1024.0, 2000.0),  # air .. dense cortical bone; everything in it maps invertibly to [-1, 1]
-    # Soft tissue (-200 .. 300 HU: fat, muscle, bladder, prostate, rectal wall) gets 60 % of the model's range, air
-    # and bone 20 % each: fat/muscle contrast is 3.6x larger in model units than with a linear map (measured effect
-    # on the demo: docs/engine.md "Intensities"). Runs store the mapping they used.
-    hu_knots=((-1024.0, -1.0), (-200.0, -0.6), (300.0, 0.6), (2000.0, 1.0)),
+    # Soft tissue (-200 .. 300 HU: fat, muscle, bladder, prostate, rectal wall) gets 60 % of the model's range, so
+    # fat/muscle contrast is 3.6x larger in model units than with a linear map; marrow and partial-volume bone
+    # (300 .. 1200 HU) get 25 %, air 10 % and dense cortex 5 %. With bone squeezed into 20 % (the former map) a model
+    # error of 0.04 units was ~170 HU in bone and pushed bone voxels under 300 HU (measured effects on the demo:
+    # docs/engine.md "Intensities"). Runs store the mapping they used.
+    hu_knots=((-1024.0, -1.0), (-200.0, -0.8), (300.0, 0.4), (1200.0, 0.9), (2000.0, 1.0)),
     display_window=DisplayWindow("soft tissue", level=40.0, width=400.0),  # -160 .. 240 HU
     comparison_window=DisplayWindow("air to bone", level=0.0, width=2000.0),  # -1000 .. 1000 HU
     default_preset="default",

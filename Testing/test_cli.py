@@ -268,7 +268,13 @@ def test_demo_plans_its_stages_and_the_cli_runs_them(tmp_path, monkeypatch, caps
     assert train[:3] == ["train", "--profile", "cardiac-masks"] and train[train.index("--steps") + 1] == "7"
     for _, argv in stages:
         cli.build_parser().parse_args(argv)  # every planned line is a valid command
-    ct_train = dict(demo_stages("prostate-ct", tmp_path / "ct", "cpu"))["train"]  # CT: a time budget by default
+    ct_stages = dict(demo_stages("prostate-ct", tmp_path / "ct", "cpu"))
+    for argv in ct_stages.values():
+        cli.build_parser().parse_args(argv)
+    ct_generate = ct_stages["generate"]  # CT samples with its own sampler (DDPM-250), masks with the default
+    assert ct_generate[ct_generate.index("--sampler") + 1:ct_generate.index("--steps") + 2] == ["ddpm", "--steps",
+                                                                                                  "250"]
+    ct_train = ct_stages["train"]  # CT: a time budget by default
     assert "--steps" not in ct_train and float(ct_train[ct_train.index("--minutes") + 1]) > 0
     longer = dict(demo_stages("cardiac-masks", tmp_path / "m", "cpu", minutes=2.5))["train"]
     assert "--steps" not in longer and longer[longer.index("--minutes") + 1] == "2.5"

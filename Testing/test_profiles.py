@@ -31,8 +31,8 @@ def test_ct_profile_facts():
     assert p.display_window.range == (-160.0, 240.0)  # soft tissue, W400 / L40
     assert (p.display_window.level, p.display_window.width) == (40.0, 400.0)
     assert p.comparison_window.range == (-1000.0, 1000.0)
-    assert p.intensity_config() == {"kind": "hu_piecewise", "hu": [-1024.0, -200.0, 300.0, 2000.0],
-                                    "unit": [-1.0, -0.6, 0.6, 1.0]}
+    assert p.intensity_config() == {"kind": "hu_piecewise", "hu": [-1024.0, -200.0, 300.0, 1200.0, 2000.0],
+                                    "unit": [-1.0, -0.8, 0.4, 0.9, 1.0]}
     assert Profile("x", "X", hu_range=(0.0, 1.0)).intensity_config() == {"kind": "hu_linear", "hu_range": [0.0, 1.0]}
     assert p.output_dtype == "int16" and p.slicer_node_class == "vtkMRMLScalarVolumeNode"
     assert p.default_preset == "default" and "dicom" in p.folder_layouts
