@@ -29,6 +29,15 @@ def test_profile_mapping_gives_soft_tissue_more_of_the_range():
     assert (muscle - fat) > 3 * (linear_muscle - linear_fat)
 
 
+def test_profile_mapping_keeps_a_small_model_error_in_bone_above_soft_tissue():
+    # Marrow/partial-volume bone at 400 HU with a model error of -0.04 units must stay bone (>= 300 HU); with all
+    # bone squeezed into 20 % of the range (the first piecewise map) it fell to 293 HU, into the soft-tissue window.
+    bone = hu_to_unit(np.array([400.0, 800.0]))
+    assert np.all(unit_to_hu(bone - 0.04) >= 300)
+    first = {"kind": "hu_piecewise", "hu": [-1024.0, -200.0, 300.0, 2000.0], "unit": [-1.0, -0.6, 0.6, 1.0]}
+    assert unit_to_hu(hu_to_unit(np.array([400.0]), first) - 0.04, first)[0] < 300
+
+
 def test_ct_to_grid_keeps_the_field_of_view_and_values():
     arr = np.full((26, 64, 64), -1000, np.int16)
     arr[:, 16:48, 16:48] = 40  # a block of soft tissue in the middle
