@@ -266,12 +266,11 @@ def test_demo_plans_its_stages_and_the_cli_runs_them(tmp_path, monkeypatch, caps
                                             "generate", "evaluate"]
     train = dict(stages)["train"]
     assert train[:3] == ["train", "--profile", "cardiac-masks"] and train[train.index("--steps") + 1] == "7"
-    for _, argv in stages:
-        cli.build_parser().parse_args(argv)  # every planned line is a valid command
     ct_stages = dict(demo_stages("prostate-ct", tmp_path / "ct", "cpu"))
-    for argv in ct_stages.values():
-        cli.build_parser().parse_args(argv)
+    for argv in [*dict(stages).values(), *ct_stages.values()]:
+        cli.build_parser().parse_args(argv)  # every planned line is a valid command
     ct_generate = ct_stages["generate"]  # CT samples with its own sampler (DDPM-250), masks with the default
+    assert "--sampler" not in dict(stages)["generate"] and "--steps" not in dict(stages)["generate"]
     assert ct_generate[ct_generate.index("--sampler") + 1:ct_generate.index("--steps") + 2] == ["ddpm", "--steps",
                                                                                                   "250"]
     ct_train = ct_stages["train"]  # CT: a time budget by default
