@@ -548,10 +548,11 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
             k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "split_summary": split_line,
             "warnings": split_warnings, "geometry": data.geometry,
             "conditions": vocab.to_dict() if vocab else {}})
+    parameters = count_parameters(trainer.model)
     events.emit("start", command="train", run_dir=str(out), profile=config["profile"], preset=config["preset"],
                 step=trainer.step, total=trainer.planned_total, minutes=trainer.training.minutes,
                 steps_per_epoch=trainer.per_epoch, device=str(device),
-                world_size=dist.world_size, parameters=count_parameters(trainer.model),
+                world_size=dist.world_size, parameters=parameters,
                 train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
                 resumed_from=str(resumed_from) if resumed_from else None, split=split_line, warnings=split_warnings)
     if dist.is_main:  # one voice under torchrun, as for events
@@ -559,7 +560,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
                   f"{trainer.total} steps")
         log.info("training %s/%s on %s: %s (%d steps per epoch), %d train / %d val samples, %.2fM parameters",
                  config["profile"], config["preset"], device, length, trainer.per_epoch, len(trainer.train_idx),
-                 len(trainer.val_idx), count_parameters(trainer.model) / 1e6)
+                 len(trainer.val_idx), parameters / 1e6)
     if trainer.step >= trainer.total:
         if dist.is_main:
             log.info("nothing to do: the run is already at step %d of %d", trainer.step, trainer.total)
