@@ -129,6 +129,24 @@ def test_glcm_texture_changes_with_noise(ct_data):
     assert noisy["glcm_homogeneity"] < clean["glcm_homogeneity"]
 
 
+def test_fat_muscle_contrast_sees_the_subcutaneous_fat_on_any_grid():
+    """An elliptic body of muscle (+40 HU) with a fat layer (-90 HU) under the skin: the deep-minus-subcutaneous
+    median is the fat/muscle difference at any grid size; without the fat layer it is 0, and blurring the fat-free
+    body into the air (partial volume at the skin) does not fake it."""
+    for size in (48, 128):
+        yy, xx = np.mgrid[:size, :size] / size - 0.5
+        r = np.sqrt((xx / 0.45) ** 2 + (yy / 0.3) ** 2)
+        body = np.where(r < 1, 40.0, -1000.0)
+        with_fat = np.where((r < 1) & (r > 0.8), -90.0, body)
+        for arr, expected in ((with_fat, 130.0), (body, 0.0)):
+            vol = np.repeat(arr[None], 4, axis=0).astype(np.float32)
+            assert ct_realism.fat_muscle_contrast(vol, ct_realism.body_mask(vol)) == pytest.approx(expected), size
+        soft_edge = ndimage.gaussian_filter(np.repeat(body[None], 4, axis=0), (0, 1.0, 1.0)).astype(np.float32)
+        assert abs(ct_realism.fat_muscle_contrast(soft_edge, ct_realism.body_mask(soft_edge))) < 20.0
+    empty = np.full((2, 16, 16), -1000.0, np.float32)
+    assert np.isnan(ct_realism.fat_muscle_contrast(empty, ct_realism.body_mask(empty)))
+
+
 @pytest.mark.parametrize("shape", [(26, 64, 64), (26, 112, 112), (8, 32, 32), (12, 48, 48), (1, 64, 64)])
 def test_ms_ssim_fits_26_slice_and_tiny_volumes(shape):
     rng = np.random.default_rng(0)

@@ -3,7 +3,8 @@
 Real data: 16 CT phantoms (8 training, 8 held-out). Each adversarial folder plays the generated set:
 exact copies of training cases, copies shifted by 1-2 voxels, mirrored copies, augmented copies (zoom and flip as
 the CT presets train with, plus rotation with a run whose config.json rotates), pure noise, collapse (one volume
-eight times), constant air, and fresh real phantoms from a seed never trained on. Each must get the right verdict,
+eight times), constant air, fresh real phantoms from a seed never trained on, and those fresh phantoms with
+their fat (-150..-40 HU) turned into muscle (+40 HU). Each must get the right verdict,
 and the fresh real set must get no fail at all. The real-side analysis is shared (reference_cache) so the file
 runs in a few minutes on a CPU. Set CTDIFFUSION_QUALITY_TABLE=FILE.md to write the table docs/quality.md shows.
 """
@@ -77,6 +78,7 @@ def data(tmp_path_factory):
         "collapse (one volume repeated)": [fresh[0]] * N,
         "constant (all air)": [np.full_like(train[0][1], air) for _ in range(N)],
         "fresh real (new phantom seed)": fresh,
+        "fresh real with its fat turned into muscle": [np.where((a >= -150) & (a < -40), 40.0, a) for a in fresh],
     }
     folders = {name: _write_set(root / "sets" / f"set{k}", arrays, like) for k, (name, arrays) in enumerate(sets.items())}
     run = root / "run_rotating"
@@ -159,6 +161,14 @@ def test_collapse_fails_diversity_on_the_high_side(results):
     div = m["summary"]["ms_ssim_diversity"]
     assert div["verdict"] == "fail" and div["generated"] > div["interval"][1]
     assert div["generated"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fat_turned_into_muscle_fails_the_fat_muscle_contrast(results):
+    m = results["fresh real with its fat turned into muscle"]
+    entry = m["summary"]["fat_muscle_contrast_hu_gap"]
+    assert "fat_muscle_contrast_hu_gap" in failing_metrics(m)
+    assert entry["generated_value"] < entry["real_value"] - entry["interval"][1]  # the contrast is too low
+    assert m["near_copies"] == []
 
 
 def test_constant_volume_is_no_body_found(results):

@@ -18,6 +18,11 @@ BODY_THRESHOLD_HU = -400.0  # between air (-1000) and fat (-100)
 TISSUE_RANGE = (-200.0, 300.0)  # fat .. enhanced soft tissue: excludes air pockets and bone
 HF_CUTOFF = 0.25  # cycles/pixel; half of Nyquist. Above it: edges and noise, not anatomy
 GLCM_LEVELS = 16
+# Depth bands as fractions of each slice's greatest depth under the skin, so they mean the same on any grid: the
+# subcutaneous layer (where fat lies, 1-4 cm in a pelvis of ~12 cm half-width) and the deep soft tissue (muscle,
+# organs).
+SUBCUTANEOUS_DEPTH = (0.1, 0.3)
+DEEP_DEPTH = 0.5
 
 
 def body_mask(vol: np.ndarray) -> np.ndarray:
@@ -53,6 +58,25 @@ def tissue_contrast(vol: np.ndarray, mask: np.ndarray) -> float:
     v = vol[mask]
     v = v[(v >= TISSUE_RANGE[0]) & (v <= TISSUE_RANGE[1])]
     return float(v.std()) if v.size > 1 else float("nan")
+
+
+def fat_muscle_contrast(vol: np.ndarray, mask: np.ndarray) -> float:
+    """Median HU of the deep soft tissue minus median HU of the subcutaneous layer (soft-tissue voxels only, depth
+    measured in-plane from the body outline). Subcutaneous fat makes it large (~100 HU in the phantoms); a body of
+    uniform muscle-like tissue gives ~0. The spread (tissue_contrast) cannot tell these apart from blur or bone
+    halos; this can."""
+    soft = (vol >= TISSUE_RANGE[0]) & (vol <= TISSUE_RANGE[1])
+    layer, deep = [], []
+    for v, m, s in zip(vol, mask, soft):
+        if not m.any():
+            continue
+        depth = ndimage.distance_transform_edt(m)
+        depth = depth / depth.max()
+        layer.append(v[(depth > SUBCUTANEOUS_DEPTH[0]) & (depth <= SUBCUTANEOUS_DEPTH[1]) & s])
+        deep.append(v[(depth > DEEP_DEPTH) & s])
+    layer = np.concatenate(layer) if layer else np.empty(0)
+    deep = np.concatenate(deep) if deep else np.empty(0)
+    return float(np.median(deep) - np.median(layer)) if layer.size and deep.size else float("nan")
 
 
 def _inplane_power(vol: np.ndarray) -> tuple:
@@ -111,7 +135,7 @@ def glcm_features(vol: np.ndarray, mask: np.ndarray) -> dict:
     }
 
 
-CT_PROPERTIES = ("body_mean_hu", "tissue_contrast_hu", "noise_hf_share", "glcm_contrast", "glcm_homogeneity",
+CT_PROPERTIES = ("body_mean_hu", "tissue_contrast_hu", "fat_muscle_contrast_hu", "noise_hf_share", "glcm_contrast", "glcm_homogeneity",
                  "glcm_energy", "glcm_correlation")
 
 
@@ -119,6 +143,7 @@ def ct_properties(vol: np.ndarray, mask: np.ndarray) -> dict:
     props = {
         "body_mean_hu": float(vol[mask].mean()) if mask.any() else float("nan"),
         "tissue_contrast_hu": tissue_contrast(vol, mask),
+        "fat_muscle_contrast_hu": fat_muscle_contrast(vol, mask),
         "noise_hf_share": high_frequency_share(vol),
     }
     props.update(glcm_features(vol, mask))
@@ -131,6 +156,9 @@ FOUND = {"key": "body_found_rate", "what": "a body (CT above -400 HU, at least 0
 DIVERSITY_KEY = "ms_ssim_diversity"
 NO_BODY_SHARE = 0.005  # a body smaller than 0.5% of the volume (or a constant volume) is "no body found"
 SET_PROPERTIES = {"tissue_contrast_hu": "tissue contrast: HU standard deviation of body voxels in -200..300 HU",
+                  "fat_muscle_contrast_hu": "fat/muscle contrast: median HU of the deep soft tissue (over half of a "
+                                            "slice's greatest depth) minus that of the subcutaneous layer (10-30% "
+                                            "of it), voxels in -200..300 HU",
                   "noise_hf_share": f"noise: share of in-plane power above {HF_CUTOFF} cycles/pixel",
                   "glcm_contrast": "GLCM texture contrast (16 levels of -200..300 HU, in-plane neighbours)",
                   "glcm_homogeneity": "GLCM texture homogeneity"}

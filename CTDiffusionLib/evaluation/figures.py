@@ -197,13 +197,13 @@ def make_all(out, gen, real_s, train_s, S, metrics, div, run_dir=None) -> list:
     present = {k: v for k, v in S.items() if v}
     figs = [montage(out, real_s, gen.samples, gen.profile)]
     if not gen.profile.is_label_map:
-        from CTDiffusionLib.evaluation.ct_realism import HF_CUTOFF
+        from CTDiffusionLib.evaluation.ct_realism import HF_CUTOFF, SET_PROPERTIES
 
         figs.append(hu_histograms(out, {names[k]: sum(st["hist"] for st in v) for k, v in present.items()}))
         freqs = next(iter(present.values()))[0]["freqs"]
         figs.append(spectra(out, freqs, {names[k]: np.mean([st["spectrum"] for st in v], axis=0)
                                          for k, v in present.items()}, HF_CUTOFF))
-        props = ("tissue_contrast_hu", "noise_hf_share", "glcm_contrast", "glcm_homogeneity")
+        props = tuple(SET_PROPERTIES)  # one box plot per property the report judges
         figs.append(distributions(out, "ct_properties.png", "Per-volume CT statistics",
                                   {p: {names[k]: [st["props"][p] for st in v] for k, v in present.items()}
                                    for p in props}))
