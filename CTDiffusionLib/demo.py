@@ -12,16 +12,16 @@ from CTDiffusionLib.errors import CTDiffusionError, InputError
 from CTDiffusionLib.runfolder import read_config
 
 # per profile: phantom size (whole field of view, coarse pixels), preset, grid, training length (a step count, or
-# minutes of training: the CT demo trains to a time budget so that set-up + demo stay inside 15 minutes on a slow
-# 2-core host and a faster one gets more steps), batch, and a sampler (name, steps) where the generate stage should not
+# minutes of training: both demos train to a time budget, so that set-up + the CT demo stay inside 15 minutes on a
+# slow 2-core host and a faster one gets more steps), batch, and a sampler (name, steps) where the generate stage should not
 # use `generate`'s default. The CT demo samples with DDPM-250 rather than DPM-Solver++-25: after minutes of training the
 # stochastic sampler corrects more of the model's errors (README "The demo, measured": Fréchet 37-40 vs 46-52 over
 # three seeds) for ~40 s more on 2 cores.
 DEMO = {
     "prostate-ct": {"size": "48x48x12", "preset": "demo", "grid": None, "minutes": 11, "batch": 2, "train": 16,
                     "heldout": 8, "sampler": ("ddpm", 250)},
-    "cardiac-masks": {"size": "128x128x8", "preset": "tiny2d", "grid": "48x48", "steps": 300, "batch": 16,
-                      "train": 15, "heldout": 5},
+    "cardiac-masks": {"size": "128x128x8", "preset": "demo", "grid": None, "minutes": 4, "batch": 16, "train": 15,
+                      "heldout": 5},
 }
 
 

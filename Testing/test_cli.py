@@ -275,6 +275,8 @@ def test_demo_plans_its_stages_and_the_cli_runs_them(tmp_path, monkeypatch, caps
                                                                                                   "250"]
     ct_train = ct_stages["train"]  # CT: a time budget by default
     assert "--steps" not in ct_train and float(ct_train[ct_train.index("--minutes") + 1]) > 0
+    mask_train = dict(demo_stages("cardiac-masks", tmp_path / "d", "cpu"))["train"]  # masks: a budget too
+    assert "--steps" not in mask_train and mask_train[mask_train.index("--preset") + 1] == "demo"
     longer = dict(demo_stages("cardiac-masks", tmp_path / "m", "cpu", minutes=2.5))["train"]
     assert "--steps" not in longer and longer[longer.index("--minutes") + 1] == "2.5"
     import subprocess
