@@ -13,8 +13,8 @@ from CTDiffusionLib.runfolder import read_config
 
 # per profile: phantom size (whole field of view, coarse pixels), preset, grid, training length (a step count, or
 # minutes of training: both demos train to a time budget, so that set-up + the CT demo stay inside 15 minutes on a
-# slow 2-core host and a faster one gets more steps), batch, and a sampler (name, steps) where the generate stage should not
-# use `generate`'s default. The CT demo samples with DDPM-250 rather than DPM-Solver++-25: after minutes of training the
+# slow 2-core host and a faster one gets more steps), batch, and a sampler (name, steps) where the generate stage
+# should not use `generate`'s default. The CT demo samples with DDPM-250 rather than DPM-Solver++-25: after minutes of training the
 # stochastic sampler corrects more of the model's errors (README "The demo, measured": Fréchet 37-40 vs 46-52 over
 # three seeds) for ~40 s more on 2 cores.
 DEMO = {

@@ -3,10 +3,10 @@
 Real data: 16 CT phantoms (8 training, 8 held-out). Each adversarial folder plays the generated set:
 exact copies of training cases, copies shifted by 1-2 voxels, mirrored copies, augmented copies (zoom and flip as
 the CT presets train with, plus rotation with a run whose config.json rotates), pure noise, collapse (one volume
-eight times), constant air, fresh real phantoms from a seed never trained on, and those fresh phantoms with
-their fat (-150..-40 HU) turned into muscle (+40 HU). Each must get the right verdict,
-and the fresh real set must get no fail at all. The real-side analysis is shared (reference_cache) so the file
-runs in a few minutes on a CPU. Set CTDIFFUSION_QUALITY_TABLE=FILE.md to write the table docs/quality.md shows.
+eight times), constant air, fresh real phantoms from a seed never trained on, and those fresh phantoms with their
+fat (-150..-40 HU) turned into muscle (+40 HU). Each must get the right verdict, and the fresh real set must get no
+fail at all. The real-side analysis is shared (reference_cache) so the file runs in a few minutes on a CPU. Set
+CTDIFFUSION_QUALITY_TABLE=FILE.md to write the table docs/quality.md shows.
 """
 
 from __future__ import annotations

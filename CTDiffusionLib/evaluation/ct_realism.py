@@ -135,8 +135,8 @@ def glcm_features(vol: np.ndarray, mask: np.ndarray) -> dict:
     }
 
 
-CT_PROPERTIES = ("body_mean_hu", "tissue_contrast_hu", "fat_muscle_contrast_hu", "noise_hf_share", "glcm_contrast", "glcm_homogeneity",
-                 "glcm_energy", "glcm_correlation")
+CT_PROPERTIES = ("body_mean_hu", "tissue_contrast_hu", "fat_muscle_contrast_hu", "noise_hf_share", "glcm_contrast",
+                 "glcm_homogeneity", "glcm_energy", "glcm_correlation")
 
 
 def ct_properties(vol: np.ndarray, mask: np.ndarray) -> dict:
