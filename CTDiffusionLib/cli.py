@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "column and one column per condition")
     p.add_argument("--cond-drop", type=float, default=None,
                    help="probability of dropping the conditions during training (classifier-free guidance, 0.15)")
+    p.add_argument("--with-labels", action="store_true",
+                   help="CT phantoms with their organ label maps, in the nnU-Net raw layout (imagesTr/, labelsTr/, "
+                        "dataset.json)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--sample-every", type=_non_negative_int, default=None, help="steps between preview samples (0: off)")
     p.add_argument("--seed", type=int, default=None)
@@ -211,8 +214,10 @@ def _cmd_phantoms(args, events) -> int:
     from CTDiffusionLib.data.phantoms import write_phantom_dataset
 
     size = parse_size(args.size, "--size") if args.size else None
-    out = write_phantom_dataset(args.profile, args.num, args.out, seed=args.seed, size_xyz=size)
-    print(f"wrote {args.num} {args.profile} phantom cases to {out}", file=sys.stderr)
+    out = write_phantom_dataset(args.profile, args.num, args.out, seed=args.seed, size_xyz=size,
+                                with_labels=args.with_labels)
+    labelled = " with organ labels (nnU-Net raw layout)" if args.with_labels else ""
+    print(f"wrote {args.num} {args.profile} phantom cases{labelled} to {out}", file=sys.stderr)
     return 0
 
 

@@ -27,14 +27,19 @@ TISSUES = {
     "table": 13, "table_core": 14,
 }
 SCAN_LENGTH_MM = 65.0  # 26 slices of 2.5 mm
+# Which bone a cortical_bone/marrow voxel belongs to (Slice.parts, when tracked): the organ labels of phantom pairs.
+BONE_PARTS = {"femur": 1, "hip_bone": 2, "sacrum": 3}
 
 
 class Slice:
     """One axial slice's label map on a grid of voxel-centre coordinates x (columns) and y (rows), in mm."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, track_bone_parts: bool = False):
         self.x, self.y = x, y
         self.labels = np.zeros((len(y), len(x)), np.uint8)
+        # Every paint also writes `part` here; only read where labels are bone, and only _bone sets `part`.
+        self.parts = np.zeros_like(self.labels) if track_bone_parts else None
+        self.part = 0
 
     def _box(self, cx, cy, hx, hy):
         ix = np.searchsorted(self.x, [cx - hx, cx + hx])
@@ -93,6 +98,8 @@ class Slice:
         if only_on is not None:
             inside = inside & np.isin(region, only_on)
         region[inside] = label
+        if self.parts is not None:
+            self.parts[box][inside] = self.part
 
 
 def sphere_section(z, z0, radius):
@@ -211,9 +218,10 @@ def paint_slice(sl: Slice, z: float, p: dict) -> None:
     _paint_organs(sl, z, zr, p, at)
 
 
-def _bone(sl: Slice, centre, semi, angle=0.0, cortex=2.5):
-    """Cortical shell around marrow."""
+def _bone(sl: Slice, centre, semi, angle=0.0, cortex=2.5, part="hip_bone"):
+    """Cortical shell around marrow, of the bone `part` (BONE_PARTS)."""
     T = TISSUES
+    sl.part = BONE_PARTS[part]
     sl.ellipse(T["cortical_bone"], centre, semi, angle)
     sl.ellipse(T["marrow"], centre, (semi[0] - cortex, semi[1] - cortex), angle)
 
@@ -240,18 +248,18 @@ def _paint_bones(sl: Slice, zr: float, p: dict, at) -> None:
                       cortex=2.0)
         if r_head > 0:
             sl.ellipse(T["muscle"], hc, (r_head + 1.5, r_head + 1.5), only_on=[T["marrow"], T["cortical_bone"]])
-            _bone(sl, hc, (r_head, r_head), cortex=1.8)  # joint space (muscle HU) around the head
+            _bone(sl, hc, (r_head, r_head), cortex=1.8, part="femur")  # joint space (muscle HU) around the head
         # Femoral neck and greater trochanter, then the shaft.
         if -40 < zr < -2:
             neck = ramp(-zr, 2, 14)
             tx, ty = at(side * (hx + 30 * s), hy + 6)
             nx, ny = at(side * (hx + 14 * s), hy + 3)
-            _bone(sl, (nx, ny), (22 * s * neck + 1e-3, 13 * s), angle=side * 0.15, cortex=2.0)
-            _bone(sl, (tx, ty), (17 * s, 21 * s), cortex=2.0)
+            _bone(sl, (nx, ny), (22 * s * neck + 1e-3, 13 * s), angle=side * 0.15, cortex=2.0, part="femur")
+            _bone(sl, (tx, ty), (17 * s, 21 * s), cortex=2.0, part="femur")
         if zr <= -38:
-            _bone(sl, at(side * (hx + 22 * s), hy + 4), (15 * s, 15 * s), cortex=5.0)
+            _bone(sl, at(side * (hx + 22 * s), hy + 4), (15 * s, 15 * s), cortex=5.0, part="femur")
             if zr > -46:  # lesser trochanter, posteromedially
-                _bone(sl, at(side * (hx + 8 * s), hy + 14), (9 * s, 7 * s), cortex=2.0)
+                _bone(sl, at(side * (hx + 8 * s), hy + 14), (9 * s, 7 * s), cortex=2.0, part="femur")
         # Ischium behind the acetabulum, moving medially and back toward the tuberosity at the lowest levels.
         if -45 < zr < 8:
             low = ramp(-zr, 5, 40)
@@ -272,10 +280,10 @@ def _paint_bones(sl: Slice, zr: float, p: dict, at) -> None:
     # Coccyx, then the lower sacrum above it, posterior in the midline.
     sd = p["sacrum_dy"]
     if -22 < zr <= 8:
-        _bone(sl, at(0, sd - 4), (8 * s, 7 * s), cortex=1.8)
+        _bone(sl, at(0, sd - 4), (8 * s, 7 * s), cortex=1.8, part="sacrum")
     elif zr > 8:
         g = ramp(zr, 8, 25)
-        _bone(sl, at(0, sd), ((16 + 22 * g) * s, (10 + 4 * g) * s), cortex=2.5)
+        _bone(sl, at(0, sd), ((16 + 22 * g) * s, (10 + 4 * g) * s), cortex=2.5, part="sacrum")
 
 
 def _paint_organs(sl: Slice, z: float, zr: float, p: dict, at) -> None:
