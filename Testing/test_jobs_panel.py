@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from CTDiffusionLib.cli import SAMPLERS, build_parser
+from CTDiffusionLib.cli import build_parser
+from CTDiffusionLib.samplers import SAMPLERS
 from CTDiffusionLib.jobs import GenerateSettings, TrainSettings, build_command, panel, plans
 from CTDiffusionLib.presets import PRESETS
 from CTDiffusionLib.profiles import PROFILES

@@ -18,14 +18,14 @@ from dataclasses import dataclass, replace
 
 from CTDiffusionLib.presets import PRESETS
 from CTDiffusionLib.profiles import PROFILES, get_profile
+from CTDiffusionLib.samplers import DEFAULT_SAMPLER as DEFAULT_SAMPLER_OF, SAMPLERS
 
 AUGMENTATIONS = ("zoom", "flip", "rotate")
 SCHEDULES = (("Linear", "linear"), ("Cosine", "cosine"))
-#: Default sampling steps per sampler; the same numbers as CTDiffusionLib.diffusion.schedulers.DEFAULT_SAMPLER_STEPS
-#: (which imports torch; a test keeps the two equal).
-SAMPLER_STEPS = {"dpm++": 25, "ddim": 50, "ddpm": 1000}
-SAMPLER_LABELS = {"dpm++": "DPM-Solver++ (fast)", "ddim": "DDIM", "ddpm": "DDPM (full chain, slow)"}
-DEFAULT_SAMPLER = "dpm++"
+#: Default sampling steps and labels per sampler, from the one sampler table (CTDiffusionLib/samplers.py).
+SAMPLER_STEPS = {name: spec.steps for name, spec in SAMPLERS.items()}
+SAMPLER_LABELS = {name: spec.label for name, spec in SAMPLERS.items()}
+DEFAULT_SAMPLER = DEFAULT_SAMPLER_OF["ddpm"]
 
 
 def profile_choices() -> list[tuple[str, str]]:
