@@ -1,0 +1,139 @@
+"""The module's real widget class (CTDiffusion/CTDiffusion.py) built and driven through its buttons, under the
+PySide6 + slicer-core adapter (Testing/slicer_qt_adapter.py): Qt's own combo box, dialog and signal semantics."""
+
+from __future__ import annotations
+
+import unittest
+
+import pytest
+
+pytest.importorskip("PySide6.QtUiTools")
+from slicer_fixtures import core_app, write_ct  # noqa: E402,F401
+
+import slicer_qt_adapter as adapter  # noqa: E402
+
+
+class StartedJobs(list):
+    """Stands in for JobRunner.from_command: records each command instead of starting a child process."""
+
+    def __call__(self, command, **kwargs):
+        self.append(command)
+        return _NotStarted()
+
+
+class _NotStarted:
+    is_running = False
+
+    def start(self):
+        return self
+
+
+@pytest.fixture
+def widget(core_app, monkeypatch, tmp_path):  # noqa: F811
+    app, dialogs = adapter.install(monkeypatch, tmp_path)
+    module = adapter.import_module(monkeypatch)
+    from CTDiffusionLib.jobs import runner
+
+    jobs = StartedJobs()
+    monkeypatch.setattr(runner.JobRunner, "from_command", jobs)
+    w = module.CTDiffusionWidget()
+    w.setup()
+    w.test_jobs, w.test_dialogs, w.test_app, w.test_module = jobs, dialogs, app, module
+    yield w
+    w.cleanup()
+
+
+def _data_folder(tmp_path):
+    for i in range(2):
+        write_ct(tmp_path / "data" / f"case{i}.nii.gz", seed=i)
+    return str(tmp_path / "data")
+
+
+def _argument(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_widget_builds_and_binds_its_parameter_node(widget):
+    p = widget._parameterNode
+    assert widget._parameterNodeGuiTag is not None
+    assert widget.ui.presetComboBox.currentData == p.preset
+    assert widget.ui.lengthSpinBox.value == p.length
+    widget.ui.lengthSpinBox.value = 123  # the bound spin box writes the parameter node
+    assert p.length == 123
+
+
+def test_chosen_device_is_what_the_training_command_sends(widget, tmp_path):
+    """Item 1: refilling the device combo (clear + addItem emit currentIndexChanged) must not write 'auto'."""
+    ui = widget.ui
+    ui.sourceFolderRadioButton.checked = True
+    ui.sourceFolderPathLineEdit.currentPath = _data_folder(tmp_path)
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    assert widget._parameterNode.device == "cpu"
+    ui.trainButton.click()
+    assert len(widget.test_jobs) == 1, widget.test_dialogs.shown
+    assert _argument(widget.test_jobs[0].argv, "--device") == "cpu"
+    assert ui.deviceComboBox.currentData == "cpu" and widget._parameterNode.device == "cpu"
+
+
+def _resumable_run(folder, name, data):
+    import json
+
+    run = folder / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"profile": "prostate-ct", "data": {"sources": [data]}}))
+    from CTDiffusionLib.runfolder import checkpoint_name
+
+    (run / "checkpoints" / checkpoint_name(4)).write_bytes(b"weights")
+    return run
+
+
+def _answer_next_dialog(answer):
+    """Qt runs the dialog's own event loop (exec); this acts on it from inside that loop, as a user would."""
+    from PySide6 import QtCore, QtWidgets
+
+    def act():
+        dialog = QtWidgets.QApplication.activeModalWidget()
+        assert isinstance(dialog, QtWidgets.QInputDialog), dialog
+        answer(dialog)
+
+    QtCore.QTimer.singleShot(0, act)
+
+
+def test_cancelling_the_resume_dialog_starts_nothing(widget, tmp_path):
+    """Item 2: QInputDialog returns the current item when rejected; Cancel must not resume the first run."""
+    data = _data_folder(tmp_path)
+    runs = tmp_path / "runs"
+    _resumable_run(runs, "run-a", data)
+    _resumable_run(runs, "run-b", data)
+    widget.ui.runFolderPathLineEdit.currentPath = str(runs)
+    assert widget.ui.resumeButton.enabled
+    _answer_next_dialog(lambda dialog: dialog.reject())
+    widget.ui.resumeButton.click()
+    assert widget.test_jobs == []
+    # accepting a run resumes that one
+    _answer_next_dialog(lambda dialog: (dialog.setTextValue("run-b"), dialog.accept()))
+    widget.ui.resumeButton.click()
+    assert len(widget.test_jobs) == 1, widget.test_dialogs.shown
+    argv = widget.test_jobs[0].argv
+    assert "--resume" in argv and _argument(argv, "--out") == str(runs / "run-b")
+
+
+def test_reload_and_test_never_raises_skip_without_the_engine(widget, monkeypatch, caplog):
+    """Item 3: Reload and Test / SelfTests call runTest() directly (no unittest runner): a missing engine is
+    logged and the test returns; the parts that need no engine (building the panel) still run."""
+    from CTDiffusionLib.jobs import dependencies
+
+    missing = dependencies.DependencyStatus(torch_installed=False)
+    monkeypatch.setattr(dependencies, "check", lambda *a, **k: missing)
+    built = []
+    representation = widget.test_module.slicer.modules.ctdiffusion
+    original = representation.createNewWidgetRepresentation
+    monkeypatch.setattr(representation, "createNewWidgetRepresentation", lambda: built.append(1) or original())
+    test = widget.test_module.CTDiffusionTest()
+    with caplog.at_level("INFO"):
+        try:
+            test.runTest()
+        except unittest.SkipTest as skip:  # pytest would count it as a skip; Slicer shows an error dialog
+            pytest.fail(f"runTest() raised SkipTest: {skip}")
+    assert built == [1]
+    assert "PyTorch" in caplog.text and "not installed" in caplog.text
