@@ -246,3 +246,13 @@ def test_cmake_configures_into_slicer_layout(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=str(dest), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert Path(res.stdout.strip()) == dest.resolve()
+
+
+def test_catalog_entry_is_formatted_as_the_extensions_index_formats_it():
+    """The ExtensionsIndex pre-commit check runs prettier 3.5.3 with prettier-plugin-multiline-arrays 4.0.3 and
+    `multilineArraysWrapThreshold: 0` (its .prettierrc.js and .pre-commit-config.yaml): every non-empty array
+    has one element per line, objects are expanded, two-space indent, final newline. For a flat entry like this
+    one that is exactly json.dumps(indent=2); `"build_dependencies": ["PyTorch"]` on one line fails the check."""
+    text = CATALOG.read_text(encoding="utf-8")
+    expected = json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
+    assert text == expected, "format CTDiffusion.json as the ExtensionsIndex's prettier does:\n" + expected
