@@ -288,6 +288,14 @@ def load_mask_segmentation(path: str | Path, name: str | None = None, scene=None
 
     The label volume is read into a labelmap node that never enters the scene, so no temporary node shows up
     (and flickers) in the node combos while the segmentation is built."""
+    seg_node = segmentation_from_label_file(path, name, scene)
+    style_segments(seg_node, profile)
+    return seg_node
+
+
+def segmentation_from_label_file(path: str | Path, name: str | None = None, scene=None):
+    """A segmentation node with one segment per label value of a label volume file (segment label value = file
+    value), on the file's geometry; no temporary node enters the scene."""
     scene = get_scene(scene)
     path = Path(path)
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
@@ -302,7 +310,6 @@ def load_mask_segmentation(path: str | Path, name: str | None = None, scene=None
     if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg_node):
         scene.RemoveNode(seg_node)
         raise RuntimeError(f"Could not turn {path} into a segmentation.")
-    style_segments(seg_node, profile)
     return seg_node
 
 
