@@ -50,7 +50,8 @@ def _array(path_or_image) -> np.ndarray:
 
 
 def _phantom_case(folder: Path, index: int) -> tuple[Path, Path]:
-    return folder / "imagesTr" / f"prostate_{index:03d}_0000.nii.gz", folder / "labelsTr" / f"prostate_{index:03d}.nii.gz"
+    case = f"prostate_{index:03d}"
+    return folder / "imagesTr" / f"{case}_0000.nii.gz", folder / "labelsTr" / f"{case}.nii.gz"
 
 
 def _write_like(array: np.ndarray, reference: Path, path: Path) -> Path:

@@ -127,17 +127,22 @@ def _cases_from_folder(folder: Path, profile: Profile) -> list[Case]:
 
 
 def _cases_from_list_file(list_file: Path, profile: Profile) -> list[Case]:
-    """A .txt with one path per line; relative paths start at the list file's folder; '#' starts a comment line."""
+    return [case for entry in read_list_file(list_file, "image path") for case in _cases_from(entry, profile, False)]
+
+
+def read_list_file(list_file: Path, what: str) -> list[Path]:
+    """The paths of a .txt with one `what` per line; relative paths start at the list file's folder; '#' starts a
+    comment line. InputError when it names nothing or a missing path."""
     lines = [line.strip() for line in list_file.read_text(encoding="utf-8-sig").splitlines()]
     entries = [list_file.parent / Path(line).expanduser() for line in lines if line and not line.startswith("#")]
     if not entries:
-        raise InputError(f"The list file {list_file} names no paths.", "Write one image path per line.")
+        raise InputError(f"The list file {list_file} names no paths.", f"Write one {what} per line.")
     missing = [str(p) for p in entries if not p.exists()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputError(f"The list file {list_file} names {len(missing)} missing path(s): {shown}.",
                          "Fix the paths; relative paths are read from the list file's folder.")
-    return [case for entry in entries for case in _cases_from(entry, profile, False)]
+    return entries
 
 
 def _file_case(path: Path, profile: Profile) -> Case:

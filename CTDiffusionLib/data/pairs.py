@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from CTDiffusionLib.data.discovery import _safe_id, _visible  # the same case ids and hidden-file rule
+from CTDiffusionLib.data.discovery import _safe_id, _visible, read_list_file  # same ids, hidden files, lists
 from CTDiffusionLib.data.volume_io import (
     image_suffix,
     read_image,
@@ -171,15 +171,7 @@ def _pairs_from_folder(folder: Path) -> list[PairCase]:
 
 
 def _pairs_from_list_file(list_file: Path) -> list[PairCase]:
-    """A .txt with one pairs source per line; relative paths start at the list file's folder; '#' comments."""
-    lines = [line.strip() for line in list_file.read_text(encoding="utf-8-sig").splitlines()]
-    entries = [list_file.parent / Path(line).expanduser() for line in lines if line and not line.startswith("#")]
-    if not entries:
-        raise InputError(f"The list file {list_file} names no paths.", "Write one pairs folder or file per line.")
-    missing = [str(p) for p in entries if not p.exists()]
-    if missing:
-        raise InputError(f"The list file {list_file} names {len(missing)} missing path(s): {', '.join(missing[:5])}.",
-                         "Fix the paths; relative paths are read from the list file's folder.")
+    entries = read_list_file(list_file, "pairs folder or file")
     return [case for entry in entries for case in _pairs_from(entry, False)]
 
 

@@ -66,18 +66,12 @@ def export_pair_files(pairs, folder: str | Path) -> list[Path]:
 
 def write_segmentation_node(seg_node, path: str | Path) -> Path:
     """Save a segmentation as a Slicer .seg.nrrd (binary labelmap; segment names, values and layers in the header)."""
-    path = Path(path)
     segmentation = seg_node.GetSegmentation()
     labelmap_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
     if segmentation.GetSourceRepresentationName() != labelmap_name:  # e.g. segments imported from models
         seg_node.CreateBinaryLabelmapRepresentation()
         segmentation.SetSourceRepresentationName(labelmap_name)
-    storage = seg_node.CreateDefaultStorageNode()
-    storage.SetFileName(str(path))
-    storage.SetUseCompression(1)
-    if not storage.WriteData(seg_node):
-        raise RuntimeError(f"Could not write segmentation {seg_node.GetName()!r} to {path}.")
-    return path
+    return write_volume_node(seg_node, path)  # its default storage node is the .seg.nrrd writer
 
 
 def export_pairs(pairs, out: str | Path, structures: str | None = None) -> Path:
