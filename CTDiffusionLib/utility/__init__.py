@@ -1,0 +1,57 @@
+"""The downstream benchmark: does adding synthetic pairs to a training set help a segmenter on held-out real data?
+
+`ctdiffusion utility` calls `utility_from_args`; scripts call `run_utility`. Heavy packages are imported inside the
+functions so `import CTDiffusionLib.utility` stays cheap.
+
+Modules (one idea each):
+  volumes     pairs (data/pairs.py) read onto one working grid
+  honesty     refuse test files that are training/synthetic files; name synthetic near-copies (evaluation/novelty)
+  segmenter   the one fixed MONAI recipe: train (deterministic per seed) and predict
+  scoring     Dice and HD95 per structure (MONAI metrics)
+  arms        real / synthetic / real+synthetic, trained over K seeds, scored on the held-out real pairs
+  statistics  two-way bootstrap intervals, the paired gain and the verdict
+  figure      Dice per arm with intervals;  benchmark  the orchestration and utility.json
+  adherence   how well a generated CT follows its conditioning label map (per-structure Dice of a segmenter)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_utility(train, synthetic, test, out, **options) -> dict:
+    """See benchmark.run_utility."""
+    from CTDiffusionLib.utility.benchmark import run_utility as _run
+
+    return _run(train, synthetic, test, out, **options)
+
+
+def utility_from_args(args, events) -> int:
+    """The `utility` sub-command: start/progress/done events, stop by SIGINT/SIGTERM or OUT/stop-request (like
+    training), exit 0 whatever the verdict (it is a finding, not an error)."""
+    import sys
+
+    from CTDiffusionLib.errors import InputError
+    from CTDiffusionLib.runfolder import RunFolder
+    from CTDiffusionLib.training.trainer import StopFlag
+
+    if not float(args.ratio) > 0:
+        raise InputError(f"--ratio {args.ratio} is not above 0.", "Give the synthetic count as a multiple of the real "
+                         "count, e.g. --ratio 1.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    events.set_log_path(out / "events.jsonl")
+    events.emit("start", command="utility", train=str(args.train), synthetic=str(args.synthetic),
+                test=str(args.test), out=str(out), seeds=args.seeds, ratio=args.ratio)
+    stop = StopFlag(RunFolder(out).stop_request)
+    stop.install()
+    try:
+        result = run_utility(args.train, args.synthetic, args.test, out, seeds=args.seeds, ratio=args.ratio,
+                             structures=args.structures, iterations=args.iterations, device=args.device,
+                             seed=args.seed, events=events, stop=stop)
+    finally:
+        stop.restore()
+    print(f"utility benchmark written to {out / 'utility.json'}\n{result['verdict_line']}", file=sys.stderr)
+    events.emit("done", status="completed", utility=str(out / "utility.json"), verdict=result["verdict"],
+                gain=result["gain"], near_copies=len(result["near_copies"]), time_s=result["time_s"])
+    return 0

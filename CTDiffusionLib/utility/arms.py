@@ -1,0 +1,89 @@
+"""The three training arms and their runs: every arm trains the same recipe over the same seeds, every model is
+scored on the same held-out real cases.
+
+  real            the real training pairs
+  synthetic       the synthetic pairs used (R x the real count, or all there are when fewer)
+  real+synthetic  both together
+
+Scores come back as (seeds x test cases x structures) tables per arm, the unit the statistics resample.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from CTDiffusionLib.utility import scoring
+from CTDiffusionLib.utility.segmenter import Recipe, predict, train_segmenter
+
+REAL, SYNTHETIC, BOTH = "real", "synthetic", "real+synthetic"
+ARMS = (REAL, SYNTHETIC, BOTH)
+PROGRESS_EVERY_S = 1.0  # at most one progress event a second
+
+
+def synthetic_share(n_real: int, n_synthetic: int, ratio: float) -> int:
+    """How many synthetic cases the arms use: R x the real count, at least 1, at most what there is."""
+    return int(max(1, min(n_synthetic, round(ratio * n_real))))
+
+
+def arm_cases(real: list, synthetic: list, ratio: float) -> dict:
+    """{arm: training cases}; the synthetic arm uses the same synthetic cases the mixed arm adds (first by name)."""
+    used = synthetic[:synthetic_share(len(real), len(synthetic), ratio)]
+    return {REAL: list(real), SYNTHETIC: used, BOTH: list(real) + used}
+
+
+@dataclass
+class ArmScores:
+    dice: np.ndarray  # (seeds, test cases, structures), NaN where a structure is absent from a test case
+    hd95: np.ndarray  # the same, NaN where undefined
+
+
+class Progress:
+    """progress events over all arms x seeds x iterations, with an ETA from the measured rate; checks the stop flag
+    after every iteration (raises Interrupted)."""
+
+    def __init__(self, events, total_steps: int, stop=None):
+        self.events, self.total, self.stop = events, total_steps, stop
+        self.done, self.t0, self.last = 0, time.time(), 0.0
+
+    def step(self, arm: str, seed: int, in_arm: int, arm_total: int) -> None:
+        self.done += 1
+        if self.stop is not None and self.stop.requested:
+            from CTDiffusionLib.errors import Interrupted
+
+            raise Interrupted("The utility benchmark was stopped; no utility.json was written.",
+                              "Run it again to measure.")
+        now = time.time()
+        if self.events is None or (now - self.last < PROGRESS_EVERY_S and in_arm < arm_total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        self.events.emit("progress", phase="utility", step=self.done, total=self.total, arm=arm, seed=seed,
+                         arm_step=in_arm, arm_total=arm_total, it_per_s=rate, eta_s=(self.total - self.done) / rate)
+
+
+def run_arms(cases_by_arm: dict, test: list, n_classes: int, recipe: Recipe, seeds: list, device: str = "cpu",
+             progress: Progress | None = None, log=None) -> dict:
+    """Train every arm for every seed and score each model on `test`. Returns {arm: ArmScores}."""
+    n_struct = n_classes - 1
+    shape = (len(seeds), len(test), n_struct)
+    out = {arm: ArmScores(np.full(shape, np.nan), np.full(shape, np.nan)) for arm in cases_by_arm}
+    for i, seed in enumerate(seeds):
+        for arm, cases in cases_by_arm.items():
+            t0 = time.time()
+
+            def on_step(k, arm=arm, seed=seed):
+                if progress is not None:
+                    progress.step(arm, seed, k, recipe.iterations)
+
+            model = train_segmenter(cases, n_classes, recipe, seed, device, on_step=on_step)
+            for j, case in enumerate(test):
+                s = scoring.score_case(predict(model, case.image, recipe, device), case.labels, n_classes,
+                                       case.spacing_zyx)
+                out[arm].dice[i, j], out[arm].hd95[i, j] = s["dice"], s["hd95"]
+            if log is not None:
+                log.info("utility: arm %s, seed %d: mean Dice %.3f on %d test cases (%.0f s)", arm, seed,
+                         np.nanmean(out[arm].dice[i]), len(test), time.time() - t0)
+    return out
