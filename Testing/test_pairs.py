@@ -388,6 +388,8 @@ def test_write_nnunet_pairs_leaves_nothing_when_it_fails(phantom_pairs, tmp_path
     with pytest.raises(ValueError, match="outside 0..2"):
         write_nnunet_pairs(tmp_path / "out", [("a", ct, labels)], structures[:2])
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        write_nnunet_pairs(phantom_pairs, [], structures)
 
 
 def test_pair_case_round_trips_through_json(phantom_pairs):

@@ -149,9 +149,11 @@ def test_overlapping_segments_are_refused_with_one_sentence(core_app, rotated_pa
 
 def test_exported_pairs_read_like_any_other_pairs(core_app, rotated_pairs, tmp_path):
     ct, seg_node = _named_nodes(rotated_pairs, 0, {2: "Bladder", 3: "Rectum"})
-    scene_pairs.export_pair_files([(ct, seg_node)], tmp_path)
-    case = discover_pairs(tmp_path)[0]
+    scene_pairs.export_pair_files([(ct, seg_node)], tmp_path / "files")
+    case = discover_pairs(tmp_path / "files")[0]
     image, labels = read_pair(case, select_structures([case], "Rectum"))
     phantom = sitk.GetArrayFromImage(sitk.ReadImage(str(rotated_pairs / "labelsTr" / "prostate_000.nii.gz")))
     assert np.array_equal(sitk.GetArrayFromImage(labels), (phantom == 3).astype(np.uint8))
     assert np.allclose(labels.GetDirection(), ROTATED) and labels.GetSize() == image.GetSize()
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        scene_pairs.export_pair_files([(ct, seg_node)], tmp_path / "files")

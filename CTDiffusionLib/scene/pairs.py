@@ -23,7 +23,7 @@ from CTDiffusionLib.data.pairs import (
     write_nnunet_pairs,
 )
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.runfolder import atomic_write
+from CTDiffusionLib.runfolder import atomic_write, staged_folder
 from CTDiffusionLib.scene.core import get_scene
 from CTDiffusionLib.scene.nodes import (
     SYNTHETIC_FOLDER_NAME,
@@ -46,11 +46,13 @@ log = logging.getLogger("ctdiffusion")
 
 # ------------------------------------------------------------------------------------------------ nodes -> files
 def export_pair_files(pairs, folder: str | Path) -> list[Path]:
-    """Write each (volume node, segmentation node) as NAME.nii.gz + NAME.seg.nrrd into `folder`: a pairs source
-    for `discover_pairs` that keeps the segment names and label values. Returns the .seg.nrrd paths."""
+    """Write each (volume node, segmentation node) as NAME.nii.gz + NAME.seg.nrrd into the new (or empty) `folder`:
+    a pairs source for `discover_pairs` that keeps the segment names and label values. Built in a staged folder, so
+    a failure leaves nothing. Returns the .seg.nrrd paths."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written, used = [], set()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"The output folder {folder} already exists and is not empty.", "Choose a new folder.")
+    stems, used = [], set()
     for volume, segmentation in pairs:
         if not is_scalar_volume(volume) or not is_segmentation(segmentation):
             raise InputError(f"The pair ({_name(volume)}, {_name(segmentation)}) is not a volume with a segmentation.",
@@ -59,9 +61,12 @@ def export_pair_files(pairs, folder: str | Path) -> list[Path]:
         while stem in used:
             stem, n = f"{safe_file_stem(volume.GetName())}_{n}", n + 1
         used.add(stem)
-        write_volume_node(volume, folder / f"{stem}.nii.gz")
-        written.append(write_segmentation_node(segmentation, folder / f"{stem}{SEG_NRRD_SUFFIX}"))
-    return written
+        stems.append((stem, volume, segmentation))
+    with staged_folder(folder) as staging:
+        for stem, volume, segmentation in stems:
+            write_volume_node(volume, staging / f"{stem}.nii.gz")
+            write_segmentation_node(segmentation, staging / f"{stem}{SEG_NRRD_SUFFIX}")
+    return [folder / f"{stem}{SEG_NRRD_SUFFIX}" for stem, _, _ in stems]
 
 
 def write_segmentation_node(seg_node, path: str | Path) -> Path:
@@ -78,8 +83,8 @@ def export_pairs(pairs, out: str | Path, structures: str | None = None) -> Path:
     """(volume node, segmentation node) pairs as an nnU-Net raw folder `out` (new or empty), with the chosen
     structures (`structures` as in --structures; default every segment name). Checked like any pairs input."""
     with tempfile.TemporaryDirectory(prefix="ctdiffusion-pairs-") as tmp:
-        export_pair_files(pairs, tmp)
-        cases = discover_pairs(tmp)
+        export_pair_files(pairs, Path(tmp) / "pairs")
+        cases = discover_pairs(Path(tmp) / "pairs")
         chosen = select_structures(cases, structures)
         return write_nnunet_pairs(out, ((case.case_id, *read_pair(case, chosen)) for case in cases), chosen)
 
