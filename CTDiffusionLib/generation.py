@@ -17,6 +17,7 @@ from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, bundle_sc
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
 from CTDiffusionLib.models.speed import apply_speed_settings
+from CTDiffusionLib.output_folder import check_output_folder, claim_output_folder
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import write_json
 
@@ -63,7 +64,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=
     if resample_to is not None:
         image = sitk.Resample(image, resample_to, sitk.Transform(), sitk.sitkLinear, float(fill_value),
                               image.GetPixelID())
-    return write_image(image, path)
+    return write_image(image, path, exclusive=True)  # never replaces a volume already there
 
 
 def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str = "dpm++",
@@ -120,7 +121,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
                        "condition": condition or None, "guidance_scale": guidance,
                        "reference": str(reference) if reference else None}
             try:
-                write_json(out / f"{prefix}_{index:04d}.json", sidecar)
+                write_json(out / f"{prefix}_{index:04d}.json", sidecar, exclusive=True)
             except OSError as exc:  # disk full: a volume without its sidecar would be an incomplete output
                 path.unlink(missing_ok=True)
                 raise write_failed(out / f"{prefix}_{index:04d}.json", exc.strerror or str(exc)) from None
@@ -132,17 +133,29 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
 
 def generate_from_args(args, events) -> int:
     from CTDiffusionLib.models.bundle import load_bundle
-    from CTDiffusionLib.runtime import autocast_dtype, resolve_device
+    from CTDiffusionLib.runtime import resolve_device
 
     out = Path(args.out)
-    if out.exists() and any(out.glob("*.nii.gz")):
-        raise InputError(f"{out} already holds generated volumes.", "Choose an empty or new --out folder.")
+    check_output_folder(out, "generate")  # a folder of the user's: refused before anything is loaded or written
+    _refuse_earlier_volumes(out)
     condition = parse_condition_text(args.condition)
     device = resolve_device(args.device)
     model, meta = load_bundle(args.model, device)
     apply_speed_settings(model, device, meta["data"]["mode"])  # channels-last on CUDA, as in training
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_output_folder(out, "generate"):  # locked: a second generate into the same folder is refused
+        _refuse_earlier_volumes(out)  # one that finished while this one loaded its model
+        return _generate_into(args, events, out, model, meta, condition, device)
+
+
+def _refuse_earlier_volumes(out: Path) -> None:
+    if out.is_dir() and any(out.glob("*.nii.gz")):
+        raise InputError(f"{out} already holds generated volumes.", "Choose an empty or new --out folder.")
+
+
+def _generate_into(args, events, out: Path, model, meta: dict, condition, device) -> int:
+    from CTDiffusionLib.runtime import autocast_dtype
+
     events.set_log_path(out / "events.jsonl")
     events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=args.sampler,
                 steps=args.steps or DEFAULT_SAMPLER_STEPS[args.sampler], out=str(out), device=str(device))

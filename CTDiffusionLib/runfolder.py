@@ -137,8 +137,9 @@ def read_json(path: str | os.PathLike, what: str = "file", hint: str = "") -> di
         raise InputError(f"{path} ({what}) is missing.", hint or "Check the folder you gave.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} ({what}) is not valid JSON ({exc}).",
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InputError(f"{path} ({what}) is not valid JSON ({reason}).",
                          hint or "The file is damaged: restore it or re-create it.") from None
     except OSError as exc:
         raise InputError(f"{path} ({what}) cannot be read ({exc.strerror or exc}).",
@@ -207,12 +208,14 @@ def temporary_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{stem}{_TEMP_MARK}{uuid.uuid4().hex[:12]}{dot}{suffix}")
 
 
-def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path], object]) -> Path:
+def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path], object], *,
+                 exclusive: bool = False) -> Path:
     """Write `content` to `path` so that readers see the old file or the complete new one, never a part.
 
     `content` is bytes, text (UTF-8), or a function that writes the file at the temporary path it is given
     (e.g. `lambda tmp: torch.save(state, tmp)`). The temporary file lives in the same folder (a rename is only
     atomic within one file system), is flushed to disk before it replaces `path`, and is removed on any error.
+    With `exclusive` an existing `path` is never replaced: OutputExists (exit 2) instead (outputs a user keeps).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,12 +231,38 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path]
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path, exclusive)
     except BaseException:  # KeyboardInterrupt included: no temporary file is left behind
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
     return path
+
+
+class OutputExists(InputError):
+    """An output file is already there; CTDiffusion never replaces a file it did not mean to."""
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike, exclusive: bool = False) -> None:
+    """Rename the finished `tmp` to `path`. With `exclusive`, refuse an existing `path` atomically: a hard link
+    fails when the name exists (where the file system has no hard links, the existence check runs under the output
+    folder's lock, output_folder.py, so nobody else can create the name meanwhile)."""
+    tmp, path = Path(tmp), Path(path)
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExists(f"{path} already exists; CTDiffusion does not replace it.",
+                           "Choose a new output folder, or move the file away first.") from None
+    except OSError:  # no hard links here (FAT, some network shares)
+        if path.exists():
+            raise OutputExists(f"{path} already exists; CTDiffusion does not replace it.",
+                               "Choose a new output folder, or move the file away first.") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 @contextmanager
@@ -254,9 +283,9 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Atomic JSON write (indented, UTF-8)."""
-    return atomic_write(path, json.dumps(data, indent=2))
+def write_json(path: str | os.PathLike, data: dict, *, exclusive: bool = False) -> Path:
+    """Atomic JSON write (indented, UTF-8); `exclusive` as in atomic_write."""
+    return atomic_write(path, json.dumps(data, indent=2), exclusive=exclusive)
 
 
 def _fsync_folder(folder: Path) -> None:

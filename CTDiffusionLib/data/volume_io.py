@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CTDiffusionLib.errors import CTDiffusionError, InputError
-from CTDiffusionLib.runfolder import staged_folder
+from CTDiffusionLib.runfolder import publish, staged_folder
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Header + separate data file: these cannot be written with one atomic rename of a temp file.
@@ -370,8 +370,9 @@ def array_to_image(array_zyx: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 # ---------------------------------------------------------------------------------------------- writing
 
-def write_image(image: sitk.Image, path) -> Path:
-    """Write `image` compressed, atomically (temp file in the same folder, then rename); parents are created."""
+def write_image(image: sitk.Image, path, *, exclusive: bool = False) -> Path:
+    """Write `image` compressed, atomically (temp file in the same folder, then rename); parents are created.
+    With `exclusive` an existing file is never replaced (runfolder.OutputExists instead)."""
     path = Path(path).expanduser()
     suffix = image_suffix(path)
     if suffix is None:
@@ -396,7 +397,7 @@ def write_image(image: sitk.Image, path) -> Path:
         for data_file in sorted(tmp_dir.iterdir()):
             if data_file.name != path.name:
                 os.replace(data_file, path.parent / data_file.name)
-        os.replace(tmp_file, path)
+        publish(tmp_file, path, exclusive)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path

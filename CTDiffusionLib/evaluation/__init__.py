@@ -37,11 +37,9 @@ def run_evaluation(real, generated, out, *, train=None, profile=None, run_dir=No
 
 def evaluate_from_args(args, events) -> int:
     """The `evaluate` sub-command: resolve the device, run the evaluation, emit start/progress/done events."""
-    import os
-    import sys
-
     from CTDiffusionLib.evaluation.inputs import require_folder
     from CTDiffusionLib.evaluation.pipeline import resolve_device
+    from CTDiffusionLib.output_folder import claim_output_folder
 
     require_folder(args.real, "--real")
     require_folder(args.generated, "--generated")
@@ -51,7 +49,21 @@ def evaluate_from_args(args, events) -> int:
         require_folder(args.run, "--run")
     device = resolve_device(getattr(args, "device", "auto") or "auto")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # only into a new, empty or earlier evaluate folder, locked; a half-written report in a new folder is removed
+    with claim_output_folder(out, "evaluate", remove_if_failed=True):
+        return _evaluate_into(args, events, out, device)
+
+
+def _evaluate_into(args, events, out: Path, device: str) -> int:
+    import os
+    import sys
+
+    from CTDiffusionLib.runfolder import OutputExists
+
+    earlier = [name for name in ("metrics.json", "report.html", "figures") if (out / name).exists()]
+    if earlier:
+        raise OutputExists(f"--out {out} already holds a quality report ({', '.join(earlier)}).",
+                           "Choose a new --out folder; CTDiffusion does not replace an earlier report.")
     events.set_log_path(out / "events.jsonl")
     events.emit("start", command="evaluate", real=str(args.real), generated=str(args.generated),
                 train=args.train, out=str(out), device=device)

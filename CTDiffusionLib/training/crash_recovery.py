@@ -38,8 +38,8 @@ class RunFolderBusy(InputError):
 class RunLock:
     """Exclusive, crash-safe use of a run folder (`with RunLock(folder): ...`)."""
 
-    def __init__(self, run_dir: Path, create: bool = True):
-        self.run_dir, self.create = Path(run_dir), create
+    def __init__(self, run_dir: Path, create: bool = True, activity: str = "another training"):
+        self.run_dir, self.create, self.activity = Path(run_dir), create, activity
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -60,9 +60,11 @@ class RunLock:
         except OSError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise RunFolderBusy(f"The run folder {self.run_dir} is in use by another training ({holder}).",
+            raise RunFolderBusy(f"The {'run ' if self.activity == 'another training' else ''}folder {self.run_dir} "
+                                f"is in use by {self.activity} ({holder}).",
                                 "Wait for it to finish or stop it, then start again (with --resume to continue "
-                                "it); or choose another --out folder.") from None
+                                "it); or choose another --out folder." if self.activity == "another training" else
+                                "Wait for it to finish, or choose another --out folder.") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())

@@ -30,7 +30,9 @@ from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
 from CTDiffusionLib.models.bundle import bundle_is_current, save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
+from CTDiffusionLib.memory import check_training_memory
 from CTDiffusionLib.models.speed import apply_speed_settings
+from CTDiffusionLib.output_folder import OUTPUT_MARKER, claim_output_folder
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import INPUT, RunFolder, read_config, write_json
 from CTDiffusionLib.runtime import (Distributed, autocast_dtype, init_distributed, resolve_device,
@@ -39,7 +41,7 @@ from CTDiffusionLib.textformat import format_eta
 from CTDiffusionLib.training.budget import TimeBudget
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
 from CTDiffusionLib.training.config import TrainingConfig, build_config, total_steps
-from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, RunLock, checkpoint_logged, remove_temp_files,
+from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, checkpoint_logged, remove_temp_files,
                                                    trim_events_after)
 from CTDiffusionLib.training.lr_schedule import warmup_flat_cosine
 from CTDiffusionLib.training.prefetch import Prefetcher
@@ -94,8 +96,8 @@ def open_run_folder(out: Path, resume: bool) -> dict | None:
                          "Add --resume to continue it, or choose a new --out folder.")
     # input/: data the Slicer module exported; a run killed before its config.json was written leaves only the
     # lock, events and cache behind, and a new run may start over them.
-    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, run.events.name, run.cache.name, run.stop_request.name)
-                            for p in out.iterdir()):
+    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, OUTPUT_MARKER, run.events.name, run.cache.name,
+                                           run.stop_request.name) for p in out.iterdir()):
         raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
     return None
 
@@ -470,7 +472,8 @@ def train_from_args(args, events) -> int:
     dist = init_distributed(args.device)
     if not dist.is_main:
         return _train(args, events, out, dist)
-    with RunLock(out, create=not args.resume):  # one training per run folder; kill -9 releases it too
+    # only into a new, empty or marked folder (output_folder.py); one training per run folder, kill -9 releases it
+    with claim_output_folder(out, "train", create=not args.resume):
         return _train(args, events, out, dist)
 
 
@@ -510,6 +513,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
                          f"evenly over the {dist.world_size} processes.",
                          f"Use a multiple of {dist.world_size} (each process trains on its share).")
     device = resolve_device(args.device, dist.local_rank)
+    check_training_memory(config, device, dist.world_size)  # "needs N GB, this machine has M", nothing allocated
     cases, vocab = load_cases(config)
     run = RunFolder(out)
     if dist.is_main:
