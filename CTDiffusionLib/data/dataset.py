@@ -35,25 +35,38 @@ class PreparedData:
     split: dict[str, list[int]]  # "train"/"val" -> case indices
     geometry: dict  # output geometry for generated volumes: spacing, origin, direction, size
     stats: dict = field(default_factory=dict)
+    # a paired run's CT model: each sample's label map (uint8, 0..K, same grid), the network's condition
+    label_maps: list[np.ndarray] | None = None
+    num_structures: int = 0
 
     def sample_indices(self, part: str) -> list[int]:
         wanted = set(self.split[part])
         return [i for i, c in enumerate(self.sample_case) if c in wanted]
 
 
-def _cache_key(case: Case, data_cfg: dict, profile: Profile, intensity: dict) -> str:
-    path = Path(case.path)
+def file_identity(path: Path) -> list:
+    """(path, size, mtime) of a file, or of every file in a folder (a DICOM series): what a cache entry is of."""
+    path = Path(path)
     stat_paths = sorted(path.iterdir()) if path.is_dir() else [path]
-    ident = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in stat_paths if p.is_file()]
+    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in stat_paths if p.is_file()]
+
+
+def _cache_key(case: Case, data_cfg: dict, profile: Profile, intensity: dict, extra: dict | None = None) -> str:
+    """`extra` (a paired run's label files and structures) is part of the key only when given, so paired and
+    unpaired entries of the same CT never mix and existing unpaired caches keep their keys."""
     settings = {"v": CACHE_VERSION, "profile": profile.name, "grid": data_cfg["grid"], "mode": data_cfg["mode"],
-                "series": case.series_uid, "intensity": intensity}
-    return hashlib.sha1(json.dumps([ident, settings]).encode()).hexdigest()[:16]
+                "series": case.series_uid, "intensity": intensity, **({"pairs": extra} if extra else {})}
+    return hashlib.sha1(json.dumps([file_identity(case.path), settings]).encode()).hexdigest()[:16]
 
 
 def _prepare_case(case: Case, profile: Profile, data_cfg: dict, intensity: dict) -> tuple[list[np.ndarray], dict]:
     """Read + resample one case; returns compact arrays (intensity: float16 model units, labels: uint8) and its
     geometry/statistics."""
-    stored = read_case(case, profile)
+    return prepare_image(read_case(case, profile), profile, data_cfg, intensity, case.path)
+
+
+def prepare_image(stored, profile: Profile, data_cfg: dict, intensity: dict, path) -> tuple[list[np.ndarray], dict]:
+    """One read image (as stored) -> its compact arrays on the grid and its geometry/statistics."""
     image = reorient(stored)  # one voxel order for all cases: a scan stored upside down must not train flipped
     samples, grid_spacing = case_to_grid(image, profile, data_cfg["grid"], data_cfg["mode"])
     info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(grid_spacing),
@@ -67,7 +80,7 @@ def _prepare_case(case: Case, profile: Profile, data_cfg: dict, intensity: dict)
         return [to_unit(hu, profile, intensity)[0].astype(np.float16)], info
     if not samples:
         names = ", ".join(c.name for c in profile.foreground_classes)
-        raise InputError(f"{case.path} contains only background (no {names} labels).",
+        raise InputError(f"{path} contains only background (no {names} labels).",
                          "Remove empty masks from the data set.")
     counts = np.bincount(np.concatenate([c.ravel() for c in samples]), minlength=profile.channels)
     info.update({"origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1], "samples": len(samples),
@@ -78,12 +91,17 @@ def _prepare_case(case: Case, profile: Profile, data_cfg: dict, intensity: dict)
 def _load_or_prepare(case: Case, profile: Profile, data_cfg: dict, intensity: dict, cache_dir: Path | None):
     cache_file = (cache_dir / f"{case.case_id}-{_cache_key(case, data_cfg, profile, intensity)}.npz"
                   if cache_dir else None)
+    return load_or_prepare(cache_file, lambda: _prepare_case(case, profile, data_cfg, intensity))
+
+
+def load_or_prepare(cache_file: Path | None, prepare) -> tuple[list[np.ndarray], dict]:
+    """(arrays, info) from `cache_file` when it exists, else from `prepare()`, then cached (atomically)."""
     if cache_file and cache_file.exists():
         with np.load(cache_file, allow_pickle=False) as z:
             arrays = [z[f"a{i}"] for i in range(int(z["n"]))]
             info = json.loads(str(z["info"]))
         return arrays, info
-    arrays, info = _prepare_case(case, profile, data_cfg, intensity)
+    arrays, info = prepare()
     if cache_file:
         atomic_write(cache_file, lambda tmp: np.savez(tmp, n=len(arrays), info=json.dumps(info),
                                                        **{f"a{i}": a for i, a in enumerate(arrays)}))
@@ -151,6 +169,12 @@ def prepare_dataset(cases: list[Case], profile, data_cfg: dict, cache_dir: Path 
         infos.append(info)
         if on_case:
             on_case(i + 1, len(cases))
+    return assemble(cases, profile, data_cfg, seed, samples, sample_case, infos)
+
+
+def assemble(cases: list[Case], profile: Profile, data_cfg: dict, seed: int, samples: list[np.ndarray],
+             sample_case: list[int], infos: list[dict]) -> PreparedData:
+    """Prepared cases -> their split, the output geometry (median grid spacing/origin) and dataset.json's stats."""
     split = split_cases(cases, profile, data_cfg.get("val_fraction", 0.2), seed)
     grid_spacing = np.median(np.array([inf["grid_spacing"] for inf in infos]), axis=0)
     grid = list(data_cfg["grid"]) + ([1] if len(data_cfg["grid"]) == 2 else [])

@@ -10,14 +10,19 @@ from CTDiffusionLib.diffusion.schedulers import training_target
 
 def diffusion_loss(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                    labels: torch.Tensor | None = None, autocast_dtype: torch.dtype | None = None,
-                   reduction: str = "mean", min_snr_gamma: float | None = None) -> torch.Tensor:
+                   reduction: str = "mean", min_snr_gamma: float | None = None,
+                   spatial_condition: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between the network's output for x_t = q(x0, noise, t) and what it learns to predict (noise or v).
 
     The forward pass runs under bf16 autocast when `autocast_dtype` is given; the loss itself is computed in float32.
     With `min_snr_gamma` (training only) each sample's MSE is weighted by Min-SNR-gamma (Hang et al. 2023): the
     nearly noise-free timesteps, which plain v/epsilon losses over-weight, count no more than SNR = gamma.
+    A `spatial_condition` (a paired run's label map, one channel per structure) is concatenated to the noisy input:
+    it is what the network sees, not what it denoises.
     """
     xt = scheduler.add_noise(x0, noise, t)
+    if spatial_condition is not None:
+        xt = torch.cat([xt, spatial_condition.to(xt.dtype)], dim=1)
     target = training_target(scheduler, x0, noise, t)
     with torch.autocast(x0.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         pred = model(xt, t, class_labels=labels) if labels is not None else model(xt, t)
