@@ -56,6 +56,36 @@ def _minutes(text: str) -> float:
     return value
 
 
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    """argparse type for a random seed: a whole number from 0 to 2^32 - 1 (what every generator accepts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def _finite_at_least(minimum: float, exclusive: bool = False):
+    """argparse type for a finite number >= minimum (> minimum with `exclusive`): NaN and inf are refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>' if exclusive else '>='} {minimum:g}, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdiffusion",
@@ -70,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=profiles, required=True)
     p.add_argument("--num", type=_positive_int, required=True, help="number of cases (CT volumes / ACDC patients)")
     p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--size", default=None,
                    help="image size XxYxZ in voxels (default: 512x512x26 for CT, 216x256x10 for masks)")
 
@@ -88,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train for about this many minutes: the step count is fixed from the measured speed "
                              "after the first minute (docs/engine.md)")
     p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+    p.add_argument("--lr", type=_finite_at_least(0, exclusive=True), default=None, help="peak learning rate (AdamW)")
     p.add_argument("--warmup-steps", type=_non_negative_int, default=None)
     p.add_argument("--schedule", choices=("linear", "cosine"), default=None, help="beta schedule")
     p.add_argument("--prediction", choices=("epsilon", "v"), default=None, help="what the network predicts")
-    p.add_argument("--min-snr-gamma", type=float, default=None,
+    p.add_argument("--min-snr-gamma", type=_finite_at_least(0), default=None,
                    help="weight the loss by Min-SNR-gamma (e.g. 5; 0: plain MSE; default: the preset's)")
     p.add_argument("--grid", default=None, help="training grid XxYxZ (or XxY for 2D masks); overrides the preset")
     p.add_argument("--val-fraction", type=float, default=None, help="share of cases held out for validation (0.2)")
@@ -108,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset.json)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--sample-every", type=_non_negative_int, default=None, help="steps between preview samples (0: off)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("auto", "on", "off"), default=None, help="bf16 autocast (auto: on for CUDA)")
@@ -122,11 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: 1000 ddpm, 50 ddim, 25 dpm++)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--reference", default=None, help="copy spacing/origin/direction from this volume")
     p.add_argument("--condition", default=None, help="e.g. group=DCM,phase=ED (models trained with conditions)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance weight (default 3)")
+    p.add_argument("--guidance-scale", type=_finite_at_least(0), default=None, help="classifier-free guidance weight (default 3)")
     p.add_argument("--device", default="auto")
     p.add_argument("--events", action="store_true")
 
@@ -140,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-weights", default=None,
                    help="safetensors weights of a feature network to use instead of the self-trained one")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--events", action="store_true")
 
     p = sub.add_parser("demo", help="phantoms -> train (tiny, CPU) -> generate -> evaluate, in a few minutes")
@@ -163,8 +193,27 @@ def _created_by_us(path: str | None) -> Path | None:
     """The output folder if this command is about to create it (so a failure can remove it again)."""
     if not path:
         return None
-    p = Path(path)
-    return None if p.exists() else p
+    p = Path(path).expanduser()
+    if p.exists():
+        return None
+    while not p.parent.exists() and p.parent != p:  # the topmost folder this command would create
+        p = p.parent
+    return p
+
+
+def _forget_removed_log(events) -> None:
+    """A refused command's output folder was removed again (output_folder.py): its error goes to stdout only."""
+    if events.log_path is not None and not events.log_path.parent.is_dir():
+        events.set_log_path(None)
+
+
+def _empty_folder(path: str | None) -> Path | None:
+    """The output folder if it exists and is empty (a refusal must leave it so)."""
+    p = Path(path).expanduser() if path else None
+    try:
+        return p if p is not None and p.is_dir() and not any(p.iterdir()) else None
+    except OSError:
+        return None
 
 
 def _report(text: str) -> None:
@@ -185,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     events = EventWriter(to_stdout=bool(getattr(args, "events", False)))
     new_out = _created_by_us(getattr(args, "out", None)) if args.command != "train" or not args.resume else None
+    empty_out = _empty_folder(getattr(args, "out", None))  # the user's empty folder: emptied again when refused
     try:
         return HANDLERS[args.command](args, events) or 0
     except Interrupted as exc:  # a requested stop, not a failure: the run is resumable
@@ -192,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(f"stopped: {exc.message}\n{exc.hint}")
         return exc.exit_code
     except CTDiffusionError as exc:
+        _forget_removed_log(events)
         events.emit("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
         _report(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
         # never remove a folder another run writes to; under torchrun only rank 0 cleans up (it owns the folder,
@@ -199,15 +250,36 @@ def main(argv: list[str] | None = None) -> int:
         if exc.exit_code == EXIT_BAD_INPUT and new_out is not None and new_out.exists() \
                 and not getattr(exc, "output_in_use", False) and os.environ.get("RANK", "0") == "0":
             shutil.rmtree(new_out, ignore_errors=True)  # nothing half-written left behind
+        if exc.exit_code == EXIT_BAD_INPUT and empty_out is not None and not getattr(exc, "output_in_use", False) \
+                and os.environ.get("RANK", "0") == "0":
+            for item in empty_out.iterdir():  # it was empty when the command started: all of it is the command's
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
         return exc.exit_code
     except KeyboardInterrupt:
         events.emit("done", status="stopped", message="Interrupted.", hint="", exit_code=EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
+    except (OSError, MemoryError) as exc:  # the machine, not a bug: full disk, read-only folder, out of memory
+        message, hint = _machine_error_text(exc)
+        _forget_removed_log(events)
+        events.emit("error", message=message, hint=hint, exit_code=EXIT_FAILED)
+        _report(f"error: {message}\nhint: {hint}")
+        return EXIT_FAILED
     except Exception as exc:  # a bug: keep the traceback for the log, one sentence for the event stream
         traceback.print_exc(file=sys.stderr)
         events.emit("error", message=f"Internal error: {type(exc).__name__}: {exc}",
                     hint="This is a bug in CTDiffusion; the traceback is in the log.", exit_code=EXIT_FAILED)
         return EXIT_FAILED
+
+
+def _machine_error_text(exc: BaseException) -> tuple[str, str]:
+    """One sentence and a hint for an error of the machine that reached the CLI unconverted."""
+    if isinstance(exc, MemoryError):
+        return ("The computer ran out of memory.", "Use smaller volumes, a smaller --batch-size or --grid, or a "
+                "machine with more memory; what was written before stays valid.")
+    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    return (f"Could not read or write{where} ({exc.strerror or exc}).",
+            "Check free disk space and write permission of the output folder, then run again; what was written "
+            "before stays valid.")
 
 
 def _cmd_phantoms(args, events) -> int:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from CTDiffusionLib.errors import CTDiffusionError, InputError
+from CTDiffusionLib.models.bundle_checks import check_bundle_fits, check_bundle_meta, check_weights_file
 from CTDiffusionLib.runfolder import BUNDLE_FORMAT, BUNDLE_META, BUNDLE_WEIGHTS, BundleFolder, atomic_write, \
     read_model_json, write_json
 
@@ -60,13 +61,22 @@ def _described_weights(folder: Path, meta: dict) -> tuple[Path, bytes | None]:
     """
     weights = folder / meta.get("weights", WEIGHTS)
     # model.safetensors once more last: a save may rename the incoming file into place while we look
+    refused = None
     for candidate in (weights, BundleFolder(folder).incoming, weights):
+        if not candidate.exists():
+            continue
         try:
+            check_weights_file(candidate)  # a link to /dev/zero or a cut-short copy is never read in full
             data = candidate.read_bytes()
+        except InputError as exc:
+            refused = refused or exc
+            continue
         except OSError:
             continue
         if _sha256(data) == meta.get("sha256"):
             return candidate, data
+    if refused is not None:
+        raise refused
     return weights, None
 
 
@@ -86,6 +96,8 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
     """Rebuild the network from model.json and load its weights; every mismatch is a clear InputError."""
     meta = read_model_json(path)
     folder = Path(meta["_folder"])
+    check_bundle_meta(meta, folder / META)  # every field's type and range, before anything is built or read
+    check_bundle_fits(meta, folder / META, str(device))  # parameters counted without allocating them
     weights, data = _described_weights(folder, meta)
     if data is None and not weights.exists():
         raise InputError(f"{weights} is missing from the bundle.", "Copy model.safetensors together with model.json.")
