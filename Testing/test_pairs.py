@@ -120,6 +120,7 @@ def test_nnunet_layout_is_discovered_with_names_and_values(phantom_pairs):
     assert cases[0].image.name == "prostate_000_0000.nii.gz" and cases[0].labels.name == "prostate_000.nii.gz"
     assert cases[0].label_names == {k: name for k, name in enumerate(PHANTOM_NAMES, start=1)}
     assert structure_names(cases) == PHANTOM_NAMES
+    assert discover_pairs(phantom_pairs / "labelsTr") == cases  # a data set's labelsTr/ names the data set
     structures = select_structures(cases)
     assert [s.name for s in structures] == PHANTOM_NAMES
     ct, labels = read_pair(cases[1], structures)

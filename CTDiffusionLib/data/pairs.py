@@ -147,6 +147,8 @@ def _pairs_from(path: Path, allow_list_file: bool) -> list[PairCase]:
 
 
 def _pairs_from_folder(folder: Path) -> list[PairCase]:
+    if folder.name in (IMAGES_DIR, LABELS_DIR) and (folder.parent / DATASET_JSON).is_file():
+        folder = folder.parent  # imagesTr/ or labelsTr/ given: the data set is their parent
     if (folder / IMAGES_DIR).is_dir() or (folder / LABELS_DIR).is_dir() or (folder / DATASET_JSON).is_file():
         return _nnunet_pairs(folder)
     if _is_totalsegmentator_case(folder):
