@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--size", default=None,
                    help="image size XxYxZ in voxels (default: 512x512x26 for CT, 216x256x10 for masks)")
+    p.add_argument("--with-labels", action="store_true",
+                   help="CT phantoms with their organ label maps, in the nnU-Net raw layout (imagesTr/, labelsTr/, "
+                        "dataset.json)")
 
     p = sub.add_parser("train", help="train a diffusion model; writes a run folder with checkpoints and a model bundle")
     p.add_argument("--profile", choices=profiles, required=True)
@@ -133,9 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "column and one column per condition")
     p.add_argument("--cond-drop", type=float, default=None,
                    help="probability of dropping the conditions during training (classifier-free guidance, 0.15)")
-    p.add_argument("--with-labels", action="store_true",
-                   help="CT phantoms with their organ label maps, in the nnU-Net raw layout (imagesTr/, labelsTr/, "
-                        "dataset.json)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--sample-every", type=_non_negative_int, default=None, help="steps between preview samples (0: off)")
     p.add_argument("--seed", type=_seed, default=None)
