@@ -32,25 +32,27 @@ def utility_from_args(args, events) -> int:
     import sys
 
     from CTDiffusionLib.errors import InputError
-    from CTDiffusionLib.runfolder import RunFolder
-    from CTDiffusionLib.training.trainer import StopFlag
+    from CTDiffusionLib.output_folder import claim_output_folder
+    from CTDiffusionLib.runfolder import OutputExists
+    from CTDiffusionLib.stopping import StopFlag
+    from CTDiffusionLib.utility.benchmark import RESULT
 
     if not float(args.ratio) > 0:
         raise InputError(f"--ratio {args.ratio} is not above 0.", "Give the synthetic count as a multiple of the real "
                          "count, e.g. --ratio 1.")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    events.set_log_path(out / "events.jsonl")
-    events.emit("start", command="utility", train=str(args.train), synthetic=str(args.synthetic),
-                test=str(args.test), out=str(out), seeds=args.seeds, ratio=args.ratio)
-    stop = StopFlag(RunFolder(out).stop_request)
-    stop.install()
-    try:
-        result = run_utility(args.train, args.synthetic, args.test, out, seeds=args.seeds, ratio=args.ratio,
-                             structures=args.structures, iterations=args.iterations, device=args.device,
-                             seed=args.seed, events=events, stop=stop)
-    finally:
-        stop.restore()
+    # only into a new, empty or earlier utility folder, locked; a folder this run created goes again if it fails
+    with claim_output_folder(out, "utility", remove_if_failed=True):
+        if (out / RESULT).exists():
+            raise OutputExists(f"--out {out} already holds a utility benchmark ({RESULT}).",
+                               "Choose a new --out folder; CTDiffusion does not replace an earlier result.")
+        events.set_log_path(out / "events.jsonl")
+        events.emit("start", command="utility", train=str(args.train), synthetic=str(args.synthetic),
+                    test=str(args.test), out=str(out), seeds=args.seeds, ratio=args.ratio)
+        with StopFlag.for_output(out) as stop:  # SIGINT/SIGTERM or OUT/stop-request: stop after this iteration
+            result = run_utility(args.train, args.synthetic, args.test, out, seeds=args.seeds, ratio=args.ratio,
+                                 structures=args.structures, iterations=args.iterations, device=args.device,
+                                 seed=args.seed, events=events, stop=stop)
     print(f"utility benchmark written to {out / 'utility.json'}\n{result['verdict_line']}", file=sys.stderr)
     events.emit("done", status="completed", utility=str(out / "utility.json"), verdict=result["verdict"],
                 gain=result["gain"], near_copies=len(result["near_copies"]), time_s=result["time_s"])

@@ -50,11 +50,9 @@ class Progress:
 
     def step(self, arm: str, seed: int, in_arm: int, arm_total: int) -> None:
         self.done += 1
-        if self.stop is not None and self.stop.requested:
-            from CTDiffusionLib.errors import Interrupted
-
-            raise Interrupted("The utility benchmark was stopped; no utility.json was written.",
-                              "Run it again to measure.")
+        if self.stop is not None:
+            self.stop.check("The utility benchmark was stopped; no utility.json was written.",
+                            "Run it again to measure.")
         now = time.time()
         if self.events is None or (now - self.last < PROGRESS_EVERY_S and in_arm < arm_total):
             return

@@ -142,5 +142,5 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
     from CTDiffusionLib.events import _clean
     from CTDiffusionLib.runfolder import write_json
 
-    write_json(out / RESULT, _clean(result))
+    write_json(out / RESULT, _clean(result), exclusive=True)
     return result

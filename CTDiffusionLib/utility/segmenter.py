@@ -19,7 +19,7 @@ from CTDiffusionLib.errors import TrainingFailed
 
 HU_WINDOW = (-1000.0, 1000.0)  # air .. cortical bone: every structure of a pelvic CT keeps its contrast
 MAX_PATCH_ZYX = (16, 96, 96)  # training patch and inference window at most (the whole volume when smaller)
-ITERATIONS_PER_CASE = 25  # default length: scaled to the number of real training cases ...
+ITERATIONS_PER_CASE = 10  # default length: scaled to the number of real training cases ...
 MIN_ITERATIONS, MAX_ITERATIONS = 150, 3000  # ... within these bounds
 BATCH_SIZE = 2
 LEARNING_RATE = 2e-3

@@ -1,0 +1,152 @@
+"""The downstream benchmark (`ctdiffusion utility`, issue 27): adversarial synthetic sets, each asserting the
+verdict, the refusal of leaked test files, and the statistics on tables whose answer is known.
+
+Phantom pairs at 32x32x8 and a short segmenter run (ITERATIONS, 2 seeds) keep each benchmark to seconds on one core.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import run_cli
+
+SIZE = "32x32x8"
+ITERATIONS = 40
+STRUCTURES = "bladder,femur,fat,muscle"  # the larger organs: a short run learns them well enough to compare arms
+
+
+@pytest.fixture(scope="module")
+def pair_sets(tmp_path_factory) -> dict:
+    """Real training pairs, held-out real test pairs and fresh phantom pairs never trained on."""
+    root = tmp_path_factory.mktemp("pairs")
+    sets = {"train": (4, 0), "test": (3, 1000), "fresh": (4, 500)}
+    for name, (num, seed) in sets.items():
+        assert run_cli("phantoms", "--profile", "prostate-ct", "--with-labels", "--num", num, "--seed", seed,
+                       "--size", SIZE, "--out", root / name) == 0
+    return {name: root / name for name in sets}
+
+
+def _benchmark(pair_sets, synthetic: Path, out: Path) -> dict:
+    code = run_cli("utility", "--train", pair_sets["train"], "--synthetic", synthetic, "--test", pair_sets["test"],
+                   "--out", out, "--seeds", 2, "--iterations", ITERATIONS, "--structures", STRUCTURES,
+                   "--device", "cpu")
+    assert code == 0  # whatever the verdict
+    return json.loads((out / "utility.json").read_text())
+
+
+def _noise_pairs(pair_sets, out: Path) -> Path:
+    """Pure-noise CTs (no anatomy), each carrying the label map of another case (the fresh phantoms')."""
+    from CTDiffusionLib.data.pairs import discover_pairs, read_pair, select_structures, write_nnunet_pairs
+
+    cases = discover_pairs([pair_sets["fresh"]])
+    structures = select_structures(cases)
+    rng = np.random.default_rng(7)
+    pairs = []
+    for case in cases:
+        ct, labels = read_pair(case, structures)
+        noise = sitk.GetImageFromArray(rng.normal(0.0, 500.0, sitk.GetArrayViewFromImage(ct).shape).astype(np.int16))
+        noise.CopyInformation(ct)
+        pairs.append((f"noise_{case.case_id}", noise, labels))
+    return write_nnunet_pairs(out, pairs, structures)
+
+
+def _contract(result: dict) -> None:
+    assert set(result["arms"]) == {"real", "synthetic", "real+synthetic"}
+    for arm in result["arms"].values():
+        lo, hi = arm["dice_ci95"]
+        assert lo <= arm["dice"] <= hi
+        assert set(arm["per_structure"]) == set(STRUCTURES.split(","))
+        assert arm["hd95"] is None or arm["hd95"] >= 0
+    assert result["verdict"] in ("helps", "no measurable gain", "hurts")
+    assert result["segmenter"]["iterations"] == ITERATIONS and result["segmenter"]["seeds"] == [0, 1]
+    assert result["counts"] == {"train": 4, "synthetic": 4, "synthetic_available": 4, "test": 3, "seeds": 2}
+    assert (Path(result["figure"]).name == "utility_dice.png")
+
+
+def test_noise_ct_with_borrowed_labels_is_far_below_real_and_does_not_help(pair_sets, tmp_path):
+    result = _benchmark(pair_sets, _noise_pairs(pair_sets, tmp_path / "noise"), tmp_path / "out")
+    _contract(result)
+    assert (tmp_path / "out" / result["figure"]).is_file()
+    real, synthetic = result["arms"]["real"]["dice"], result["arms"]["synthetic"]["dice"]
+    assert synthetic < real - 0.2, (synthetic, real)
+    assert result["arms"]["synthetic"]["dice_ci95"][1] < result["arms"]["real"]["dice_ci95"][0]
+    assert result["verdict"] != "helps"
+
+
+def test_fresh_phantom_pairs_score_like_real_ones_and_do_not_hurt(pair_sets, tmp_path):
+    result = _benchmark(pair_sets, pair_sets["fresh"], tmp_path / "out")
+    _contract(result)
+    real, synthetic = result["arms"]["real"]["dice"], result["arms"]["synthetic"]["dice"]
+    assert abs(synthetic - real) < 0.15, (synthetic, real)  # 4 cases each side: case sampling alone moves it
+    assert result["verdict"] != "hurts"
+    assert result["near_copies"] == []  # new phantoms are not copies of the training ones
+
+
+def test_copies_of_the_training_pairs_are_named_as_copies(pair_sets, tmp_path):
+    copies = shutil.copytree(pair_sets["train"], tmp_path / "copies")
+    result = _benchmark(pair_sets, copies, tmp_path / "out")
+    named = {c["synthetic"] for c in result["near_copies"]}
+    assert named == set(result["cases"]["train"])  # every synthetic case is a copy of its training case
+    assert all(c["train"] == c["synthetic"] and c["similarity"] >= 0.999 for c in result["near_copies"])
+    assert "rests on copies" in result["verdict_line"]
+
+
+@pytest.mark.parametrize("leak", ["same folder", "copied file"])
+def test_test_files_that_are_training_files_are_refused(pair_sets, tmp_path, leak):
+    if leak == "same folder":
+        test = pair_sets["train"]
+    else:  # a held-out folder with one training CT copied into it under a new name
+        test = shutil.copytree(pair_sets["test"], tmp_path / "test")
+        first = sorted((pair_sets["train"] / "imagesTr").iterdir())[0]
+        target = sorted((test / "imagesTr").iterdir())[0]
+        shutil.copyfile(first, target)
+    out = tmp_path / "out"
+    code = run_cli("utility", "--train", pair_sets["train"], "--synthetic", pair_sets["fresh"], "--test", test,
+                   "--out", out, "--seeds", 2, "--iterations", ITERATIONS, "--device", "cpu")
+    assert code == 2
+    assert not out.exists()  # nothing half-written left behind
+
+
+# ------------------------------------------------------------------------------------------ statistics alone
+def _tables(gain: float, noise: float, seeds: int = 3, cases: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    case_effect = rng.uniform(0.5, 0.9, cases)  # hard and easy cases, shared by both arms (paired)
+    real = case_effect + rng.normal(0, noise, (seeds, cases))
+    return real + gain + rng.normal(0, noise, (seeds, cases)), real
+
+
+@pytest.mark.parametrize("gain, expected", [(0.05, "helps"), (-0.05, "hurts"), (0.0, "no measurable gain")])
+def test_verdict_follows_the_interval_of_the_paired_gain(gain, expected):
+    from CTDiffusionLib.utility.statistics import gain as paired_gain
+
+    with_synthetic, real = _tables(gain, noise=0.01)
+    result = paired_gain(with_synthetic, real)
+    assert result["verdict"] == expected
+    lo, hi = result["ci95"]
+    assert lo <= result["dice"] <= hi
+
+
+def test_noise_alone_rarely_claims_a_gain():
+    """Under no true gain the interval should exclude 0 in about 5% of experiments, not much more."""
+    from CTDiffusionLib.utility.statistics import gain as paired_gain
+
+    verdicts = [paired_gain(*_tables(0.0, noise=0.05, seed=s), draws=1000)["verdict"] for s in range(60)]
+    assert verdicts.count("no measurable gain") >= 50, verdicts
+
+
+def test_interval_widens_with_fewer_cases_and_covers_seed_spread():
+    from CTDiffusionLib.utility.statistics import mean_and_interval
+
+    _, wide = mean_and_interval(_tables(0.0, 0.05, cases=5)[1])
+    _, narrow = mean_and_interval(_tables(0.0, 0.05, cases=80)[1])
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+    # two seeds that disagree by 0.2 on every case: the interval must not be the width of one seed's spread
+    table = np.vstack([np.full(30, 0.6), np.full(30, 0.8)]) + np.random.default_rng(1).normal(0, 0.001, (2, 30))
+    mean, (lo, hi) = mean_and_interval(table)
+    assert lo < 0.65 and hi > 0.75 and abs(mean - 0.7) < 1e-2
