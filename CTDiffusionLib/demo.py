@@ -24,6 +24,13 @@ DEMO = {
                       "heldout": 5},
 }
 
+# The paired demo (`demo --with-labels`, issue 26): phantom CT + organ-label pairs at the CT demo's grid; a time budget
+# split in half between the CT model (conditioned on the label map) and the label model; then the CT for each
+# held-out label map and a few new pairs. Bone is learned as one structure (femur + hip bone + sacrum).
+PAIRED_DEMO = {"profile": "prostate-ct", "size": "48x48x12", "preset": "demo", "minutes": 8, "batch": 2, "train": 16,
+               "heldout": 8, "new_pairs": 4, "sampler": ("ddpm", 250),
+               "structures": "prostate,bladder,rectum,seminal_vesicles,bone=femur+hip_bone+sacrum,fat,muscle"}
+
 
 def _length(spec: dict, steps: int | None, minutes: float | None) -> list:
     """--steps N (with checkpoints and previews spread over it) or --minutes M (the preset's own cadence); the
@@ -59,6 +66,58 @@ def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None
                      "--device", device],
     }
     return [(name, [str(a) for a in argv]) for name, argv in stages.items()]
+
+
+def paired_demo_stages(out, device: str = "cpu", steps: int | None = None,
+                       minutes: float | None = None) -> list[tuple[str, list[str]]]:
+    """The paired demo's stages (the same sub-commands a user would type) in `out` (new or empty)."""
+    spec = PAIRED_DEMO
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"The demo folder {out} is not empty.", "Remove it or pass --out NEW_FOLDER.")
+    profile, sampling = spec["profile"], ["--sampler", spec["sampler"][0], "--steps", spec["sampler"][1]]
+    stages = {
+        "phantom pairs (training set)": ["phantoms", "--profile", profile, "--with-labels", "--num", spec["train"],
+                                         "--out", out / "data" / "train", "--size", spec["size"], "--seed", 0],
+        "phantom pairs (held-out set)": ["phantoms", "--profile", profile, "--with-labels", "--num", spec["heldout"],
+                                         "--out", out / "data" / "heldout", "--size", spec["size"], "--seed", 1000],
+        "train (CT model, then label model)": [
+            "train", "--profile", profile, "--with-labels", "--structures", spec["structures"], "--data",
+            out / "data" / "train", "--out", out / "run", "--preset", spec["preset"], *_length(spec, steps, minutes),
+            "--batch-size", spec["batch"], "--device", device],
+        "generate (CT for the held-out label maps)": [
+            "generate", "--model", out / "run", "--from-labels", out / "data" / "heldout", "--out",
+            out / "generated", "--seed", 0, "--device", device, *sampling],
+        "generate (new pairs)": ["generate", "--model", out / "run", "--num", spec["new_pairs"], "--out",
+                                 out / "new_pairs", "--seed", 0, "--device", device, *sampling],
+    }
+    return [(name, [str(a) for a in argv]) for name, argv in stages.items()]
+
+
+def paired_demo_summary(out, device: str, seconds: float) -> str:
+    """Where the paired demo's results are, and the HU per structure of generated vs held-out real CT (also
+    written to OUT/structure_hu.json)."""
+    import json
+
+    from CTDiffusionLib.data.paired_dataset import as_structures
+    from CTDiffusionLib.evaluation.structures import compare_structure_hu, format_table
+
+    out = Path(out).resolve()
+    config = read_config(out / "run")
+    comparison = compare_structure_hu(out / "data" / "heldout", out / "generated",
+                                      as_structures(config["labels"]["structures"]))
+    (out / "structure_hu.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")
+    steps = [read_config(folder)["training"]["steps"] for folder in (out / "run", out / "run" / "labels")]
+    return f"""
+CTDiffusion paired demo finished in {seconds:.0f} s ({steps[0]} CT-model and {steps[1]} label-model steps on {device}).
+  training pairs            {out / 'data' / 'train'}
+  run folder                {out / 'run'}   (CT model in model/, label model in labels/model/)
+  CT for held-out labels    {out / 'generated'}   (nnU-Net raw layout)
+  new pairs                 {out / 'new_pairs'}   (nnU-Net raw layout)
+  HU per structure          {out / 'structure_hu.json'}
+
+{format_table(comparison)}
+"""
 
 
 def demo_summary(profile: str, out, device: str, seconds: float) -> str:

@@ -210,3 +210,21 @@ def test_unpaired_bundle_generates_as_before(tiny_ct_run, tmp_path):
                 [5, 5 + 1_000_003], cpu, autocast_dtype=autocast_dtype(cpu, None))
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "synthetic_0001.nii.gz")))
     assert np.array_equal(written, decode(x0[:1], meta)[0])
+
+
+def test_paired_demo_plan_is_commands_a_user_could_type(tmp_path):
+    from CTDiffusionLib.cli import build_parser
+    from CTDiffusionLib.demo import PAIRED_DEMO, paired_demo_stages
+
+    stages = dict(paired_demo_stages(tmp_path / "demo"))
+    parsed = {name: build_parser().parse_args(argv) for name, argv in stages.items()}
+    train = parsed["train (CT model, then label model)"]
+    assert train.with_labels and train.structures == PAIRED_DEMO["structures"] and train.minutes == 8
+    assert train.preset == "demo" and train.batch_size == 2
+    from_labels = parsed["generate (CT for the held-out label maps)"]
+    assert from_labels.from_labels == str((tmp_path / "demo" / "data" / "heldout").resolve())
+    assert from_labels.num is None and parsed["generate (new pairs)"].num == PAIRED_DEMO["new_pairs"]
+    assert all(p.with_labels for name, p in parsed.items() if name.startswith("phantom"))
+    train = build_parser().parse_args(dict(paired_demo_stages(tmp_path / "d2", steps=10))[
+        "train (CT model, then label model)"])
+    assert (train.steps, train.minutes) == (10, None)
