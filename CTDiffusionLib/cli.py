@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CTDiffusionError, Interrupted
+from CTDiffusionLib.stopping import stop_requests
 from CTDiffusionLib.events import EventWriter
 from CTDiffusionLib.profiles import PROFILES, PROSTATE_CT
 from CTDiffusionLib.textformat import parse_size
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     new_out = _created_by_us(getattr(args, "out", None)) if args.command != "train" or not args.resume else None
     empty_out = _empty_folder(getattr(args, "out", None))  # the user's empty folder: emptied again when refused
     try:
-        return HANDLERS[args.command](args, events) or 0
+        with stop_requests(getattr(args, "out", None)):  # OUT/stop-request stops any job at its next check
+            return HANDLERS[args.command](args, events) or 0
     except Interrupted as exc:  # a requested stop, not a failure: the run is resumable
         events.emit("done", status="stopped", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
         _report(f"stopped: {exc.message}\n{exc.hint}")

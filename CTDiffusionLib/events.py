@@ -61,9 +61,9 @@ class EventWriter:
                 with open(self.log_path, "a", encoding="utf-8") as f:
                     f.write(line + "\n")
             except OSError as exc:  # the run folder vanished or the disk is full: the event still went to stdout,
-                if event != "error":  # and an error being reported must not turn into a crash of its own
-                    raise
-                print(f"note: could not append the error event to {self.log_path} ({exc.strerror})", file=sys.stderr)
+                if event not in ("error", "done"):  # and a final report must not turn into a crash of its own
+                    raise  # (a stopped evaluate has removed its half-written folder before it says "stopped")
+                print(f"note: could not append the {event} event to {self.log_path} ({exc.strerror})", file=sys.stderr)
         return record
 
 

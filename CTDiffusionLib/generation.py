@@ -18,6 +18,7 @@ from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
 from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.output_folder import check_output_folder, claim_output_folder
+from CTDiffusionLib import stopping
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import write_json
 
@@ -100,6 +101,8 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
             null = torch.full((len(seeds),), vocab.null_index, dtype=torch.long, device=device)
 
         def on_step(i: int, n: int, done_before=start) -> None:
+            stopping.check(f"Generation stopped after {len(written)} of {num} volumes.",
+                           f"The finished volumes (with their .json) are in {out}.")
             if events is None:
                 return
             done = done_before * steps + i * len(seeds)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib import stopping
 from CTDiffusionLib.evaluation import floors
 
 STAGES = ("load", "realism", "diversity", "novelty", "features", "figures", "report")
@@ -39,6 +40,7 @@ class _Progress:
         self.events, self.t0, self.done = events, time.time(), 0
 
     def stage(self, name: str):
+        stopping.check(f"Evaluation stopped before its {name} stage.", "Run evaluate again to get the report.")
         if self.events is not None:
             elapsed = time.time() - self.t0
             eta = elapsed / self.done * (len(STAGES) - self.done) if self.done else None

@@ -242,7 +242,7 @@ def build_command(settings, in_slicer: bool | None = None, slicer_home: str | No
     events_file = stop_file = None
     if isinstance(settings, (TrainSettings, GenerateSettings, EvaluateSettings)):
         events_file = str(RunFolder(settings.out).events)
-    if isinstance(settings, TrainSettings):
+    if getattr(settings, "out", None):  # every job stops on its output folder's stop-request file (stopping.py)
         stop_file = str(RunFolder(settings.out).stop_request)
     return ChildCommand(argv=argv, env=child_environment(base_env, library_parent), events_file=events_file,
                         stop_file=stop_file, description=args[0])

@@ -7,10 +7,11 @@ child's stderr (human-readable log) is collected the same way and handed out by 
 Stopping. Inside Slicer the process we start is `PythonSlicer`, a launcher (CTKAppLauncher) that runs the real
 interpreter as its own child and does not forward signals: a SIGTERM kills the launcher and leaves the trainer
 running. So the engine reports its own pid in its first ("start") event, and `cancel()` sends the stop request
-(SIGTERM; CTRL_BREAK to the child's process group on Windows) to THAT process and, for a training, also writes
-the run folder's stop-request file, which the trainer checks every step and which needs no signal at all (a GUI
-process on Windows may be unable to send CTRL_BREAK). The trainer writes a checkpoint and exits with code 130 so
-`--resume` continues the run. The job is finished only when the worker is gone (not when
+(SIGTERM; CTRL_BREAK to the child's process group on Windows) to THAT process and also writes the job's
+stop-request file in its output folder, which every job checks between its steps (training: every step;
+generation: every denoising step; evaluation: between stages; see CTDiffusionLib/stopping.py) and which needs no
+signal at all (a GUI process on Windows may be unable to send CTRL_BREAK). The trainer writes a checkpoint and
+exits with code 130 so `--resume` continues the run. The job is finished only when the worker is gone (not when
 the launcher is), and whatever is still alive after the grace period (long enough for a checkpoint of a
 256x256x26 model, weights + EMA + optimizer > 1 GB) is killed, by `poll()` when `cancel(block=False)` or before
 returning when `block=True`. `stop_in_background()` does the blocking stop on a thread (scene close), and
@@ -403,7 +404,7 @@ class JobRunner:
                 send_stop_request(pid, group=self._proc.pid)
 
     def _write_stop_file(self) -> None:
-        """The stop request that needs no signal: the trainer looks for this file every step (a GUI process on
+        """The stop request that needs no signal: every job looks for this file between steps (a GUI process on
         Windows cannot always send CTRL_BREAK, and a launcher may not pass signals on)."""
         if not self.stop_file:
             return

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from CTDiffusionLib.data.preprocess import ORIENTATION
 from CTDiffusionLib.diffusion.loss import diffusion_loss
 from CTDiffusionLib.diffusion.schedulers import scheduler_config, training_scheduler
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
+from CTDiffusionLib.stopping import StopFlag
 from CTDiffusionLib.models.bundle import bundle_is_current, save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
@@ -52,34 +52,7 @@ MAX_VALIDATIONS = 50  # validation points per run at most (the loss curve needs 
 SYNC_EVERY = 10  # steps between host syncs (loss read-back, the DDP stop vote) when nothing else forces one
 
 
-class StopFlag:
-    """Set by SIGINT/SIGTERM or by a stop-request file in the run folder; the loop finishes its step, writes a
-    checkpoint and exits with code 130. The file is the portable path: a GUI parent on Windows cannot always send
-    CTRL_BREAK, and a launcher between parent and trainer may swallow signals."""
-
-    def __init__(self, request_file: Path | None = None):
-        self.signalled = False
-        self.request_file = request_file
-        self._previous = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signalled or (self.request_file is not None and self.request_file.exists())
-
-    def install(self) -> None:
-        # SIGBREAK: what CTRL_BREAK (the Slicer module's Stop on Windows) raises in Python
-        for sig in (signal.SIGINT, signal.SIGTERM, *filter(None, [getattr(signal, "SIGBREAK", None)])):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. called from a test thread): no signal handling
-                pass
-
-    def _handle(self, signum, frame) -> None:
-        self.signalled = True
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+# StopFlag (signals or the stop-request file) is shared by every job: CTDiffusionLib/stopping.py
 
 
 # ---------------------------------------------------------------- run folder
