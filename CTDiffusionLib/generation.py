@@ -15,6 +15,7 @@ from CTDiffusionLib.data.volume_io import Geometry, array_to_image, read_image, 
 from CTDiffusionLib.diffusion.sampling import sample
 from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, bundle_scheduler, sampler
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.label_sets import is_paired_ct
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
 from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.output_folder import check_output_folder, claim_output_folder
@@ -68,7 +69,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=
     return write_image(image, path, exclusive=True)  # never replaces a volume already there
 
 
-def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str = "dpm++",
+def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str | None = None,
              steps: int | None = None, seed: int = 0, batch_size: int | None = None, reference: str | None = None,
              condition: dict | None = None, guidance_scale: float | None = None, device: torch.device | None = None,
              autocast_dtype=None, events=None, prefix: str = "synthetic") -> list[Path]:
@@ -146,6 +147,8 @@ def generate_from_args(args, events) -> int:
     model, meta = load_bundle(args.model, device)
     apply_speed_settings(model, device, meta["data"]["mode"])  # channels-last on CUDA, as in training
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
+    # so does a sampler of the other objective, or too many steps
+    sampler(args.sampler or default_sampler(meta["diffusion"]), meta["diffusion"], args.steps, bundle_scheduler(meta))
     with claim_output_folder(out, "generate"):  # locked: a second generate into the same folder is refused
         _refuse_earlier_volumes(out)  # one that finished while this one loaded its model
         return _generate_into(args, events, out, model, meta, condition, device)
@@ -157,13 +160,14 @@ def _refuse_earlier_volumes(out: Path) -> None:
 
 
 def _generate_into(args, events, out: Path, model, meta: dict, condition, device) -> int:
+    from CTDiffusionLib import paired_generation
     from CTDiffusionLib.runtime import autocast_dtype
 
     events.set_log_path(out / "events.jsonl")
-    events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=args.sampler,
-                steps=args.steps or DEFAULT_SAMPLER_STEPS[args.sampler], out=str(out), device=str(device))
+    events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=sampler_name,
+                steps=args.steps or DEFAULT_SAMPLER_STEPS[sampler_name], out=str(out), device=str(device))
     t0 = time.time()
-    paths = generate(model, meta, args.num, out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
+    paths = generate(model, meta, args.num, out, sampler_name=sampler_name, steps=args.steps, seed=args.seed,
                      batch_size=args.batch_size, reference=args.reference, condition=condition,
                      guidance_scale=args.guidance_scale, device=device, autocast_dtype=autocast_dtype(device, None),
                      events=events)

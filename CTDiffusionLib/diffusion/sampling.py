@@ -26,17 +26,30 @@ def sample(
     guidance_scale: float = 1.0,
     autocast_dtype: torch.dtype | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    spatial_condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Returns x0 in model space ([-1, 1]) for len(seeds) samples of `shape` (channels first, no batch dim)."""
+    """Returns x0 in model space ([-1, 1]) for len(seeds) samples of `shape` (channels first, no batch dim).
+
+    `spatial_condition` (batch, K, spatial...): a label map per sample, concatenated to the network input; with
+    `guidance_scale` != 1 the null condition (all zeros) runs beside it in the same batch and the two are mixed."""
     x, generators = initial_noise(shape, seeds)
     x = x.to(device) * scheduler.init_noise_sigma
     guided = class_labels is not None and null_labels is not None and guidance_scale != 1.0
+    spatial = spatial_condition.to(device) if spatial_condition is not None else None
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
         inp = scheduler.scale_model_input(x, t)
         tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            if guided:
+            if spatial is not None and guidance_scale != 1.0:
+                both = model(torch.cat([torch.cat([inp, spatial.to(inp.dtype)], 1),
+                                        torch.cat([inp, torch.zeros_like(spatial, dtype=inp.dtype)], 1)]),
+                             torch.cat([tt, tt]))
+                cond_out, uncond = both.float().chunk(2)
+                out = uncond + guidance_scale * (cond_out - uncond)
+            elif spatial is not None:
+                out = model(torch.cat([inp, spatial.to(inp.dtype)], 1), tt).float()
+            elif guided:
                 both = model(torch.cat([inp, inp]), torch.cat([tt, tt]),
                              class_labels=torch.cat([class_labels, null_labels]))
                 cond, uncond = both.float().chunk(2)

@@ -121,6 +121,7 @@ def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Pa
 
     The network stored in model.json is authoritative, not today's preset of the same name: presets are redesigned
     between versions, and a bundle trained with an earlier `default` must keep loading."""
+    from CTDiffusionLib.label_sets import network_channels
     from CTDiffusionLib.models.conditioning import ConditionVocabulary
     from CTDiffusionLib.models.factory import build_model
     from CTDiffusionLib.profiles import PROFILES
@@ -137,9 +138,11 @@ def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Pa
     if profile not in PROFILES:
         raise refuse(f"profile {profile!r} is not one of {', '.join(PROFILES)}")
     channels = PROFILES[profile].channels
-    if (in_ch, out_ch) != (channels, channels):
-        raise refuse(f"profile {profile} needs {channels} image channel(s) in and out, the network has "
-                     f"{in_ch} in and {out_ch} out")
+    expected_in, expected_out = network_channels(meta, channels)  # + label-map channels of a paired run
+    if (in_ch, out_ch) != (expected_in, expected_out):
+        needs = (f"{expected_in} image channel(s) in and out" if expected_in == expected_out else
+                 f"{expected_in} channels in (CT + one per structure) and {expected_out} out")
+        raise refuse(f"profile {profile} needs {needs}, the network has {in_ch} in and {out_ch} out")
     spatial = 3 if spec.get("type") == "aniso_unet" else spec["kwargs"].get("spatial_dims")
     if spatial != (2 if mode == "2d" else 3) or len(grid) != (2 if mode == "2d" else 3):
         raise refuse(f"data mode {mode!r} with grid {grid} does not match a {spatial}D network")
