@@ -30,7 +30,7 @@ DEFAULT_GUIDANCE = 3.0
 def model_input_shape(meta: dict) -> tuple[int, ...]:
     """(channels, spatial...) in the tensor order (z, y, x) / (y, x)."""
     grid = meta["data"]["grid"]
-    channels = meta["model"]["kwargs"]["in_channels"]
+    channels = meta["model"]["kwargs"]["out_channels"]  # a paired CT model takes more in (its label map)
     spatial = (grid[1], grid[0]) if meta["data"]["mode"] == "2d" else (grid[2], grid[1], grid[0])
     return (channels, *spatial)
 
@@ -69,7 +69,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=
     return write_image(image, path, exclusive=True)  # never replaces a volume already there
 
 
-def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str | None = None,
+def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str = "dpm++",
              steps: int | None = None, seed: int = 0, batch_size: int | None = None, reference: str | None = None,
              condition: dict | None = None, guidance_scale: float | None = None, device: torch.device | None = None,
              autocast_dtype=None, events=None, prefix: str = "synthetic") -> list[Path]:
@@ -136,6 +136,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
 
 
 def generate_from_args(args, events) -> int:
+    from CTDiffusionLib import paired_generation
     from CTDiffusionLib.models.bundle import load_bundle
     from CTDiffusionLib.runtime import resolve_device
 
@@ -145,10 +146,9 @@ def generate_from_args(args, events) -> int:
     condition = parse_condition_text(args.condition)
     device = resolve_device(args.device)
     model, meta = load_bundle(args.model, device)
+    paired_generation.check_request(args, meta)  # --from-labels / --num against what the bundle is
     apply_speed_settings(model, device, meta["data"]["mode"])  # channels-last on CUDA, as in training
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
-    # so does a sampler of the other objective, or too many steps
-    sampler(args.sampler or default_sampler(meta["diffusion"]), meta["diffusion"], args.steps, bundle_scheduler(meta))
     with claim_output_folder(out, "generate"):  # locked: a second generate into the same folder is refused
         _refuse_earlier_volumes(out)  # one that finished while this one loaded its model
         return _generate_into(args, events, out, model, meta, condition, device)
@@ -163,11 +163,13 @@ def _generate_into(args, events, out: Path, model, meta: dict, condition, device
     from CTDiffusionLib import paired_generation
     from CTDiffusionLib.runtime import autocast_dtype
 
+    if is_paired_ct(meta):  # a paired run: CT + label pairs in the nnU-Net layout
+        return paired_generation.generate_paired_from_args(args, events, out, model, meta, device)
     events.set_log_path(out / "events.jsonl")
-    events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=sampler_name,
-                steps=args.steps or DEFAULT_SAMPLER_STEPS[sampler_name], out=str(out), device=str(device))
+    events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=args.sampler,
+                steps=args.steps or DEFAULT_SAMPLER_STEPS[args.sampler], out=str(out), device=str(device))
     t0 = time.time()
-    paths = generate(model, meta, args.num, out, sampler_name=sampler_name, steps=args.steps, seed=args.seed,
+    paths = generate(model, meta, args.num, out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
                      batch_size=args.batch_size, reference=args.reference, condition=condition,
                      guidance_scale=args.guidance_scale, device=device, autocast_dtype=autocast_dtype(device, None),
                      events=events)
