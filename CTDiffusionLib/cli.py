@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=_non_negative_int, default=None, help="steps between preview samples (0: off)")
     p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="with --resume: continue although cases of the data were removed, added or replaced since "
+                        "the run started (refused otherwise; the split is drawn again)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("auto", "on", "off"), default=None, help="bf16 autocast (auto: on for CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (CUDA)")

@@ -131,3 +131,246 @@ def test_an_empty_folder_of_the_users_is_left_empty_when_refused(tmp_path, capsy
     err = _refused(capsys, "train", *TINY, "--data", tmp_path / "missing", "--out", out, "--steps", 1)
     assert "missing" in err
     assert list(out.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- 2. a sentence, never a traceback
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder no command can write into: a read-only one for a normal user; root writes anywhere on a normal
+    file system, so there a folder on sysfs, where nobody may create anything."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder / "out"
+    return Path("/sys/ctdiffusion-reliability-test/out")
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "evaluate"])
+def test_read_only_out_is_one_sentence(command, tmp_path, ct_phantoms, tiny_ct_run, capsys):
+    out = _unwritable_folder(tmp_path)
+    argv = {"train": ["train", *TINY, "--data", ct_phantoms, "--steps", 1],
+            "generate": ["generate", "--model", tiny_ct_run, *GEN],
+            "evaluate": ["evaluate", "--real", ct_phantoms, "--generated", ct_phantoms]}[command]
+    err = _refused(capsys, *argv, "--out", out)
+    assert f"Cannot write into --out {out} (" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _nifti_with_header(path: Path, array: np.ndarray, **fields) -> Path:
+    """A NIfTI-1 file (uncompressed) written by ITK, then header fields patched in place: dims (x, y, z), pixdim
+    (x, y, z) or scl_slope; the voxel data stay as ITK wrote them."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.5))
+    sitk.WriteImage(image, str(path))
+    header = bytearray(path.read_bytes())
+    if "dims" in fields:
+        header[42:48] = struct.pack("<3h", *fields["dims"])
+    if "pixdim" in fields:
+        header[80:92] = struct.pack("<3f", *fields["pixdim"])
+    if "srow_y" in fields:  # a sheared sform, which the reader uses (sform_code 1)
+        header[254:256] = struct.pack("<h", 1)
+        header[296:312] = struct.pack("<4f", *fields["srow_y"])
+    if "scl_slope" in fields:
+        header[112:120] = struct.pack("<2f", fields["scl_slope"], 0.0)
+    path.write_bytes(bytes(header))
+    return path
+
+
+def _ct(shape=(12, 48, 48), dtype=np.int16, low=-1000, high=400, seed=0) -> np.ndarray:
+    """A plausible little CT in HU: air around a noisy body."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    body = (y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2 < (min(shape[1:]) / 3) ** 2
+    return np.where(body, rng.uniform(-100, high, shape), low).astype(dtype)
+
+
+def _data_folder(tmp_path: Path, ct_phantoms: Path, bad_name: str, write_bad) -> tuple[Path, Path]:
+    data = tmp_path / "data"
+    shutil.copytree(ct_phantoms, data)
+    bad = write_bad(data / bad_name)
+    return data, bad
+
+
+# (case, file name, how to write it, phrase after the file's path)
+BAD_CT_FILES = [
+    ("volume larger than memory", "huge.nii", lambda p: _nifti_with_header(p, _ct(), dims=(30000, 30000, 30000)),
+     "needs"),
+    ("uint16 near 60000", "u16.nii.gz", lambda p: _write(p, (_ct().astype(np.int32) + 61000).astype(np.uint16)),
+     "which are not Hounsfield units"),
+    ("int32 near 2e9", "i32.nii.gz", lambda p: _write(p, (_ct().astype(np.int64) + 2_000_000_000).astype(np.int32)),
+     "which are not Hounsfield units"),
+    ("NIfTI scale slope 1e30", "slope.nii", lambda p: _nifti_with_header(p, _ct(), scl_slope=1e30),
+     "which are not Hounsfield units"),
+    ("float64 with 1e300", "f64.nrrd", lambda p: _write(p, np.where(_ct() > 0, 1e300, -1000.0)),
+     "which are not Hounsfield units"),
+    ("constant volume", "flat.nii.gz", lambda p: _write(p, np.full((12, 48, 48), 40, np.int16)),
+     "has the same value (40) in every voxel"),
+    ("1x1x1 volume", "dot.nii.gz", lambda p: _write(p, np.full((1, 1, 1), -1000, np.int16)),
+     "is only 1x1x1 voxels"),
+    ("3x3x3 volume", "tiny.nii.gz", lambda p: _write(p, _ct((3, 3, 3))), "is only 3x3x3 voxels"),
+    ("sheared sform (NIfTI)", "shear.nii", lambda p: _nifti_with_header(p, _ct(), srow_y=(0.3, 0.954, 0.0, 0.0)),
+     "its sform matrix is sheared (the x and y axes meet at 73.3 degrees, not 90)"),
+    ("sheared direction (NRRD)", "shear.nrrd", lambda p: _write(p, _ct(), direction=_SHEAR),
+     "sheared or scaled direction matrix (its x and y axes meet at 73.3 degrees"),
+    ("zero spacing", "zero.nii", lambda p: _nifti_with_header(p, _ct(), pixdim=(0.0, 1.0, 2.5)),
+     "voxel size of 0 mm along x"),
+    ("NaN spacing", "nan.nii", lambda p: _nifti_with_header(p, _ct(), pixdim=(1.0, float("nan"), 2.5)),
+     "voxel size of nan mm along y"),
+    ("negative spacing", "neg.nii", lambda p: _nifti_with_header(p, _ct(), pixdim=(1.0, 1.0, -2.5)),
+     "voxel size of -2.5 mm along z"),
+]
+_SHEAR = (1.0, 0.0, 0.0, 0.3, 0.954, 0.0, 0.0, 0.0, 1.0)  # the x axis leans 16.7 degrees towards y (axes at 73.3 degrees)
+
+
+def _write(path: Path, array: np.ndarray, direction=None) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.5))
+    if direction is not None:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case,name,write_bad,phrase", BAD_CT_FILES, ids=[c[0] for c in BAD_CT_FILES])
+def test_bad_ct_file_is_refused_naming_it(case, name, write_bad, phrase, tmp_path, ct_phantoms, capsys):
+    data, bad = _data_folder(tmp_path, ct_phantoms, name, write_bad)
+    before = _tree(data)
+    err = _refused(capsys, "train", *TINY, "--data", data, "--out", tmp_path / "run", "--steps", 1)
+    assert str(bad) in err and phrase in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists() and _tree(data) == before
+
+
+# (case, argv after the command's own, phrase); argparse refusals exit 2 with the flag named
+BAD_SETTINGS = [
+    ("train --seed -1", ["train", *TINY, "--seed", "-1"], "--seed: expected a whole number from 0 to 4294967295"),
+    ("generate --seed 2^64-1", ["generate", "--model", "M", "--num", "1", "--seed", "18446744073709551615"],
+     "--seed: expected a whole number from 0 to 4294967295, got 18446744073709551615"),
+    ("train --lr nan", ["train", *TINY, "--lr", "nan"], "--lr: expected a finite number > 0, got nan"),
+    ("generate --guidance-scale nan", ["generate", "--model", "M", "--num", "1", "--guidance-scale", "nan"],
+     "--guidance-scale: expected a finite number >= 0, got nan"),
+    ("generate --guidance-scale inf", ["generate", "--model", "M", "--num", "1", "--guidance-scale", "inf"],
+     "--guidance-scale: expected a finite number >= 0, got inf"),
+]
+
+
+@pytest.mark.parametrize("case,argv,phrase", BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
+def test_bad_setting_is_refused_at_parse(case, argv, phrase, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*argv, "--out", tmp_path / "out")
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert phrase in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_too_large_for_memory_is_refused_before_allocating(tmp_path, ct_phantoms, capsys):
+    err = _refused(capsys, "train", *TINY[:-4], "--batch-size", 100000, "--sample-every", 0, "--data", ct_phantoms,
+                   "--out", tmp_path / "run", "--steps", 1)
+    assert "Training with --batch-size 100000 on the 32x32x8 grid needs" in err and "this machine has" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_phantoms_too_large_for_memory(tmp_path, capsys):
+    err = _refused(capsys, "phantoms", "--profile", "prostate-ct", "--num", 1, "--size", "100000x100000x1000",
+                   "--out", tmp_path / "ph")
+    assert "a 100000x100000x1000 phantom volume needs" in err and "this machine has" in err
+    assert not (tmp_path / "ph").exists()
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_condition_csv_in_another_encoding(encoding, tmp_path, ct_phantoms, capsys):
+    table = tmp_path / "conditions.csv"
+    rows = ["file,site"] + [f"{p.name},Zürich" for p in sorted(ct_phantoms.glob("*.nii.gz"))]
+    table.write_bytes("\n".join(rows).encode(encoding))
+    argv = ["train", *TINY, "--data", ct_phantoms, "--out", tmp_path / "run", "--steps", 1, "--conditions", table]
+    if encoding == "utf-16":  # a BOM says what it is: read as such (stopped after the data is read)
+        from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
+
+        cases = apply_condition_csv(discover_cases([ct_phantoms], "prostate-ct"), table)
+        assert {c.conditions["site"] for c in cases} == {"Zürich"}
+        return
+    err = _refused(capsys, *argv)
+    assert f"The condition table {table} is not UTF-8 text (byte 0xfc" in err
+
+
+def test_info_cfg_not_in_utf8(tmp_path, mask_phantoms, capsys):
+    data = tmp_path / "acdc"
+    shutil.copytree(mask_phantoms, data)
+    info = sorted(data.rglob("Info.cfg"))[0]
+    info.write_bytes(info.read_bytes() + "Comment: Müller\n".encode("latin-1"))
+    err = _refused(capsys, "train", "--profile", "cardiac-masks", "--preset", "tiny2d", "--data", data, "--out",
+                   tmp_path / "run", "--steps", 1)
+    assert f"The ACDC info file {info} is not UTF-8 text" in err
+
+
+@pytest.mark.parametrize("damage", ["cut short", "garbage"])
+def test_damaged_cache_on_resume_is_prepared_again(damage, tmp_path, tiny_ct_run, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ct_run, run)
+    victim = sorted((run / "cache").glob("*.npz"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2] if damage == "cut short" else os.urandom(len(data)))
+    assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume", "--steps", 7) == 0
+    assert f"The cached case {victim} is damaged" in caplog.text
+    assert np.load(victim)["n"] == 1  # written again, whole
+
+
+def _bundle_copy(tmp_path: Path, tiny_ct_run: Path) -> Path:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_ct_run / "model", bundle)
+    return bundle
+
+
+def _edit_meta(bundle: Path, edit) -> None:
+    meta = json.loads((bundle / "model.json").read_text())
+    edit(meta)
+    (bundle / "model.json").write_text(json.dumps(meta))
+
+
+# (case, edit of model.json or of the weights, phrase)
+EDITED_BUNDLES = [
+    ("grid 4096^3", lambda b: _edit_meta(b, lambda m: m["data"].update(grid=[4096, 4096, 4096])),
+     "data.grid is [4096, 4096, 4096]; 3 whole numbers from 1 to 2048 are expected"),
+    ("grid 2048^3", lambda b: _edit_meta(b, lambda m: m["data"].update(grid=[2048, 2048, 2048])), "needs"),
+    ("deeply nested", lambda b: (b / "model.json").write_text('{"a": ' * 100000 + "1" + "}" * 100000),
+     "is not valid JSON (nested too deeply)"),
+    ("num_res_blocks 100000", lambda b: _edit_meta(b, lambda m: m["model"]["kwargs"].update(num_res_blocks=100000)),
+     "model.kwargs.num_res_blocks is 100000"),
+    ("channels 100000", lambda b: _edit_meta(b, lambda m: m["model"]["kwargs"].update(channels=[16, 32, 100000])),
+     "model.kwargs.channels is [16, 32, 100000]; whole numbers from 0 to 4096 are expected"),
+    ("channels 4096", lambda b: _edit_meta(b, lambda m: m["model"]["kwargs"].update(channels=[4096, 4096, 4096])),
+     "needs"),
+    ("beta_start NaN", lambda b: _edit_meta(b, lambda m: m["diffusion"].update(beta_start=float("nan"))),
+     "diffusion.beta_start is NaN; a finite number is expected"),
+    ("beta_start above beta_end", lambda b: _edit_meta(b, lambda m: m["diffusion"].update(beta_start=0.5)),
+     "0 < beta_start < beta_end < 1 is expected"),
+    ("weights -> /dev/zero", lambda b: ((b / "model.safetensors").unlink(), (b / "model.safetensors")
+                                         .symlink_to("/dev/zero")), "is not a regular file"),
+    ("weights cut short", lambda b: (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()[:-10]),
+     "its safetensors header declares"),
+    ("weights padded", lambda b: (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()
+                                                                        + b"\0" * 10), "its safetensors header declares"),
+    ("weights name outside", lambda b: _edit_meta(b, lambda m: m.update(weights="../../etc/passwd")),
+     "weights is '../../etc/passwd'"),
+]
+
+
+@pytest.mark.parametrize("case,edit,phrase", EDITED_BUNDLES, ids=[c[0] for c in EDITED_BUNDLES])
+def test_edited_bundle_is_refused_before_building(case, edit, phrase, tmp_path, tiny_ct_run, capsys):
+    bundle = _bundle_copy(tmp_path, tiny_ct_run)
+    edit(bundle)
+    err = _refused(capsys, "generate", "--model", bundle, *GEN, "--out", tmp_path / "gen")
+    assert phrase in err and "Traceback" not in err, err
+    assert not (tmp_path / "gen").exists()
+
+
+def test_viewer_port_in_use(tmp_path, tiny_ct_run, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = _refused(capsys, "view", tiny_ct_run, "--port", port)
+    assert f"--port {port} on 127.0.0.1 cannot be used (Address already in use)" in err

@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from CTDiffusionLib.data.augment import augment_sample
 from CTDiffusionLib.data.discovery import Case, read_case, subject_of
 from CTDiffusionLib.data.preprocess import case_to_grid, ct_grid_geometry, orientation_of, reorient, to_unit
+from CTDiffusionLib.data.volume_checks import air_warning, check_hounsfield, check_training_volume
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import Profile, get_profile
 from CTDiffusionLib.runfolder import atomic_write
@@ -67,6 +70,13 @@ def _prepare_case(case: Case, profile: Profile, data_cfg: dict, intensity: dict)
 
 def prepare_image(stored, profile: Profile, data_cfg: dict, intensity: dict, path) -> tuple[list[np.ndarray], dict]:
     """One read image (as stored) -> its compact arrays on the grid and its geometry/statistics."""
+    check_training_volume(stored, path)  # a 3x3x3 file is not silently resampled up to the grid
+    if not profile.is_label_map and str(intensity.get("kind", "")).startswith("hu"):
+        voxels = sitk.GetArrayViewFromImage(stored)
+        check_hounsfield(voxels, path)  # uint16 near 60000, a scale slope of 1e30, 1e300, a constant volume
+        warning = air_warning(voxels, path)
+        if warning:
+            log.warning(warning)
     image = reorient(stored)  # one voxel order for all cases: a scan stored upside down must not train flipped
     samples, grid_spacing = case_to_grid(image, profile, data_cfg["grid"], data_cfg["mode"])
     info = {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "grid_spacing": list(grid_spacing),
@@ -97,10 +107,17 @@ def _load_or_prepare(case: Case, profile: Profile, data_cfg: dict, intensity: di
 def load_or_prepare(cache_file: Path | None, prepare) -> tuple[list[np.ndarray], dict]:
     """(arrays, info) from `cache_file` when it exists, else from `prepare()`, then cached (atomically)."""
     if cache_file and cache_file.exists():
-        with np.load(cache_file, allow_pickle=False) as z:
-            arrays = [z[f"a{i}"] for i in range(int(z["n"]))]
-            info = json.loads(str(z["info"]))
-        return arrays, info
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                arrays = [z[f"a{i}"] for i in range(int(z["n"]))]
+                info = json.loads(str(z["info"]))
+            if not isinstance(info, dict):
+                raise ValueError("its info is not a JSON object")
+            return arrays, info
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # damaged, cut short, garbage
+            log.warning("The cached case %s is damaged (%s); it is prepared again from its data.", cache_file,
+                        str(exc) or type(exc).__name__)
+            cache_file.unlink(missing_ok=True)
     arrays, info = prepare()
     if cache_file:
         atomic_write(cache_file, lambda tmp: np.savez(tmp, n=len(arrays), info=json.dumps(info),

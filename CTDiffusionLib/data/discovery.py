@@ -7,6 +7,7 @@ caller, with `read_case`. Results are sorted by case id so every run sees the sa
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -113,6 +114,7 @@ def _cases_from_folder(folder: Path, profile: Profile) -> list[Case]:
     if "acdc" in profile.folder_layouts:
         patient_dirs = _acdc_patient_dirs(folder)
         if patient_dirs:
+            _warn_patients_without_masks(folder, patient_dirs)
             return [case for d in patient_dirs for case in _acdc_patient_cases(d)]
     # Only the top level: subfolders of a volume folder are often derived data (masks, previews).
     files = sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and image_suffix(p))
@@ -133,7 +135,7 @@ def _cases_from_list_file(list_file: Path, profile: Profile) -> list[Case]:
 def read_list_file(list_file: Path, what: str) -> list[Path]:
     """The paths of a .txt with one `what` per line; relative paths start at the list file's folder; '#' starts a
     comment line. InputError when it names nothing or a missing path."""
-    lines = [line.strip() for line in list_file.read_text(encoding="utf-8-sig").splitlines()]
+    lines = [line.strip() for line in read_text_file(list_file, "list file").splitlines()]
     entries = [list_file.parent / Path(line).expanduser() for line in lines if line and not line.startswith("#")]
     if not entries:
         raise InputError(f"The list file {list_file} names no paths.", f"Write one {what} per line.")
@@ -179,7 +181,7 @@ def read_acdc_info(path) -> dict:
     if not path.is_file():
         raise InputError(f"The ACDC info file {path} does not exist.", "Each patient folder needs an Info.cfg.")
     info = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path, "ACDC info file").splitlines(), start=1):
         if not line.strip():
             continue
         key, sep, value = line.partition(":")
@@ -196,6 +198,9 @@ def _checked_acdc_info(path: Path) -> dict:
     if missing:
         raise InputError(f"The ACDC info file {path} lacks {', '.join(missing)}.",
                          "Info.cfg needs the lines 'ED: <frame>', 'ES: <frame>' and 'Group: <NOR|MINF|DCM|HCM|RV>'.")
+    if str(info["Group"]) not in ACDC_GROUPS:  # a data set of one's own may mean it, so it is said, not refused
+        log.warning("The ACDC info file %s names the group %r, which is not one of ACDC's %s; it becomes a condition "
+                    "value of its own.", path, info["Group"], ", ".join(ACDC_GROUPS))
     for key in ("ED", "ES"):
         if not isinstance(info[key], int):
             raise InputError(f"The ACDC info file {path} has a non-integer {key} frame: {info[key]!r}.",
@@ -213,6 +218,33 @@ def _acdc_patient_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _warn_patients_without_masks(root: Path, patient_dirs: list[Path]) -> None:
+    """An ACDC patient folder (Info.cfg) without *_gt masks is left out; say which."""
+    with_masks = set(patient_dirs)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if "Info.cfg" in filenames and Path(dirpath) not in with_masks:
+            log.warning("The ACDC patient folder %s has an Info.cfg but no *_frameNN_gt masks; it is left out.",
+                        dirpath)
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A small text file (Info.cfg, condition CSV, list file) as UTF-8, UTF-8 with BOM or UTF-16 with BOM;
+    InputError naming the file and the first byte that is not UTF-8 (e.g. a Latin-1 export)."""
+    data = Path(path).read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"The {what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at position "
+                         f"{exc.start}).", "Save it as UTF-8 (Excel: 'CSV UTF-8'; a text editor: encoding "
+                         "UTF-8).") from None
+
+
 def _acdc_patient_cases(patient_dir: Path) -> list[Case]:
     info_path = patient_dir / "Info.cfg"
     if not info_path.is_file():
@@ -221,7 +253,13 @@ def _acdc_patient_cases(patient_dir: Path) -> list[Case]:
                          "ACDC release.")
     info = _checked_acdc_info(info_path)
     masks = sorted(p for p in patient_dir.iterdir() if p.is_file() and _is_acdc_gt(p.name))
-    return [_acdc_case(p, info) for p in masks]
+    cases = [_acdc_case(p, info) for p in masks]
+    missing = [phase for phase in ("ED", "ES") if phase not in {c.conditions["phase"] for c in cases}]
+    if missing and cases:
+        log.warning("The ACDC patient folder %s has no %s mask (frame %s in its Info.cfg): it trains on %s only.",
+                    patient_dir, " or ".join(missing), " / ".join(str(info[m]) for m in missing),
+                    " and ".join(c.conditions["phase"] for c in cases))
+    return cases
 
 
 def _acdc_case(mask: Path, info: dict) -> Case:
@@ -248,7 +286,7 @@ def apply_condition_csv(cases: list[Case], csv_path) -> list[Case]:
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise InputError(f"The condition table {csv_path} does not exist.", "Check the path.")
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(read_text_file(csv_path, "condition table"), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         if "file" not in columns:

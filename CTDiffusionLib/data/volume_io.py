@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from CTDiffusionLib.data.volume_checks import check_fits, check_geometry, nifti_header_problem
 from CTDiffusionLib.errors import CTDiffusionError, InputError
 from CTDiffusionLib.runfolder import publish, staged_folder
 
@@ -101,6 +102,7 @@ def read_image(path, *, what: str = "volume") -> sitk.Image:
         raise InputError(f"The {what} {path} has an unsupported file type ({''.join(path.suffixes) or 'no suffix'}).",
                          _SUFFIX_HINT)
     unreadable = f"The {what} {path} cannot be read: it is damaged, truncated or not a valid {suffix} image."
+    check_fits(path, what)  # from the header: a volume larger than memory is a sentence, not a MemoryError
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -113,6 +115,11 @@ def read_image(path, *, what: str = "volume") -> sitk.Image:
             raise InputError(unreadable, f"Copy or export the file again ({scan.problem}).")
         if scan.non_finite:
             raise _non_finite_error(what, path, scan.non_finite)
+        spacing_problem = nifti_header_problem(path, suffix)  # ITK reads 0/NaN as 1 mm, -x as +x, unshears
+        if spacing_problem:
+            raise InputError(f"The {what} {path} cannot be placed in space: {spacing_problem}.",
+                             "Fix the geometry in the header (e.g. 3D Slicer: Volumes > Volume Information) and "
+                             "save it again, or resample it onto a regular grid.")
     return _checked_volume(image, path, what)
 
 
@@ -316,6 +323,7 @@ def _checked_volume(image: sitk.Image, path: Path, what: str) -> sitk.Image:
         bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
         if bad:
             raise _non_finite_error(what, path, bad)
+    check_geometry(image, path, what)  # spacing above 0, a rotation and not a shear
     return image
 
 

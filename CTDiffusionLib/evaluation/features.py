@@ -98,11 +98,17 @@ def train_autoencoder(x: torch.Tensor, *, steps: int, seed: int, device: str) ->
 
 
 def save_weights(net: ConvAutoencoder, path: Path, profile_name: str) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from CTDiffusionLib.data.volume_io import write_failed
+    from CTDiffusionLib.runfolder import atomic_write
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={"architecture": "CTDiffusion evaluation ConvAutoencoder",
-                                                  "profile": profile_name})
+    data = save(state, metadata={"architecture": "CTDiffusion evaluation ConvAutoencoder", "profile": profile_name})
+    try:
+        atomic_write(path, data)  # a full disk leaves no half file (safetensors' own writer raised its own error)
+    except OSError as exc:
+        raise write_failed(path, exc.strerror or str(exc)) from None
 
 
 def load_weights(path, in_channels: int, flat_z: bool, device: str) -> ConvAutoencoder:

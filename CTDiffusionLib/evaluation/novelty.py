@@ -30,11 +30,13 @@ COPY_SIMILARITY = 1.0 - 1e-6
 MAX_LEAVE_ONE_OUT = 24  # training cases used as extra real-vs-real cases (cost grows with n_train^2)
 MAX_HELDOUT = 48  # held-out cases searched for the null (a seeded subset beyond that: 2D slices number hundreds)
 CT_FOREGROUND_HU = -400.0  # body vs air, as ct_realism.BODY_THRESHOLD_HU
+QUARTER_TURNS = (0.0, 90.0, 180.0, 270.0)  # in-plane, searched always (privacy: a turned copy is a copy)
 
 
 def augmentation_space(profile, run_config: dict | None = None) -> dict:
     """What to be invariant to: the run's own augmentation when its config.json is known, else the widest
-    setting among the profile's presets. Flips are always searched (cheap, and a mirrored copy is a copy)."""
+    setting among the profile's presets. In-plane flips and quarter turns are always searched, whatever the
+    augmentation: a scan mirrored front to back or turned by 90 or 180 degrees is still that patient's scan."""
     from CTDiffusionLib.presets import PRESETS
 
     augs = [p.get("augment") or {} for p in PRESETS.get(profile, {}).values()]
@@ -45,14 +47,16 @@ def augmentation_space(profile, run_config: dict | None = None) -> dict:
     hi = max([z[1] for z in zooms], default=1.0)
     rot = max([float(a.get("rotate_deg") or 0.0) for a in augs], default=0.0)
     angles = [0.0] if rot <= 0 else list(np.linspace(-rot, rot, 2 * int(math.ceil(rot / 5.0)) + 1))
-    return {"zoom": (float(lo), float(hi)), "angles_deg": [float(a) for a in angles], "flip": True}
+    return {"zoom": (float(lo), float(hi)), "angles_deg": [float(a) for a in angles], "flip": True,
+            "quarter_turns": list(QUARTER_TURNS)}
 
 
 def describe_space(space: dict) -> str:
     lo, hi = space["zoom"]
     ang = space["angles_deg"]
     rot = f", in-plane rotation {ang[0]:+.0f}..{ang[-1]:+.0f} deg" if len(ang) > 1 else ""
-    return f"left-right flips, in-plane zoom {lo:g}..{hi:g}{rot} and shifts"
+    turns = ", quarter turns (90, 180, 270 deg)" if len(space.get("quarter_turns", [0])) > 1 else ""
+    return f"in-plane flips (left-right, front-back){turns}, in-plane zoom {lo:g}..{hi:g}{rot} and shifts"
 
 
 def _foreground(arr: np.ndarray, is_label: bool) -> np.ndarray:
@@ -177,9 +181,11 @@ class AlignedSearch:
         est = math.sqrt(area_t / area_r) if area_r > 0 and area_t > 0 else 1.0
         est = min(max(est, lo * 0.95), hi * 1.05)
         scales = sorted({*np.round(np.linspace(lo * 0.95, hi * 1.05, 9), 4), round(est, 4)})
+        # a left-right flip with a half turn is the front-back flip: flips x quarter turns cover all eight
+        angles = [turn + a for turn in self.space.get("quarter_turns", [0.0]) for a in self.space["angles_deg"]]
         return [(flip, sc, ang, *self._com_shift(flip, sc, ang, com_r, com_t, shape))
                 for flip in ((0.0, 1.0) if self.space.get("flip") else (0.0,))
-                for sc in scales for ang in self.space["angles_deg"]]
+                for sc in scales for ang in angles]
 
     def _refine(self, t_small, r_small, best: np.ndarray) -> np.ndarray:
         rot = max(abs(a) for a in self.space["angles_deg"])

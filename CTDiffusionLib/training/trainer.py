@@ -44,6 +44,7 @@ from CTDiffusionLib.training.config import TrainingConfig, build_config, total_s
 from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, checkpoint_logged, remove_temp_files,
                                                    trim_events_after)
 from CTDiffusionLib.training.lr_schedule import warmup_flat_cosine
+from CTDiffusionLib.training.resume_checks import check_data_unchanged, check_resume_arguments
 from CTDiffusionLib.training.prefetch import Prefetcher
 
 log = logging.getLogger("ctdiffusion")
@@ -465,6 +466,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
         sources = [str(Path(s).resolve()) for s in args.data]
         config = build_config(args, sources)
     else:
+        check_resume_arguments(stored, args)  # a different --batch-size, --grid, --data ... is refused, not ignored
         config = stored
         if args.profile and args.profile != config["profile"]:
             raise InputError(f"--profile {args.profile} differs from the run's profile {config['profile']}.",
@@ -488,6 +490,9 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
     device = resolve_device(args.device, dist.local_rank)
     check_training_memory(config, device, dist.world_size)  # "needs N GB, this machine has M", nothing allocated
     cases, vocab = load_cases(config)
+    if args.resume and dist.is_main:  # cases removed, added or replaced since the run started are said
+        for change in check_data_unchanged(out, cases, config, getattr(args, "accept_changed_data", False)):
+            log.warning("--accept-changed-data: the run continues with its data changed: %s", change)
     run = RunFolder(out)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
