@@ -21,19 +21,20 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_dataset, split_summary
+from CTDiffusionLib.data.paired_dataset import conditioned_sample
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
 from CTDiffusionLib.data.preprocess import ORIENTATION
 from CTDiffusionLib.diffusion.loss import diffusion_loss
 from CTDiffusionLib.diffusion.schedulers import scheduler_config, training_scheduler
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
 from CTDiffusionLib.stopping import StopFlag
+from CTDiffusionLib.label_sets import stage_profile
 from CTDiffusionLib.models.bundle import bundle_is_current, save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
 from CTDiffusionLib.memory import check_training_memory
 from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.output_folder import OUTPUT_MARKER, claim_output_folder
-from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import INPUT, RunFolder, read_config, write_json
 from CTDiffusionLib.runtime import (Distributed, autocast_dtype, init_distributed, resolve_device,
                                     run_on_main_then_share, wait_for_main)
@@ -143,7 +144,7 @@ class Trainer:
         self.run = RunFolder(run_dir)
         tr = self.training = TrainingConfig.from_dict(config["training"])
         self.seed = int(tr.seed)
-        self.profile = get_profile(config["profile"])
+        self.profile = stage_profile(config)  # a paired run's label model sees its samples as label maps
         self.train_idx = data.sample_indices("train")
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
         self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
@@ -231,7 +232,8 @@ class Trainer:
                 "orientation": ORIENTATION,
                 "data": {"grid": c["data"]["grid"], "mode": c["data"]["mode"]},
                 "geometry": self.data.geometry, "conditions": self.vocab.to_dict() if self.vocab else {},
-                "training": {"step": self.step, "total_steps": self.planned_total}}
+                "training": {"step": self.step, "total_steps": self.planned_total},
+                **({"labels": c["labels"]} if c.get("labels") else {})}  # a paired run's structures
 
     def save(self) -> Path:
         path = save_checkpoint(self.run.checkpoints, self.step, self.state_dict(), self.training.keep_checkpoints)
@@ -256,14 +258,22 @@ class Trainer:
         indices = step_batch_indices(self.train_idx, bs, self.seed, step, self.per_epoch)
         local = self._local_positions(bs)
         augment = self.config["data"]["augment"] or None
-        x0 = torch.cat([make_batch(self.data, [indices[k]], self.profile, augment, step_rng(self.seed, step, 100 + k))
-                        for k in local])
+        condition = None
+        if self.data.label_maps is not None:  # a paired run's CT model: each CT with its (maybe dropped) label map
+            pairs = [conditioned_sample(self.data, indices[k], self.profile, augment,
+                                        step_rng(self.seed, step, 100 + k), tr.cond_drop,
+                                        step_rng(self.seed, step, 300 + k)) for k in local]
+            x0, condition = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        else:
+            x0 = torch.cat([make_batch(self.data, [indices[k]], self.profile, augment,
+                                       step_rng(self.seed, step, 100 + k)) for k in local])
         noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator("cpu").manual_seed(
             int(step_rng(self.seed, step, 200 + k).integers(2**62)))) for k in local])
         g = torch.Generator("cpu").manual_seed(int(step_rng(self.seed, step, 2).integers(2**62)))
         t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (bs,), generator=g)[list(local)]
         labels = condition_labels(self.vocab, self.data, indices, tr.cond_drop, step_rng(self.seed, step, 3))
-        batch = {"x0": x0, "noise": noise, "t": t, "labels": labels[list(local)] if labels is not None else None}
+        batch = {"x0": x0, "noise": noise, "t": t, "labels": labels[list(local)] if labels is not None else None,
+                 "condition": condition}
         if self.device.type == "cuda":  # page-locked, so the copy to the GPU can overlap the step
             batch = {k: v.pin_memory() if v is not None else None for k, v in batch.items()}
         return batch
@@ -272,11 +282,12 @@ class Trainer:
         """One optimisation step; returns the loss as a device tensor (no host sync: fit() reads it in bulk)."""
         tr = self.training
         batch = self.prefetch.get(self.step) if self.prefetch is not None else self.step_inputs(self.step)
-        x0, noise, t, labels = (v.to(self.device, non_blocking=True) if v is not None else None
-                                for v in (batch["x0"], batch["noise"], batch["t"], batch["labels"]))
+        x0, noise, t, labels, condition = (
+            v.to(self.device, non_blocking=True) if v is not None else None
+            for v in (batch["x0"], batch["noise"], batch["t"], batch["labels"], batch.get("condition")))
         self.model.train()
         loss = diffusion_loss(self.forward, self.noise_schedule, x0, noise, t, labels, self.amp_dtype,
-                              min_snr_gamma=self.config["diffusion"].get("min_snr_gamma"))
+                              min_snr_gamma=self.config["diffusion"].get("min_snr_gamma"), spatial_condition=condition)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
@@ -311,14 +322,20 @@ class Trainer:
         bs = self.training.batch_size
         for start in range(0, len(self.val_idx), bs):
             chunk = self.val_idx[start:start + bs]
-            x0 = make_batch(self.data, chunk, self.profile, None, None).to(self.device)
+            condition = None
+            if self.data.label_maps is not None:
+                pairs = [conditioned_sample(self.data, i, self.profile, None, None) for i in chunk]
+                x0, condition = (torch.cat(p).to(self.device) for p in zip(*pairs))
+            else:
+                x0 = make_batch(self.data, chunk, self.profile, None, None).to(self.device)
             noise = torch.randn(x0.shape, generator=g).to(self.device)
             t = torch.tensor([(start + k) * n_t // len(self.val_idx) for k in range(len(chunk))], device=self.device)
             labels = None
             if self.vocab:
                 labels = torch.tensor([self.vocab.encode(dict(self.data.cases[self.data.sample_case[i]].conditions))
                                        for i in chunk], device=self.device)
-            loss = diffusion_loss(self.model, self.noise_schedule, x0, noise, t, labels, self.amp_dtype, "sum")
+            loss = diffusion_loss(self.model, self.noise_schedule, x0, noise, t, labels, self.amp_dtype, "sum",
+                                  spatial_condition=condition)
             total += loss.item() / x0[0].numel()
             count += len(chunk)
         return total / count
@@ -329,8 +346,15 @@ class Trainer:
 
         meta = {**self.bundle_meta(), "sha256": None}
         folder = self.run.samples
-        paths = generate(self.ema.module.eval(), meta, 2, folder, sampler_name="ddim", steps=20, seed=self.seed,
-                         device=self.device, autocast_dtype=self.amp_dtype, prefix=f"step_{self.step:08d}")
+        if self.data.label_maps is not None:  # a paired CT model: the CT of the first training label maps
+            from CTDiffusionLib.paired_generation import preview_ct
+
+            paths = preview_ct(self.ema.module.eval(), meta, [self.data.label_maps[i] for i in self.train_idx[:2]],
+                               folder, seed=self.seed, device=self.device, autocast_dtype=self.amp_dtype,
+                               prefix=f"step_{self.step:08d}")
+        else:
+            paths = generate(self.ema.module.eval(), meta, 2, folder, sampler_name="ddim", steps=20, seed=self.seed,
+                             device=self.device, autocast_dtype=self.amp_dtype, prefix=f"step_{self.step:08d}")
         png = save_mid_slice_png(paths[0], paths[0].with_suffix("").with_suffix(".png"), self.profile)
         self.events.emit("sample", path=str(paths[0]), png=str(png), step=self.step)
 
@@ -452,7 +476,6 @@ def train_from_args(args, events) -> int:
 
 
 def _train(args, events, out: Path, dist: Distributed) -> int:
-    budget_replaced = False  # --resume --steps/--epochs on a run whose time budget had not fixed its length
     if not dist.is_main:
         events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
     elif out.is_dir():
@@ -460,57 +483,97 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
         RunFolder(out).stop_request.unlink(missing_ok=True)  # a request left by an earlier job is not for this one
     stored = open_run_folder(out, args.resume)
     _barrier(dist)  # every rank has checked --out before rank 0 creates anything in it
+    with_labels = bool(getattr(args, "with_labels", False))
+    if getattr(args, "structures", None) and not with_labels:
+        raise InputError("--structures chooses the structures of a paired run.", "Add --with-labels, or drop it.")
+    budget_replaced = False  # --resume --steps/--epochs on a run whose time budget had not fixed its length
     if stored is None:
         if not args.data:
             raise InputError("--data is required for a new run.", "Give a folder, files or a .txt list of files.")
         sources = [str(Path(s).resolve()) for s in args.data]
         config = build_config(args, sources)
+        if with_labels:
+            from CTDiffusionLib.training.paired import paired_config
+
+            config = paired_config(config, args.structures)
     else:
-        check_resume_arguments(stored, args)  # a different --batch-size, --grid, --data ... is refused, not ignored
-        config = stored
-        if args.profile and args.profile != config["profile"]:
-            raise InputError(f"--profile {args.profile} differs from the run's profile {config['profile']}.",
+        if args.profile and args.profile != stored["profile"]:
+            raise InputError(f"--profile {args.profile} differs from the run's profile {stored['profile']}.",
                              "Resume with the run's own profile.")
-        training = config["training"]
-        open_budget = TrainingConfig.from_dict(training).budget_open
-        if getattr(args, "minutes", None) is not None:
-            raise InputError("--minutes cannot change the length of a resumed run.",
-                             f"Resume without --minutes to measure its {training['minutes']:g}-minute budget again, "
-                             "or give --steps N." if open_budget else
-                             f"Resume with --steps N instead (this run is set to {training['steps']} steps in its "
-                             "config.json).")
-        if args.steps or args.epochs:  # resuming may extend (or shorten) the run, nothing else
-            training["steps"], training["epochs"] = args.steps or training["steps"], args.epochs
-            if open_budget:  # a step count replaces the open budget; the decay starts where the run resumes
-                training["lr_decay_from"], budget_replaced = 0, True  # 0 until the resumed step is known
+        if with_labels and not stored.get("labels"):
+            raise InputError(f"--with-labels: the run in {out} was trained without label maps.",
+                             "Resume it without --with-labels, or start a new run with --with-labels.")
+        check_resume_arguments(stored, args)  # a different --batch-size, --grid, --data ... is refused, not ignored
+        config, budget_replaced = resumed_config(stored, args)
     if dist.enabled and config["training"]["batch_size"] % dist.world_size:
         raise InputError(f"--batch-size {config['training']['batch_size']} is the global batch and must divide "
                          f"evenly over the {dist.world_size} processes.",
                          f"Use a multiple of {dist.world_size} (each process trains on its share).")
     device = resolve_device(args.device, dist.local_rank)
     check_training_memory(config, device, dist.world_size)  # "needs N GB, this machine has M", nothing allocated
-    cases, vocab = load_cases(config)
-    if args.resume and dist.is_main:  # cases removed, added or replaced since the run started are said
-        for change in check_data_unchanged(out, cases, config, getattr(args, "accept_changed_data", False)):
-            log.warning("--accept-changed-data: the run continues with its data changed: %s", change)
     run = RunFolder(out)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         events.set_log_path(run.events)
-    # rank 0 fills the preprocessing cache first, the other ranks then read it (no write race); if rank 0 fails,
-    # every rank ends with its error instead of waiting at a barrier
-    data = run_on_main_then_share(dist, lambda: prepare_dataset(cases, config["profile"], config["data"],
-                                                                run.cache, config["training"]["seed"],
-                                                                intensity=config["intensity"]),
-                                  "Preprocessing the training data")
+    if config.get("labels"):
+        from CTDiffusionLib.training.paired import train_pair_models
+
+        trainer, result = train_pair_models(args, config, out, device, events, dist, budget_replaced)
+    else:
+        cases, vocab = load_cases(config)
+        if args.resume and dist.is_main:  # cases removed, added or replaced since the run started are said
+            for change in check_data_unchanged(out, cases, config, getattr(args, "accept_changed_data", False)):
+                log.warning("--accept-changed-data: the run continues with its data changed: %s", change)
+        # rank 0 fills the preprocessing cache first, the other ranks then read it (no write race); if rank 0 fails,
+        # every rank ends with its error instead of waiting at a barrier
+        data = run_on_main_then_share(dist, lambda: prepare_dataset(cases, config["profile"], config["data"],
+                                                                    run.cache, config["training"]["seed"],
+                                                                    intensity=config["intensity"]),
+                                      "Preprocessing the training data")
+        trainer, result = fit_stage(config, out, data, vocab, device, events, dist, args.resume, budget_replaced)
+    events.emit("done", status="completed", step=trainer.step, total=trainer.total, run_dir=str(out),
+                bundle=str(run.model), **result)
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+    return 0
+
+
+def resumed_config(stored: dict, args) -> tuple[dict, bool]:
+    """A stored config.json with what a resume may change (the length: --steps/--epochs, never --minutes);
+    returns it and whether a step count replaced an open time budget."""
+    config, budget_replaced = stored, False
+    training = config["training"]
+    open_budget = TrainingConfig.from_dict(training).budget_open
+    if getattr(args, "minutes", None) is not None:
+        raise InputError("--minutes cannot change the length of a resumed run.",
+                         f"Resume without --minutes to measure its {training['minutes']:g}-minute budget again, "
+                         "or give --steps N." if open_budget else
+                         f"Resume with --steps N instead (this run is set to {training['steps']} steps in its "
+                         "config.json).")
+    if args.steps or args.epochs:  # resuming may extend (or shorten) the run, nothing else
+        training["steps"], training["epochs"] = args.steps or training["steps"], args.epochs
+        if open_budget:  # a step count replaces the open budget; the decay starts where the run resumes
+            training["lr_decay_from"], budget_replaced = 0, True  # 0 until the resumed step is known
+    return config, budget_replaced
+
+
+def fit_stage(config: dict, out: Path, data: PreparedData, vocab, device, events, dist: Distributed, resume: bool,
+              budget_replaced: bool, stop_request: Path | None = None) -> tuple[Trainer, dict]:
+    """Train one model of the run folder `out` on prepared data, from its newest checkpoint when resuming; writes
+    config.json and dataset.json, emits `start`. `stop_request`: the file that asks it to stop (default: out's)."""
+    run = RunFolder(out)
     split_line, split_warnings = split_summary(data)  # refuses a split with nothing to train on
     if dist.is_main:
         log.info(split_line)
         for warning in split_warnings:
             log.warning(warning)
     trainer = Trainer(config, out, data, vocab, device, events, dist)
+    if stop_request is not None:
+        trainer.stop = StopFlag(stop_request)
     resumed_from = None
-    if args.resume:
+    if resume:
         latest = load_latest(run.checkpoints)
         if latest:
             resumed_from, state = latest
@@ -527,7 +590,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
     if dist.is_main:
         write_json(run.config, config)
         write_json(run.dataset, {**data.stats, "split": {
-            k: [cases[i].case_id for i in v] for k, v in data.split.items()}, "split_summary": split_line,
+            k: [data.cases[i].case_id for i in v] for k, v in data.split.items()}, "split_summary": split_line,
             "warnings": split_warnings, "geometry": data.geometry,
             "conditions": vocab.to_dict() if vocab else {}})
     parameters = count_parameters(trainer.model)
@@ -548,11 +611,4 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
             log.info("nothing to do: the run is already at step %d of %d", trainer.step, trainer.total)
             if not run.bundle.exists():
                 trainer.save()
-    result = trainer.fit()
-    events.emit("done", status="completed", step=trainer.step, total=trainer.total, run_dir=str(out),
-                bundle=str(run.model), **result)
-    if dist.enabled:
-        import torch.distributed as tdist
-
-        tdist.destroy_process_group()
-    return 0
+    return trainer, trainer.fit()
