@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "column and one column per condition")
     p.add_argument("--cond-drop", type=float, default=None,
                    help="probability of dropping the conditions during training (classifier-free guidance, 0.15)")
+    p.add_argument("--with-labels", action="store_true",
+                   help="learn CT + label-map pairs (nnU-Net/Decathlon, TotalSegmentator or NAME.seg.nrrd): a CT "
+                        "model conditioned on the label map and a label-map model, in one run (docs/engine.md)")
+    p.add_argument("--structures", default=None,
+                   help="with --with-labels: the structures to learn, e.g. prostate,bladder,femur=femur_l+femur_r "
+                        "(default: every structure in the data)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--sample-every", type=_non_negative_int, default=None, help="steps between preview samples (0: off)")
     p.add_argument("--seed", type=_seed, default=None)
@@ -152,8 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="sample new volumes from a trained model")
     p.add_argument("--model", required=True, help="a run folder or a model bundle folder")
-    p.add_argument("--num", type=_positive_int, required=True)
+    p.add_argument("--num", type=_positive_int, default=None,
+                   help="how many volumes (on a paired run: new CT + label pairs)")
     p.add_argument("--out", required=True)
+    p.add_argument("--from-labels", default=None,
+                   help="a paired run: one CT for each label map in this file or folder, on its grid")
     p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: 1000 ddpm, 50 ddim, 25 dpm++)")
     p.add_argument("--seed", type=_seed, default=0)
@@ -186,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="training steps (default: the demo's own: 11 minutes of training for CT, 300 steps "
                                   "for masks)")
     demo_length.add_argument("--minutes", type=_minutes, default=None, help="train for this many minutes instead")
+    p.add_argument("--with-labels", action="store_true",
+                   help="the paired demo: CT + organ-label phantoms, CT for held-out label maps and new pairs "
+                        "(8 minutes of training: half per model)")
 
     from CTDiffusionLib.web.command import add_view_parser  # light: the web extra is imported only when serving
 
@@ -318,10 +330,17 @@ def _cmd_evaluate(args, events) -> int:
 
 def _cmd_demo(args, events) -> int:
     """Run the demo's stages as the sub-commands a user would type, in this process."""
-    from CTDiffusionLib.demo import demo_stages, demo_summary
+    from CTDiffusionLib.demo import demo_stages, demo_summary, paired_demo_stages, paired_demo_summary
 
     t0 = time.time()
-    for name, argv in demo_stages(args.profile, args.out, args.device, args.steps, args.minutes):
+    paired = getattr(args, "with_labels", False)
+    if paired and args.profile != PROSTATE_CT.name:
+        from CTDiffusionLib.errors import InputError
+
+        raise InputError("demo --with-labels is a prostate-ct demo.", "Drop --profile, or drop --with-labels.")
+    stages = (paired_demo_stages(args.out, args.device, args.steps, args.minutes) if paired else
+              demo_stages(args.profile, args.out, args.device, args.steps, args.minutes))
+    for name, argv in stages:
         t = time.time()
         print(f"[demo] {name} ...", file=sys.stderr, flush=True)
         code = main(argv)
@@ -329,7 +348,8 @@ def _cmd_demo(args, events) -> int:
             print(f"[demo] {name} failed with exit code {code}", file=sys.stderr)
             return code
         print(f"[demo] {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    print(demo_summary(args.profile, args.out, args.device, time.time() - t0))
+    print(paired_demo_summary(args.out, args.device, time.time() - t0) if paired else
+          demo_summary(args.profile, args.out, args.device, time.time() - t0))
     return 0
 
 
