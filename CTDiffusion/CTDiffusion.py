@@ -777,7 +777,7 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             if not status.torch_installed or status.torch_too_old:
                 self._installTorch(status)
             if status.missing:
-                self._pipInstall([r.line for r in status.missing])
+                self._pipInstall(status)
         after = self.dependencyStatus()
         if (status.restart_recommended or status.torch_too_old) and not slicer.app.testingEnabled():
             if slicer.util.confirmYesNoDisplay(_("Packages that were already loaded were updated. Restart Slicer "
@@ -802,15 +802,23 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("PyTorch {version} or newer could not be installed; see the PyTorch Utils "
                                  "module.").format(version=TORCH_MINIMUM))
 
-    def _pipInstall(self, requirements) -> None:
-        try:
-            import slicer.pydeps as pydeps  # Slicer >= 5.11
-        except ImportError:
-            pydeps = getattr(slicer, "packaging", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure") and hasattr(pydeps, "load_requirements"):
-            pydeps.pip_ensure(pydeps.load_requirements(str(self.requirementsPath())), requester="CTDiffusion")
+    @staticmethod
+    def _pipInstall(status) -> None:
+        """requirements.txt by this Slicer's one install path, with Slicer's torch/numpy pinned (decided in
+        CTDiffusionLib.jobs.dependencies.install_plan): Slicer 5.10 slicer.util.pip_install, 5.12
+        slicer.packaging.pip_ensure without its own confirmation and restart prompt (the module asked already)."""
+        import tempfile
+
+        from CTDiffusionLib.jobs import dependencies
+
+        plan = dependencies.install_plan((int(slicer.app.majorVersion), int(slicer.app.minorVersion)), status)
+        constraints = dependencies.write_constraints(plan, tempfile.mkdtemp(prefix="CTDiffusion-"))
+        if plan.method == "pip_ensure":
+            from slicer import packaging  # Slicer does not import it at startup
+
+            packaging.pip_ensure(list(plan.requirements), **plan.pip_ensure_options(constraints))
         else:
-            slicer.util.pip_install(requirements)
+            slicer.util.pip_install(plan.pip_install_arguments(constraints))
 
     @staticmethod
     def cudaDeviceCount() -> int:

@@ -535,6 +535,7 @@ class Dialogs:
     def __init__(self):
         self.shown: list[tuple[str, str]] = []
         self.answers: deque = deque()
+        self.pip: list[tuple[str, object, dict]] = []  # (function, requirements, keyword arguments) of each install
 
     def _ask(self, kind, text):
         self.shown.append((kind, str(text)))
@@ -575,6 +576,26 @@ class _WaitCursor:
         return False
 
 
+def packaging_module(dialogs: Dialogs) -> types.ModuleType:
+    """Slicer 5.12's slicer.packaging, as far as pip_ensure's prompts go (Base/Python/slicer/packaging.py at v5.12.3):
+    with prompt_install it asks through slicer.util.confirmOkCancelDisplay and raises RuntimeError on "No"; the
+    install itself is recorded. Registered in sys.modules only: like Slicer, nothing imports it at startup."""
+    packaging = types.ModuleType("slicer.packaging")
+
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
+                   requester=None, skip_in_testing=True, show_progress=True):
+        import slicer.util
+
+        if prompt_install and not slicer.util.confirmOkCancelDisplay("Python packages need to be installed."):
+            raise RuntimeError("User declined package installation")
+        dialogs.pip.append(("pip_ensure", requirements, {
+            "constraints": constraints, "prompt_install": prompt_install, "prompt_restart": prompt_restart,
+            "requester": requester, "skip_in_testing": skip_in_testing}))
+
+    packaging.pip_ensure = pip_ensure
+    return packaging
+
+
 def install(monkeypatch, tmp_path, version=(5, 10)):
     """Make `import qt, ctk, slicer...` inside CTDiffusion.py resolve to the adapter; returns (app, dialogs).
     The scene is the caller's (slicer.mrmlScene, e.g. the core_app fixture's)."""
@@ -600,8 +621,10 @@ def install(monkeypatch, tmp_path, version=(5, 10)):
                         raising=False)
     monkeypatch.setattr(util, "mainWindow", lambda: None)
     monkeypatch.setattr(util, "WaitCursor", _WaitCursor)
-    monkeypatch.setattr(util, "pip_install", lambda *a, **k: dialogs.shown.append(("pip_install", str(a))))
+    monkeypatch.setattr(util, "pip_install", lambda requirements, **k: dialogs.pip.append(("pip_install", requirements, k)))
     dialogs.install(monkeypatch, util)
+    if version >= (5, 12):
+        monkeypatch.setitem(sys.modules, "slicer.packaging", packaging_module(dialogs))
     return app, dialogs
 
 

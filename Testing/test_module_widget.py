@@ -28,9 +28,14 @@ class _NotStarted:
         return self
 
 
+@pytest.fixture(params=[(5, 10)], ids=lambda v: f"{v[0]}.{v[1]}")
+def slicer_version(request):
+    return request.param
+
+
 @pytest.fixture
-def widget(core_app, monkeypatch, tmp_path):  # noqa: F811
-    app, dialogs = adapter.install(monkeypatch, tmp_path)
+def widget(core_app, monkeypatch, tmp_path, slicer_version):  # noqa: F811
+    app, dialogs = adapter.install(monkeypatch, tmp_path, version=slicer_version)
     module = adapter.import_module(monkeypatch)
     from CTDiffusionLib.jobs import runner
 
@@ -137,3 +142,33 @@ def test_reload_and_test_never_raises_skip_without_the_engine(widget, monkeypatc
             pytest.fail(f"runTest() raised SkipTest: {skip}")
     assert built == [1]
     assert "PyTorch" in caplog.text and "not installed" in caplog.text
+
+
+@pytest.mark.parametrize("slicer_version", [(5, 10), (5, 12)], ids=["5.10", "5.12"], indirect=True)
+def test_install_packages_one_confirmation_one_path_slicer_packages_pinned(widget, monkeypatch, slicer_version):
+    """Item 4: Install asks once, then installs by this version's path (5.10 slicer.util.pip_install, 5.12
+    slicer.packaging.pip_ensure without its own prompts), with a constraints file pinning Slicer's torch/numpy."""
+    from CTDiffusionLib.jobs import dependencies
+
+    missing = dependencies.DependencyStatus(torch_installed=True, torch_version="2.13.0",
+                                            missing=dependencies.parse_requirements("monai>=1.4\ndiffusers>=0.30"))
+    dialogs = widget.test_dialogs
+    installed = dependencies.DependencyStatus(torch_installed=True, torch_version="2.13.0")
+    monkeypatch.setattr(dependencies, "check", lambda *a, **k: installed if dialogs.pip else missing)
+    widget.updateDependencyStatus()  # as when the panel opens
+    assert widget.ui.installDependenciesButton.enabled
+    widget.ui.installDependenciesButton.click()
+    assert len(dialogs.texts("confirmOkCancelDisplay")) == 1 and not dialogs.texts("confirmYesNoDisplay")
+    assert not dialogs.texts("errorDisplay"), dialogs.shown
+    [(function, requirements, options)] = dialogs.pip
+    if slicer_version >= (5, 12):
+        assert function == "pip_ensure" and list(requirements) == ["monai>=1.4", "diffusers>=0.30"]
+        assert (options["prompt_install"], options["prompt_restart"]) == (False, False)
+        constraints = options["constraints"]
+    else:
+        assert function == "pip_install" and requirements[0] == "-c"
+        assert requirements[2:] == ["monai>=1.4", "diffusers>=0.30"]
+        constraints = requirements[1]
+    pins = open(constraints, encoding="utf-8").read().splitlines()
+    for name in ("torch", "numpy"):  # what this environment has installed stays as it is
+        assert f"{name}=={dependencies.installed_version(name)}" in pins

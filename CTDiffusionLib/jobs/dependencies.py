@@ -148,3 +148,57 @@ def unsupported_slicer(slicer_version: tuple[int, int], python_version: tuple[in
                 f"{slicer_version[0]}.{slicer_version[1]} with Python {python_version[0]}.{python_version[1]}; "
                 f"the engine needs Python {PYTHON_MINIMUM[0]}.{PYTHON_MINIMUM[1]}+): please install a current Slicer.")
     return None
+
+
+# ------------------------------------------------------------------------------------- how to install, by version
+#: Slicer that has slicer.packaging.pip_ensure (Base/Python/slicer/packaging.py exists from v5.12.0; v5.10.0 has only
+#: slicer.util.pip_install(requirements), which runs `python -m pip install` with the arguments given).
+SLICER_PIP_ENSURE = (5, 12)
+#: Slicer's own packages that monai/diffusers/scipy/matplotlib must not move: pinned to what is installed.
+PINNED = ("torch", "numpy", "SimpleITK", "requests")
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """How this Slicer installs the missing packages of Resources/requirements.txt (after the module's one
+    confirmation): `method` is "pip_install" (slicer.util.pip_install(arguments), Slicer 5.10) or "pip_ensure"
+    (slicer.packaging.pip_ensure(requirements, **options), Slicer 5.12+), always with the constraints file."""
+
+    method: str
+    requirements: tuple[str, ...]
+    constraints: str  # the constraints file's text: PINNED packages at their installed versions
+
+    def pip_install_arguments(self, constraints_path: str | Path) -> list[str]:
+        """slicer.util.pip_install's list form: each item one argument (a path with spaces stays one)."""
+        return ["-c", str(constraints_path), *self.requirements]
+
+    def pip_ensure_options(self, constraints_path: str | Path) -> dict:
+        """slicer.packaging.pip_ensure keyword arguments: the module asked already and offers the restart itself,
+        so pip_ensure shows neither its confirmation (whose "No" it turns into an error) nor its restart prompt;
+        it installs in testing mode too, as the 5.10 path does."""
+        return {"constraints": str(constraints_path), "prompt_install": False, "prompt_restart": False,
+                "requester": "CTDiffusion", "skip_in_testing": False}
+
+
+def constraints_text(version_of=installed_version) -> str:
+    """`name==version` for each installed PINNED package (pip -c: a pin that never installs anything itself)."""
+    lines = ["# Slicer's own packages, pinned while CTDiffusion installs its requirements"]
+    for name in PINNED:
+        version = version_of(name)
+        if version:
+            lines.append(f"{name}=={version}")
+    return "\n".join(lines) + "\n"
+
+
+def install_plan(slicer_version: tuple[int, int], status: DependencyStatus, version_of=installed_version
+                 ) -> InstallPlan:
+    """The one install path for this Slicer version (PyTorch itself comes from the PyTorch extension)."""
+    method = "pip_ensure" if tuple(slicer_version) >= SLICER_PIP_ENSURE else "pip_install"
+    return InstallPlan(method, tuple(r.line for r in status.missing), constraints_text(version_of))
+
+
+def write_constraints(plan: InstallPlan, folder: str | Path) -> Path:
+    path = Path(folder) / "CTDiffusion-constraints.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plan.constraints, encoding="utf-8")
+    return path
