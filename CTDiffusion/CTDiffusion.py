@@ -28,6 +28,7 @@ if _LIBRARY is not None and str(_LIBRARY) not in sys.path:
 import qt
 import slicer
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -51,7 +52,7 @@ class CTDiffusion(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("CTDiffusion")
-        self.parent.categories = [_("Image Synthesis")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]  # as Slicer's template
         self.parent.dependencies = []
         self.parent.contributors = ["CTDiffusion contributors"]
         self.parent.helpText = _(

@@ -536,6 +536,7 @@ class Dialogs:
         self.shown: list[tuple[str, str]] = []
         self.answers: deque = deque()
         self.pip: list[tuple[str, object, dict]] = []  # (function, requirements, keyword arguments) of each install
+        self.translations: list[tuple[str, str]] = []  # (context, text) of each slicer.i18n.translate call
 
     def _ask(self, kind, text):
         self.shown.append((kind, str(text)))
@@ -610,7 +611,8 @@ def install(monkeypatch, tmp_path, version=(5, 10)):
     dialogs = Dialogs()
     monkeypatch.setitem(sys.modules, "qt", _qt_module())
     monkeypatch.setitem(sys.modules, "ctk", _ctk_module())
-    monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(tr=lambda text: text))
+    monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(
+        tr=lambda text: text, translate=lambda context, text: dialogs.translations.append((context, text)) or text))
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", types.SimpleNamespace(
         parameterNodeWrapper=parameterNodeWrapper, WithinRange=WithinRange))
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", types.SimpleNamespace(

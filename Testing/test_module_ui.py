@@ -231,7 +231,8 @@ def test_module_compiles_and_imports_nothing_heavy_at_module_level():
 def test_module_metadata_and_credits():
     tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     text = MODULE.read_text(encoding="utf-8")
-    assert 'self.parent.categories = [_("Image Synthesis")]' in text
+    # the category in the translation context Slicer's module template uses (Utilities/Templates, 5.8-5.12)
+    assert 'self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]' in text
     for needle in ("master's thesis", "28 prostate CT", "mixed 2D/3D UNet", "student report", "ACDC",
                    "cosine noise schedule"):
         assert needle in text, needle
@@ -296,7 +297,7 @@ def _import_module_with_stubs(monkeypatch, tmp_path):
     slicer_stub.util = types.SimpleNamespace(VTKObservationMixin=_base("VTKObservationMixin"))
     modules = {
         "qt": mock.MagicMock(), "ctk": mock.MagicMock(), "slicer": slicer_stub,
-        "slicer.i18n": types.SimpleNamespace(tr=lambda text: text),
+        "slicer.i18n": types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text),
         "slicer.parameterNodeWrapper": types.SimpleNamespace(WithinRange=lambda lo, hi: ("WithinRange", lo, hi),
                                                              parameterNodeWrapper=lambda cls: cls),
         "slicer.ScriptedLoadableModule": types.SimpleNamespace(

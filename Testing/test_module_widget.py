@@ -172,3 +172,14 @@ def test_install_packages_one_confirmation_one_path_slicer_packages_pinned(widge
     pins = open(constraints, encoding="utf-8").read().splitlines()
     for name in ("torch", "numpy"):  # what this environment has installed stays as it is
         assert f"{name}=={dependencies.installed_version(name)}" in pins
+
+
+def test_module_category_uses_the_core_module_translation_context(widget):
+    """Item 7: categories are translated in qSlicerAbstractCoreModule's context, as Slicer's module template does
+    (Utilities/Templates/Modules/Scripted/TemplateKey.py at v5.8.1, v5.10.0, v5.12.3)."""
+    import types
+
+    parent = types.SimpleNamespace()
+    widget.test_module.CTDiffusion(parent)
+    assert parent.categories == ["Image Synthesis"]
+    assert ("qSlicerAbstractCoreModule", "Image Synthesis") in widget.test_dialogs.translations

@@ -57,6 +57,7 @@ def show_comparison_layout(scene=None):
         node.AddLayoutDescription(LAYOUT_ID, layout_description())
     else:
         node.SetLayoutDescription(LAYOUT_ID, layout_description())
+    node.RemoveAllMaximizedViewNodes()  # a maximized view would hide the comparison views behind it
     node.SetViewArrangement(LAYOUT_ID)
     after_layout_change(scene)
     return node

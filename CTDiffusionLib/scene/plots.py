@@ -63,6 +63,9 @@ def _series(scene, name: str, table_node, x: str, y: str, color, style: str = "l
     return series
 
 
+LOSS_COLUMNS = ("step", "loss", "val_loss")
+
+
 class LossCurve:
     """Loss (and validation loss) against step, in a table node drawn by a plot chart node; `add(event)` per
     progress event. Points without a value (validation every n steps) are NaN and are not drawn."""
@@ -70,7 +73,8 @@ class LossCurve:
     def __init__(self, scene=None, name_suffix: str = ""):
         self.scene = get_scene(scene)
         self.table = _new_or_existing(self.scene, "vtkMRMLTableNode", LOSS_TABLE_NAME + name_suffix)
-        _set_columns(self.table, [("step", "double"), ("loss", "double"), ("val_loss", "double")])
+        if self._column_names() != list(LOSS_COLUMNS):  # a new table; an existing curve keeps its history (resume)
+            self.clear()
         self.chart = _new_or_existing(self.scene, "vtkMRMLPlotChartNode", LOSS_CHART_NAME + name_suffix)
         self.chart.RemoveAllPlotSeriesNodeIDs()
         self.chart.SetTitle("Training loss")
@@ -110,8 +114,12 @@ class LossCurve:
         arr = self.table.GetTable().GetColumnByName(name)
         return [arr.GetValue(i) for i in range(arr.GetNumberOfTuples())]
 
+    def _column_names(self) -> list[str]:
+        table = self.table.GetTable()
+        return [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+
     def clear(self) -> None:
-        _set_columns(self.table, [("step", "double"), ("loss", "double"), ("val_loss", "double")])
+        _set_columns(self.table, [(name, "double") for name in LOSS_COLUMNS])
         self.table.Modified()
 
 
