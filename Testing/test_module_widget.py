@@ -183,3 +183,19 @@ def test_module_category_uses_the_core_module_translation_context(widget):
     widget.test_module.CTDiffusion(parent)
     assert parent.categories == ["Image Synthesis"]
     assert ("qSlicerAbstractCoreModule", "Image Synthesis") in widget.test_dialogs.translations
+
+
+def test_quality_table_in_the_panel_shows_verdicts(widget, tmp_path):
+    """Item 8: after an evaluation the panel's metrics table holds each metric's verdict and interval."""
+    import json
+
+    from test_scene_views import REPORT
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps(REPORT))
+    widget.onEvaluationCompleted(report)
+    from CTDiffusionLib.scene.plots import table_rows
+
+    rows = table_rows(widget.ui.metricsTableView.mrmlTableNode())
+    assert [row[0] for row in rows] == ["FAIL", "ok"] and rows[0][3] == "12.35 .. 67.89 (fail above)"

@@ -72,7 +72,10 @@ def mask_run(tmp_path_factory):
         "profile": "cardiac-masks",
         "verdicts": {"realism": "close to real", "novelty": {"verdict": "no memorised samples"}},
         "summary": {"dice_plausibility": {"generated": 0.91, "real_floor": 0.95, "better": "higher"},
-                    "mmd": 0.0123}}))
+                    "mmd": 0.0123,
+                    "frechet_distance": {"generated": 123.4567, "interval": [12.345, 67.891], "sided": "upper",
+                                         "verdict": "fail", "description": "Fréchet distance (FID formula) between "
+                                         "feature distributions of generated and real volumes"}}}))
     return root
 
 
@@ -149,6 +152,18 @@ def test_default_host_is_loopback():
     assert args.host == "127.0.0.1" and args.port == 8080
 
 
+def test_bare_folders_get_their_profile_from_the_data_as_evaluate_does(tmp_path):
+    """No run config, sidecar or report: label maps are masks, intensities CT (evaluation.inputs.infer_profile)."""
+    ct = write_phantom_dataset("prostate-ct", 1, tmp_path / "ct", size_xyz=SIZE)
+    masks = write_phantom_dataset("cardiac-masks", 1, tmp_path / "acdc", size_xyz=SIZE)
+    mask_files = tmp_path / "mask-files"
+    mask_files.mkdir()
+    for f in sorted(Path(masks).rglob("*_gt.nii.gz")):
+        shutil.copy(f, mask_files / f.name)
+    assert resolve_inputs(generated=ct).profile == "prostate-ct"
+    assert resolve_inputs(generated=mask_files).profile == "cardiac-masks"
+
+
 def test_resolve_requires_something_to_show():
     with pytest.raises(InputError, match="Nothing to show"):
         resolve_inputs()
@@ -161,15 +176,15 @@ def test_verdict_and_metrics_are_read_defensively():
     assert verdict_line(older) == "PASS: no sample is a near copy."
     rows = metric_rows(older)
     assert [r["metric"] for r in rows] == ["a", "b", "c"]
-    assert rows[0]["generated"] == "0.5" and rows[0]["real"] == "0.25 \u2193" and rows[1]["generated"] == "3"
+    assert rows[0]["generated"] == "0.5" and rows[0]["interval"] == "0.25 \u2193" and rows[1]["generated"] == "3"
     newer = {"verdict": "fail", "verdict_line": "FAIL: 1 of 2 metrics lie outside what real data gives: a.",
              "verdicts": {"a": "fail", "b": "pass"},
              "summary": {"a": {"generated": 9.0, "interval": [1.0, 2.5], "verdict": "fail"}, "b": {"generated": 1}}}
-    assert [h["key"] for h in metric_headers(rows)] == ["metric", "generated", "real"]  # no verdicts: no column
+    assert [h["key"] for h in metric_headers(rows)] == ["metric", "generated", "interval"]  # no verdicts: no column
     assert verdict_line(newer) == newer["verdict_line"]
     rows = metric_rows(newer)
-    assert [h["key"] for h in metric_headers(rows)] == ["metric", "generated", "real", "verdict"]
-    assert rows[0]["real"] == "1 .. 2.5" and rows[0]["verdict"] == "fail" and rows[1]["verdict"] == "pass"
+    assert [h["key"] for h in metric_headers(rows)] == ["verdict", "metric", "generated", "interval"]  # verdict first
+    assert rows[0]["interval"] == "1 .. 2.5" and rows[0]["verdict"] == "fail" and rows[1]["verdict"] == "pass"
     assert verdict_line({"verdict": "usable", "verdicts": {"realism": {"verdict": "pass"}, "novelty": "fail"}}) == \
         "usable; realism: pass; novelty: fail"
     assert verdict_line({"verdicts": ["ok", {"text": "fine"}]}) == "ok; fine"
@@ -330,6 +345,21 @@ IMAGES_LOADED = ("(() => { const i = [...document.querySelectorAll('.image-displ
                  " return i.length === 2 && i.every(x => x.complete && x.naturalWidth > 0); })()")
 
 
+VERDICT_AND_INTERVAL = """(() => {
+    const table = document.querySelector('#metrics');
+    const wrapper = table.querySelector('.v-table__wrapper').getBoundingClientRect();
+    const row = [...table.querySelectorAll('tbody tr')].find(r => r.textContent.includes('frechet_distance'));
+    const cells = [...row.querySelectorAll('td')];
+    const verdict = cells[0].getBoundingClientRect();
+    const interval = document.createRange();
+    interval.selectNodeContents(cells[3]);
+    const lines = new Set([...interval.getClientRects()].map(r => Math.round(r.top))).size;
+    return [table.querySelector('th').textContent.trim(),
+            verdict.left >= wrapper.left && verdict.right <= wrapper.right && verdict.right <= innerWidth,
+            getComputedStyle(cells[0].querySelector('b')).color, lines];
+})()"""
+
+
 async def _views(page) -> list[np.ndarray]:
     """The two slice views cut out of a screenshot of the whole page (RGB, float)."""
     from PIL import Image
@@ -444,6 +474,9 @@ def test_page_shows_masks_in_profile_colours_report_and_live_training(mask_run, 
             assert "realism: close to real" in verdict and "novelty: no memorised samples" in verdict
             table = await page.evaluate("document.querySelector('#metrics').textContent")
             assert "dice_plausibility" in table and "0.91" in table and "mmd" in table
+            # at 1400x900 the verdict is the first column, in view and red; the interval is one line
+            first, visible, colour, lines = await page.evaluate(VERDICT_AND_INTERVAL)
+            assert (first, visible, colour, lines) == ("verdict", True, "rgb(198, 40, 40)", 1)
             await page.wait_for("document.querySelector('#loss-curve') !== null", timeout=20)
             status = await page.evaluate("document.querySelector('#training-status').textContent")
             assert "step 10 / 40" in status

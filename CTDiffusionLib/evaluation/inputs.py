@@ -81,13 +81,13 @@ def _check_labels(raw: np.ndarray, path: Path, profile: Profile) -> None:
                                             if intensity else "."))
 
 
-def _infer_profile(samples: list, folder: Path) -> Profile:
+def infer_profile(arrays: list, folder: Path) -> Profile:
     """No --profile and no sidecars: label maps belong to the label-map profile, anything else to the intensity
-    profile; refused when that is ambiguous (several profiles of the kind)."""
-    labels = all(_looks_like_labels(s.array) for s in samples)
+    profile; refused when that is ambiguous (several profiles of the kind). `evaluate` and `view` both use it."""
+    labels = all(_looks_like_labels(a) for a in arrays)
     fits = [p for p in PROFILES.values() if p.is_label_map == labels]
     if len(fits) != 1:
-        raise InputError(f"The profile of the generated volumes in {folder} cannot be told from the data.",
+        raise InputError(f"The profile of the volumes in {folder} cannot be told from the data.",
                          f"Pass --profile ({', '.join(PROFILES)}).")
     return fits[0]
 
@@ -132,7 +132,7 @@ def load_generated(folder, profile: str | None = None) -> GeneratedSet:
                          "Evaluate one profile at a time.")
     profile = profile or (sidecar_profiles.pop() if sidecar_profiles else None)
     if profile is None:
-        profile = _infer_profile(samples, folder)
+        profile = infer_profile([s.array for s in samples], folder)
     elif not isinstance(profile, Profile) and profile not in PROFILES:
         raise InputError(f"Unknown profile {profile!r} in the sidecars of {folder}.",
                          f"Pass --profile ({', '.join(PROFILES)}).")

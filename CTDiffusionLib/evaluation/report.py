@@ -6,24 +6,17 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from CTDiffusionLib.evaluation.quality_table import COLUMNS, format_value, quality_rows
+
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}.gate{padding:12px 16px;font-weight:bold;font-size:16px;border-radius:4px}
 .pass{background:#e3f4e3;border:2px solid #2e7d32}.flagged{background:#fde2e2;border:2px solid #c62828}
 .not_checked{background:#fff4d6;border:2px solid #b08000}.worse{color:#c62828}img{max-width:100%;margin:6px 0}
-.small{font-size:12px;color:#555}"""
+.small{font-size:12px;color:#555}.ok{color:#2e7d32}.nowrap{white-space:nowrap}"""
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
-    return str(v)
+_fmt = format_value
 
 
 def _table(header: list, rows: list) -> str:
@@ -32,29 +25,16 @@ def _table(header: list, rows: list) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _interval(e: dict) -> str:
-    iv = e.get("interval")
-    if not iv:
-        return "–"
-    side = {"upper": "fail above", "lower": "fail below", "two-sided": "fail outside"}.get(e.get("sided"), "")
-    return f"{_fmt(iv[0])} .. {_fmt(iv[1])} ({side})"
-
-
 def summary_table(summary: dict) -> str:
+    """The metrics table (rows: evaluation/quality_table.py, shared with the web viewer and Slicer): the verdict
+    first and coloured, the real-vs-real interval on one line."""
     rows = []
-    for name, e in summary.items():
-        fail = e.get("verdict") == "fail"
-        cls = ' class="worse"' if fail else ""
-        extra = ""
-        if "generated_value" in e:
-            extra = f" (generated {_fmt(e['generated_value'])}, real {_fmt(e['real_value'])})"
-        elif "real_value" in e:
-            extra = f" (held-out real {_fmt(e['real_value'])})"
-        if e.get("per_network"):
-            extra += f" (per feature network: {', '.join(_fmt(v) for v in e['per_network'])})"
-        rows.append([f"<span{cls}>{html.escape(name)}</span>", _fmt(e["generated"]), _interval(e),
-                     f"<b{cls}>{'FAIL' if fail else 'ok'}</b>", html.escape(e["description"] + extra)])
-    return _table(["metric", "generated", "real-vs-real 95% interval", "verdict", "what it measures"], rows)
+    for row in quality_rows({"summary": summary}, per_condition=False):
+        cls = {"fail": "worse", "pass": "ok"}.get(row["verdict"], "")
+        rows.append([f"<b class='{cls}'>{html.escape(row['verdict_label'])}</b>", html.escape(row["metric"]),
+                     html.escape(row["generated"]), f"<span class='nowrap'>{html.escape(row['interval'] or '–')}</span>",
+                     html.escape(row["description"])])
+    return _table([title for _key, title in COLUMNS], rows)
 
 
 def write_report(path: Path, m: dict) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import slicer
 
+from CTDiffusionLib.evaluation.quality_table import COLUMNS as QUALITY_COLUMNS
+from CTDiffusionLib.evaluation.quality_table import format_value, quality_rows
 from CTDiffusionLib.scene.core import get_scene
 from CTDiffusionLib.profiles import PROFILES, get_profile
 from CTDiffusionLib.scene.nodes import is_segmentation
@@ -123,14 +125,6 @@ class LossCurve:
         self.table.Modified()
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def load_metrics(report: str | Path | dict) -> dict:
     """metrics.json (a report folder, the file, or the parsed dict)."""
     if isinstance(report, dict):
@@ -149,26 +143,13 @@ def metrics_tables(report, scene=None):
     scene = get_scene(scene)
     metrics = load_metrics(report)
     summary_node = _new_or_existing(scene, "vtkMRMLTableNode", METRICS_TABLE_NAME)
-    _set_columns(summary_node, [("Metric", "string"), ("Generated", "string"), ("Real floor", "string"),
-                                ("Better", "string"), ("Description", "string")])
+    # the rows report.html and the web viewer show (evaluation/quality_table.py): verdict first, then the interval
+    _set_columns(summary_node, [(title[:1].upper() + title[1:], "string") for _key, title in QUALITY_COLUMNS])
     table = summary_node.GetTable()
-
-    def add_row(values):
+    for values in quality_rows(metrics):
         row = table.InsertNextBlankRow()
-        for col, value in enumerate(values):
-            table.SetValue(row, col, str(value))
-
-    for name, entry in (metrics.get("summary") or {}).items():
-        entry = entry if isinstance(entry, dict) else {"generated": entry}
-        add_row([name, _fmt(entry.get("generated")), _fmt(entry.get("real_floor")), entry.get("better") or "",
-                 entry.get("description") or ""])
-    for condition, entries in (metrics.get("per_condition") or {}).items():
-        if not isinstance(entries, dict):
-            continue
-        for name, entry in entries.items():
-            entry = entry if isinstance(entry, dict) else {"generated": entry}
-            add_row([f"{name} [{condition}]", _fmt(entry.get("generated")), _fmt(entry.get("real_floor")),
-                     entry.get("better") or "", entry.get("description") or ""])
+        for col, (key, _title) in enumerate(QUALITY_COLUMNS):
+            table.SetValue(row, col, values["verdict_label"] if key == "verdict" else values[key])
     summary_node.Modified()
 
     samples_node = _new_or_existing(scene, "vtkMRMLTableNode", SAMPLES_TABLE_NAME)
@@ -180,7 +161,7 @@ def metrics_tables(report, scene=None):
         row = st.InsertNextBlankRow()
         name = str(sample.get("name", ""))
         memorised = bool(sample.get("memorised")) or name in flagged
-        for col, value in enumerate([name, sample.get("nearest_train") or "", _fmt(sample.get("nearest_similarity")),
+        for col, value in enumerate([name, sample.get("nearest_train") or "", format_value(sample.get("nearest_similarity")),
                                      MEMORISED_FLAG if memorised else ""]):
             st.SetValue(row, col, str(value))
     samples_node.Modified()

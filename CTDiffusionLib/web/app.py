@@ -341,9 +341,12 @@ class ViewerApp(TrameApp):
                       id="side-panel"):
             html.Div("Quality report", classes="text-subtitle-1")
             html.Div("{{ verdict || 'No report (metrics.json) found.' }}", id="verdict", classes="text-body-2 mb-2")
-            v3.VDataTable(headers=("metric_headers",), items=("metric_rows",), density="compact",
-                          items_per_page=-1, hide_default_footer=True, v_if="metric_rows.length", id="metrics",
-                          style="font-size: 12px;")
+            with v3.VDataTable(headers=("metric_headers",), items=("metric_rows",), density="compact",
+                               items_per_page=-1, hide_default_footer=True, v_if="metric_rows.length", id="metrics",
+                               style="font-size: 12px;"):
+                with v3.Template(raw_attrs=['v-slot:item.verdict="{ item }"']):  # the verdict, coloured
+                    html.B("{{ item.verdict_label }}",
+                           style=("item.verdict === 'fail' ? 'color: #c62828' : 'color: #2e7d32'",))
             with html.Div(v_if="is_run", id="training"):
                 html.Div("Training", classes="text-subtitle-1 mt-4")
                 html.Div("{{ training_status || 'no progress events yet' }}", classes="text-body-2",

@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+from CTDiffusionLib.evaluation.quality_table import COLUMNS, quality_rows
 from CTDiffusionLib.events import EventReader
 
 
@@ -59,38 +60,16 @@ def verdict_line(metrics: dict) -> str:
     return "; ".join(p for p in parts if p)
 
 
-METRIC_COLUMNS = ("metric", "generated", "real", "verdict")
-
-
-def _real_reference(entry: dict) -> str:
-    """What real data gives: a real-vs-real interval ("lo .. hi") or a floor value, whichever the report has."""
-    interval = entry.get("interval")
-    if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        return f"{_text(interval[0])} .. {_text(interval[1])}"
-    return _text(entry.get("real_floor", entry.get("floor")))
-
-
 def metric_headers(rows: list[dict]) -> list[dict]:
-    """Table headers for the columns that have something to show (older reports have no verdicts)."""
-    return [{"title": c, "key": c} for c in METRIC_COLUMNS if c == "metric" or any(r.get(c) for r in rows)]
+    """Table headers (the shared quality table's columns, verdict first) for the columns that have something to
+    show (older reports have no verdicts); the interval stays on one line."""
+    return [{"title": title, "key": key, "nowrap": key == "interval"} for key, title in COLUMNS
+            if key == "metric" or any(r.get(key) for r in rows)]
 
 
 def metric_rows(metrics: dict) -> list[dict]:
-    """Rows of the metrics table from the report's "summary" (name -> entry dict or bare number)."""
-    rows = []
-    summary = metrics.get("summary")
-    if not isinstance(summary, dict):
-        return rows
-    verdicts = metrics.get("verdicts") if isinstance(metrics.get("verdicts"), dict) else {}
-    for name, entry in summary.items():
-        entry = entry if isinstance(entry, dict) else {"generated": entry}
-        arrow = {"lower": " \u2193", "higher": " \u2191"}.get(_text(entry.get("better")), "")  # which way is better
-        rows.append({"metric": str(name),
-                     "generated": _text(entry.get("generated", entry.get("value"))),
-                     "real": _real_reference(entry) + arrow,
-                     "verdict": _text(entry.get("verdict", verdicts.get(name))),
-                     "description": _text(entry.get("description"))})
-    return rows
+    """Rows of the metrics table: evaluation/quality_table.py, the same rows report.html and Slicer show."""
+    return quality_rows(metrics)
 
 
 class TrainingFollower:

@@ -96,6 +96,26 @@ def _sidecar_profile(folder: Path) -> str | None:
     return None
 
 
+#: Volumes read to tell the data type of bare folders (label maps or intensities; the rule `evaluate` uses).
+PROFILE_PROBE_VOLUMES = 4
+
+
+def _profile_from_data(folder: Path | None) -> str:
+    """Bare folders (no run config, sidecar or report): the profile the data itself shows, as `evaluate` infers
+    it (evaluation.inputs.infer_profile); InputError naming the folder when it cannot be told."""
+    import SimpleITK as sitk
+
+    from CTDiffusionLib.data.volume_io import read_image
+    from CTDiffusionLib.evaluation.inputs import infer_profile
+
+    volumes = list_volumes(folder) if folder is not None else []
+    if not volumes:
+        raise InputError("The data type of these volumes is unknown (no run config, sidecar or report names it).",
+                         "Pass --profile prostate-ct or --profile cardiac-masks.")
+    arrays = [sitk.GetArrayFromImage(read_image(v.path, what="volume")) for v in volumes[:PROFILE_PROBE_VOLUMES]]
+    return infer_profile(arrays, folder).name
+
+
 def resolve_inputs(folder=None, *, real=None, generated=None, report=None, profile: str | None = None) -> ViewerInputs:
     """Find what to show; InputError (one sentence naming the path) when there is nothing usable."""
     base = _existing_folder(folder, "run/output")
@@ -134,10 +154,7 @@ def resolve_inputs(folder=None, *, real=None, generated=None, report=None, profi
     has_report = report_dir is not None and (report_dir / REPORT_FILE).is_file()
     metrics = read_json(report_dir / REPORT_FILE, "quality report") if has_report else {}
     found = (profile or config.get("profile") or (generated_dir and _sidecar_profile(generated_dir))
-             or metrics.get("profile"))
-    if not found:
-        raise InputError("The data type of these volumes is unknown (no run config, sidecar or report names it).",
-                         "Pass --profile prostate-ct or --profile cardiac-masks.")
+             or metrics.get("profile") or _profile_from_data(generated_dir or real_dir))
     inputs = ViewerInputs(get_profile(found).name, real_sources, generated_dir, report_dir, run_dir)
     if real_dir is not None and not inputs.real_volumes():  # discovery raises for unreadable layouts
         raise InputError(f"The --real folder {real_dir} holds no volumes.", _WHAT_FOLDER)
