@@ -220,7 +220,7 @@ BAD_CT_FILES = [
     ("negative spacing", "neg.nii", lambda p: _nifti_with_header(p, _ct(), pixdim=(1.0, 1.0, -2.5)),
      "voxel size of -2.5 mm along z"),
 ]
-_SHEAR = (1.0, 0.0, 0.0, 0.3, 0.954, 0.0, 0.0, 0.0, 1.0)  # the x axis leans 16.7 degrees towards y (axes at 73.3 degrees)
+_SHEAR = (1.0, 0.0, 0.0, 0.3, 0.954, 0.0, 0.0, 0.0, 1.0)  # x leans 16.7 degrees towards y: axes at 73.3 degrees
 
 
 def _write(path: Path, array: np.ndarray, direction=None) -> Path:
@@ -349,8 +349,8 @@ EDITED_BUNDLES = [
                                          .symlink_to("/dev/zero")), "is not a regular file"),
     ("weights cut short", lambda b: (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()[:-10]),
      "its safetensors header declares"),
-    ("weights padded", lambda b: (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()
-                                                                        + b"\0" * 10), "its safetensors header declares"),
+    ("weights padded", lambda b: (b / "model.safetensors").write_bytes(
+        (b / "model.safetensors").read_bytes() + b"\0" * 10), "its safetensors header declares"),
     ("weights name outside", lambda b: _edit_meta(b, lambda m: m.update(weights="../../etc/passwd")),
      "weights is '../../etc/passwd'"),
 ]
@@ -374,3 +374,144 @@ def test_viewer_port_in_use(tmp_path, tiny_ct_run, capsys):
         port = taken.getsockname()[1]
         err = _refused(capsys, "view", tiny_ct_run, "--port", port)
     assert f"--port {port} on 127.0.0.1 cannot be used (Address already in use)" in err
+
+
+def test_memory_error_that_reaches_the_cli_is_one_sentence(tmp_path, ct_phantoms, capsys, monkeypatch):
+    from CTDiffusionLib.training import trainer
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(trainer, "prepare_dataset", out_of_memory)
+    err = _refused(capsys, "train", *TINY, "--data", ct_phantoms, "--out", tmp_path / "run", "--steps", 1,
+                   code=EXIT_FAILED)
+    assert "error: The computer ran out of memory." in err and "Traceback" not in err
+
+
+def _limit_file_size(limit: int):
+    import resource
+    import signal
+
+    def apply() -> None:  # in the child: writes past `limit` bytes fail (EFBIG), as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_disk_full_during_evaluate_leaves_no_half_report(tmp_path, ct_phantoms, tiny_ct_run):
+    generated = tmp_path / "gen"
+    assert run_cli("generate", "--model", tiny_ct_run, "--num", 2, "--steps", 2, "--sampler", "ddim", "--out",
+                   generated) == 0
+    out = tmp_path / "report"
+    env = {**CHILD_ENV, "CTDIFFUSION_EVAL_FEATURE_STEPS": "2"}
+    child = subprocess.run([sys.executable, "-m", "CTDiffusionLib", "evaluate", "--real", ct_phantoms, "--train",
+                            ct_phantoms, "--generated", generated, "--out", out, "--device", "cpu"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                           preexec_fn=_limit_file_size(20_000))
+    assert child.returncode == EXIT_FAILED, child.stderr[-3000:]
+    assert "Traceback" not in child.stderr
+    assert "error: Could not write" in child.stderr
+    assert not out.exists()  # no events.jsonl, no empty figures/
+
+
+# ------------------------------------------------------------------------------- 3. ACDC, resume
+
+def test_acdc_problems_are_said(tmp_path, mask_phantoms, caplog):
+    from CTDiffusionLib.data.discovery import discover_cases
+
+    data = tmp_path / "acdc"
+    shutil.copytree(mask_phantoms, data)
+    patients = sorted(p.parent for p in data.rglob("Info.cfg"))
+    info = patients[0] / "Info.cfg"
+    info.write_text(info.read_text().replace(f"Group: {_group(info)}", "Group: XYZ"))
+    es_frame = _frame(patients[1] / "Info.cfg", "ES")
+    for mask in patients[1].glob(f"*_frame{es_frame:02d}_gt.nii.gz"):
+        mask.unlink()
+    for mask in patients[2].glob("*_gt.nii.gz"):
+        mask.unlink()
+    cases = discover_cases([data], "cardiac-masks")
+    assert f"The ACDC info file {info} names the group 'XYZ', which is not one of ACDC's NOR" in caplog.text
+    assert f"The ACDC patient folder {patients[1]} has no ES mask (frame {es_frame}" in caplog.text
+    assert "it trains on ED only" in caplog.text
+    assert f"The ACDC patient folder {patients[2]} has an Info.cfg but no *_frameNN_gt masks; it is left out" \
+        in caplog.text
+    assert not any(Path(c.path).parent == patients[2] for c in cases)
+
+
+def _group(info: Path) -> str:
+    return next(line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("Group"))
+
+
+def _frame(info: Path, phase: str) -> int:
+    return int(next(line.split(":", 1)[1] for line in info.read_text().splitlines() if line.startswith(phase + ":")))
+
+
+RESUME_FLAGS = [
+    ("--preset", ["--preset", "demo"], "--preset demo differs from the run's tiny"),
+    ("--grid", ["--grid", "64x64x8"], "--grid 64x64x8 differs from the run's 32x32x8"),
+    ("--batch-size", ["--batch-size", "4"], "--batch-size 4 differs from the run's 2"),
+    ("--lr", ["--lr", "0.5"], "--lr 0.5 differs from the run's 0.001"),
+    ("--data", ["--data", "OTHER"], "--resume continues the run on its own data, but --data"),
+]
+
+
+@pytest.mark.parametrize("flag,extra,phrase", RESUME_FLAGS, ids=[r[0] for r in RESUME_FLAGS])
+def test_resume_with_other_settings_is_refused(flag, extra, phrase, tmp_path, tiny_ct_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ct_run, run)
+    extra = [str(tmp_path) if a == "OTHER" else a for a in extra]
+    before = _tree(run)
+    err = _refused(capsys, "train", "--profile", "prostate-ct", "--out", run, "--resume", "--steps", 7, *extra)
+    assert phrase in err, err
+    ours = ("events.jsonl", LOCK_NAME)  # the error event is added, and the lock names its last holder
+    assert {k: v for k, v in _tree(run).items() if k not in ours} == {k: v for k, v in before.items() if k not in ours}
+
+
+def test_resume_with_its_own_settings_is_fine(tmp_path, tiny_ct_run, ct_phantoms):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ct_run, run)
+    assert run_cli("train", *TINY, "--data", ct_phantoms, "--out", run, "--resume", "--steps", 7) == 0
+
+
+@pytest.mark.parametrize("change", ["removed", "added", "replaced or modified"])
+def test_resume_after_the_data_changed(change, tmp_path, ct_phantoms, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(ct_phantoms, data)
+    run = tmp_path / "run"
+    assert run_cli("train", *TINY, "--data", data, "--out", run, "--steps", 2, "--checkpoint-every", 2) == 0
+    files = sorted(data.glob("*.nii.gz"))
+    if change == "removed":
+        files[0].unlink()
+    elif change == "added":
+        shutil.copy(files[0], data / "extra_case.nii.gz")
+    else:
+        image = sitk.ReadImage(str(files[1]))
+        sitk.WriteImage(image + 1, str(files[1]))
+    err = _refused(capsys, "train", "--profile", "prostate-ct", "--out", run, "--resume", "--steps", 3)
+    assert f"The data of the run in {run} changed since it started: cases 1 {change} (" in err, err
+    assert run_cli("train", "--profile", "prostate-ct", "--out", run, "--resume", "--steps", 3,
+                   "--accept-changed-data") == 0
+
+
+# ------------------------------------------------------------------------------- 4. privacy
+
+@pytest.mark.parametrize("turn", ["front-back flip", "left-right flip", "90", "180", "270"])
+def test_near_copy_search_finds_flipped_and_turned_copies(turn):
+    from CTDiffusionLib.evaluation import novelty
+    from CTDiffusionLib.evaluation.similarity import similarity_for
+
+    case = _ct((8, 48, 48), seed=3).astype(np.float32)
+    case[:, 10:20, 30:40] = 900  # something off-centre, so every flip and turn differs from the original
+    copy = {"front-back flip": case[:, ::-1, :], "left-right flip": case[:, :, ::-1],
+            "90": np.rot90(case, 1, axes=(1, 2)), "180": np.rot90(case, 2, axes=(1, 2)),
+            "270": np.rot90(case, 3, axes=(1, 2))}[turn].copy()
+    others = [_ct((8, 48, 48), seed=s).astype(np.float32) for s in (4, 5)]
+    sim = similarity_for("prostate-ct", case.shape)
+    no_augmentation = {"data": {"augment": {"zoom": [1.0, 1.0], "flip": False, "rotate_deg": 0.0}}}
+    space = novelty.augmentation_space("prostate-ct", no_augmentation)
+    found = novelty.AlignedSearch(sim, space, is_label=False).matrix([copy], [case, *others])
+    without_turns = novelty.AlignedSearch(sim, {**space, "quarter_turns": [0.0]}, is_label=False).matrix(
+        [copy], [case, *others])
+    assert found[0, 0] > 0.99 and found[0, 0] == found[0].max()
+    if turn in ("front-back flip", "90", "180", "270"):  # what the earlier left-right-only search missed
+        assert without_turns[0, 0] < 0.9
