@@ -135,6 +135,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._conditionCombos = {}
         self._syntheticNodes = []
+        self._nearCopies = []  # the last report's near-copies (CTDiffusionLib.scene.near_copies.NearCopy)
+        self._nearCopyShown = -1
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -196,6 +198,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.ui.sampleSlider.connect("valueChanged(int)", self.onSampleChanged)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
+        self.ui.showNearCopyButton.connect("clicked(bool)", self.onShowNearCopy)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -708,6 +711,23 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.qualityStatusLabel.text = (
             _("Possibly memorised (too close to a training case): {names}").format(names=", ".join(flagged))
             if flagged else _("No generated sample is a near-copy of a training case."))
+        try:
+            self._nearCopies = self.logic.nearCopies(reportDir, self._parameterNode.profile) if flagged else []
+        except Exception as exc:  # the files to show are gone: say so, the report itself stands
+            self._nearCopies = []
+            self.ui.qualityStatusLabel.text += " " + str(exc)
+        self._nearCopyShown = -1
+        self.ui.showNearCopyButton.enabled = bool(self._nearCopies)
+
+    def onShowNearCopy(self) -> None:
+        """Each click: the next flagged near-copy beside the training case it copies."""
+        if not self._nearCopies:
+            return
+        self._nearCopyShown = (self._nearCopyShown + 1) % len(self._nearCopies)
+        copy = self._nearCopies[self._nearCopyShown]
+        with slicer.util.WaitCursor():
+            self.logic.showNearCopy(copy, self._parameterNode.profile)
+        self.ui.qualityStatusLabel.text = copy.text()
 
     def onOpenReport(self) -> None:
         report = Path(self._parameterNode.lastReportFolder) / "report.html"
@@ -740,6 +760,7 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.viewState = None  # the user's layout and view links while the comparison layout is shown
+        self.evaluated = None  # {"generated": folder, "train": folder or None} of the last evaluation started
 
     def getParameterNode(self):
         return CTDiffusionParameterNode(super().getParameterNode())
@@ -949,7 +970,22 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         settings = EvaluateSettings(real=real, generated=generated, out=str(folders.report),
                                     train=plans.training_data_for_evaluation(p.lastRunFolder),
                                     run=p.lastRunFolder or None, profile=p.profile, device=p.device)
+        self.evaluated = {"generated": generated, "train": settings.train}  # what a near-copy is looked up in
         return build_command(settings), folders.report
+
+    def nearCopies(self, reportDir, profile) -> list:
+        from CTDiffusionLib.scene.near_copies import near_copies
+
+        evaluated = self.evaluated or {}
+        if not evaluated.get("train"):
+            return []
+        return near_copies(reportDir, evaluated["generated"], [evaluated["train"]], profile)
+
+    def showNearCopy(self, copy, profile):
+        from CTDiffusionLib.scene.near_copies import show_near_copy
+
+        self._takeOverLayout()
+        return show_near_copy(copy, profile)
 
     @staticmethod
     def modelConditions(modelPath) -> dict:

@@ -4,6 +4,7 @@ PySide6 + slicer-core adapter (Testing/slicer_qt_adapter.py): Qt's own combo box
 from __future__ import annotations
 
 import unittest
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,34 @@ def test_quality_table_in_the_panel_shows_verdicts(widget, tmp_path):
 
     rows = table_rows(widget.ui.metricsTableView.mrmlTableNode())
     assert [row[0] for row in rows] == ["FAIL", "ok"] and rows[0][3] == "12.35 .. 67.89 (fail above)"
+
+
+def test_one_click_shows_the_flagged_near_copy_beside_its_training_case(widget, tmp_path):
+    """Item 9: after an evaluation that flags a near-copy, the button shows it beside the training case."""
+    import json
+
+    from test_scene_views import _privacy_case
+
+    from CTDiffusionLib.scene import comparison
+
+    train, generated, report = _privacy_case(tmp_path)
+    run = tmp_path / "runs" / "run-a"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"profile": "prostate-ct", "data": {"sources": [str(train)]}}))
+    p = widget._parameterNode
+    p.sourceMode, p.sourceFolder = "folder", str(train)
+    p.lastRunFolder, p.lastGeneratedFolder = str(run), str(generated)
+    assert not widget.ui.showNearCopyButton.enabled
+    widget.ui.evaluateButton.click()
+    [command] = widget.test_jobs
+    out = command.argv[command.argv.index("--out") + 1]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "metrics.json").write_text(json.dumps(report))
+    widget.onEvaluationCompleted(out)
+    assert widget.ui.showNearCopyButton.enabled
+    widget.ui.showNearCopyButton.click()
+    import slicer
+
+    assert comparison.displayed_in(slicer.mrmlScene, comparison.REAL_VIEW).GetName().startswith("case1")
+    assert comparison.displayed_in(slicer.mrmlScene, comparison.SYNTHETIC_VIEW).GetName().startswith("synthetic_0002")
+    assert "0.9731" in widget.ui.qualityStatusLabel.text and "0.9697" in widget.ui.qualityStatusLabel.text

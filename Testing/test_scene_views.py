@@ -81,3 +81,55 @@ def test_report_web_viewer_and_slicer_show_the_same_quality_rows(core_app):  # n
     slicer_rows = plots.table_rows(plots.metrics_tables(REPORT, core_app.scene)[0])
     assert html_rows == web_rows == slicer_rows
     assert html_rows[0][0] == "FAIL" and "(per feature network: 120, 127)" in html_rows[0][-1]
+
+
+def _privacy_case(tmp_path):
+    """Training CTs, a generate output, and a report flagging synthetic_0002 as a copy of case1."""
+    from slicer_fixtures import write_ct, write_generated
+
+    train = tmp_path / "train"
+    for i in range(3):
+        write_ct(train / f"case{i}.nii.gz", seed=10 + i)
+    generated = write_generated(tmp_path / "generated", "prostate-ct", n=2)
+    report = {"profile": "prostate-ct", "summary": {},
+              "memorisation": {"threshold": 0.9697, "flagged": ["synthetic_0002"]},
+              "per_sample": [{"name": "synthetic_0001", "nearest_train": "case0", "nearest_similarity": 0.41,
+                              "memorised": False},
+                             {"name": "synthetic_0002", "nearest_train": "case1", "nearest_similarity": 0.9731,
+                              "memorised": True}]}
+    return train, generated, report
+
+
+def test_near_copy_is_shown_beside_the_training_case_it_copies(core_app, tmp_path):  # noqa: F811
+    from CTDiffusionLib.scene import comparison
+    from CTDiffusionLib.scene.near_copies import near_copies, show_near_copy
+
+    train, generated, report = _privacy_case(tmp_path)
+    [copy] = near_copies(report, generated, [train], "prostate-ct")
+    assert (copy.synthetic_file.name, copy.training_file.name) == ("synthetic_0002.nii.gz", "case1.nii.gz")
+    assert "0.9731" in copy.text() and "0.9697" in copy.text() and "case1" in copy.text()
+    training, synthetic = show_near_copy(copy, "prostate-ct", core_app.scene)
+    scene = core_app.scene
+    assert comparison.displayed_in(scene, comparison.REAL_VIEW) is training
+    assert comparison.displayed_in(scene, comparison.SYNTHETIC_VIEW) is synthetic
+    assert "similarity 0.973" in synthetic.GetName() and training.GetName().startswith("case1")
+    for view in (comparison.REAL_VIEW, comparison.SYNTHETIC_VIEW):  # linked navigation
+        assert comparison.slice_composite_node(scene, view).GetLinkedControl() == 1
+    assert comparison.slice_node(scene, comparison.REAL_VIEW).GetLayoutLabel() == "Training"
+    assert comparison.slice_node(scene, comparison.SYNTHETIC_VIEW).GetLayoutLabel() == "Near-copy"
+
+
+def test_near_copy_lookups_name_what_is_missing(core_app, tmp_path):  # noqa: F811
+    import pytest
+
+    from CTDiffusionLib.errors import InputError
+    from CTDiffusionLib.scene.near_copies import near_copies
+
+    train, generated, report = _privacy_case(tmp_path)
+    report["per_sample"][1]["nearest_train"] = "case1_s03"  # a 2D evaluation names the slice: its case is shown
+    assert near_copies(report, generated, [train], "prostate-ct")[0].training_file.name == "case1.nii.gz"
+    (train / "case1.nii.gz").unlink()
+    with pytest.raises(InputError, match="case1_s03"):
+        near_copies(report, generated, [train], "prostate-ct")
+    report["per_sample"][1]["memorised"] = False
+    assert near_copies(report, generated, [train], "prostate-ct") == []

@@ -102,6 +102,11 @@ def release_core_application() -> None:
     # (vtkMRMLScene.Clear on slicer-core with these logics attached crashes; dropping the references is enough)
     if _CORE_APP is not None and getattr(slicer, "mrmlScene", None) is _CORE_APP.scene:
         slicer.mrmlScene = None
+    if _CORE_APP is not None:
+        # the slice logics stop observing first: a scene that outlives them (someone still holds a node) must not
+        # call into a slice logic whose application logic is already gone when its colour nodes go away
+        for logic in _CORE_APP.slice_logics.values():
+            logic.SetMRMLScene(None)
     _CORE_APP = None
 
 
