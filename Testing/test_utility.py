@@ -150,3 +150,27 @@ def test_interval_widens_with_fewer_cases_and_covers_seed_spread():
     table = np.vstack([np.full(30, 0.6), np.full(30, 0.8)]) + np.random.default_rng(1).normal(0, 0.001, (2, 30))
     mean, (lo, hi) = mean_and_interval(table)
     assert lo < 0.65 and hi > 0.75 and abs(mean - 0.7) < 1e-2
+
+
+# ------------------------------------------------------------------------------------------ adherence
+def test_adherence_scores_a_ct_that_follows_its_labels_near_the_real_reference(pair_sets):
+    """Real test CTs against their own label maps score like the real-vs-real reference; the same CTs against their
+    label maps turned front to back (a generator that put the organs elsewhere) score far below it."""
+    from CTDiffusionLib.data.pairs import discover_pairs, read_pair
+    from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, structure_dice
+
+    seg = fit_segmenter(pair_sets["train"], structures=STRUCTURES, iterations=ITERATIONS)
+    reference = reference_dice(seg, pair_sets["test"])
+    assert set(reference) == set(STRUCTURES.split(",")) and all(r["n_cases"] == 3 for r in reference.values())
+    own, misplaced = [], []
+    for case in discover_pairs([pair_sets["test"]]):
+        ct, labels = read_pair(case, seg.structures)
+        flipped = sitk.GetImageFromArray(sitk.GetArrayFromImage(labels)[:, ::-1].copy())
+        flipped.CopyInformation(labels)
+        own.append(structure_dice(seg, ct, labels))
+        misplaced.append(structure_dice(seg, ct, flipped))
+    large = ("fat", "muscle")  # a short run segments these reliably
+    for name in large:
+        assert abs(np.mean([d[name] for d in own]) - reference[name]["dice"]) < 1e-6  # the same measurement
+    followed = np.mean([reference[n]["dice"] for n in large])
+    assert np.mean([d[n] for d in misplaced for n in large]) < followed - 0.1, (misplaced, reference)

@@ -42,10 +42,10 @@ class ArmScores:
 
 class Progress:
     """progress events over all arms x seeds x iterations, with an ETA from the measured rate; checks the stop flag
-    after every iteration (raises Interrupted)."""
+    after every iteration (raises Interrupted) and lets the thread governor re-choose the CPU threads."""
 
-    def __init__(self, events, total_steps: int, stop=None):
-        self.events, self.total, self.stop = events, total_steps, stop
+    def __init__(self, events, total_steps: int, stop=None, governor=None):
+        self.events, self.total, self.stop, self.governor = events, total_steps, stop, governor
         self.done, self.t0, self.last = 0, time.time(), 0.0
 
     def step(self, arm: str, seed: int, in_arm: int, arm_total: int) -> None:
@@ -53,6 +53,8 @@ class Progress:
         if self.stop is not None:
             self.stop.check("The utility benchmark was stopped; no utility.json was written.",
                             "Run it again to measure.")
+        if self.governor is not None:
+            self.governor.tick()
         now = time.time()
         if self.events is None or (now - self.last < PROGRESS_EVERY_S and in_arm < arm_total):
             return

@@ -9,7 +9,6 @@ Nothing is trained before the inputs are checked; utility.json is written once, 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -76,6 +75,7 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
 
     from CTDiffusionLib.data.pairs import select_structures
     from CTDiffusionLib.runtime import resolve_device
+    from CTDiffusionLib.threads import ThreadGovernor
     from CTDiffusionLib.utility import honesty, segmenter
     from CTDiffusionLib.utility.figure import dice_bars
     from CTDiffusionLib.utility.volumes import read_set, structures_for
@@ -98,10 +98,9 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
     n_iter = int(iterations or segmenter.default_iterations(len(real_s)))
     recipe = segmenter.make_recipe(real_s[0].image.shape, names, n_iter)
     seed_list = [seed + k for k in range(int(seeds))]
-    progress = Progress(events, len(seed_list) * len(by_arm) * n_iter, stop)
     threads = torch.get_num_threads()
-    if device == "cpu":  # small convolutions: half the cores beat an oversubscribed pool (as evaluation does)
-        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) // 2)))
+    governor = ThreadGovernor(torch.device(device))  # CPU threads from the cores other work leaves free
+    progress = Progress(events, len(seed_list) * len(by_arm) * n_iter, stop, governor)
     try:
         scores = run_arms(by_arm, test_s, len(chosen) + 1, recipe, seed_list, device, progress, log)
     finally:
