@@ -187,6 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--events", action="store_true")
 
+    p = sub.add_parser("utility", help="downstream benchmark: does adding synthetic pairs help a segmenter on "
+                                       "held-out real pairs? (real / synthetic / real+synthetic arms)")
+    p.add_argument("--train", required=True, help="real training pairs (nnU-Net raw layout or any pairs layout)")
+    p.add_argument("--synthetic", required=True, help="synthetic pairs (e.g. written by `generate` on a paired run)")
+    p.add_argument("--test", required=True, help="held-out REAL pairs, in neither --train nor --synthetic")
+    p.add_argument("--out", required=True, help="folder for utility.json, the figure and events.jsonl")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="training seeds per arm (3)")
+    p.add_argument("--ratio", type=_finite_at_least(0.0, exclusive=True), default=1.0,
+                   help="synthetic cases per real case in the mixed arm (1)")
+    p.add_argument("--structures", default=None, help="e.g. prostate,bladder,femur=femur_left+femur_right "
+                                                      "(default: every structure of --train)")
+    p.add_argument("--iterations", type=_positive_int, default=None,
+                   help="segmenter training iterations per arm and seed (default: scaled to the real count)")
+    p.add_argument("--seed", type=_seed, default=0, help="first seed (seeds are SEED .. SEED+K-1)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--events", action="store_true", help="print JSON-lines events on stdout")
+
     p = sub.add_parser("demo", help="phantoms -> train (tiny, CPU) -> generate -> evaluate, in a few minutes")
     p.add_argument("--out", default="demo_output")
     p.add_argument("--profile", choices=profiles, default=PROSTATE_CT.name)
@@ -329,6 +346,12 @@ def _cmd_evaluate(args, events) -> int:
     return evaluate_from_args(args, events)
 
 
+def _cmd_utility(args, events) -> int:
+    from CTDiffusionLib.utility import utility_from_args
+
+    return utility_from_args(args, events)
+
+
 def _cmd_demo(args, events) -> int:
     """Run the demo's stages as the sub-commands a user would type, in this process."""
     from CTDiffusionLib.demo import demo_stages, demo_summary, paired_demo_stages, paired_demo_summary
@@ -365,6 +388,7 @@ HANDLERS = {
     "train": _cmd_train,
     "generate": _cmd_generate,
     "evaluate": _cmd_evaluate,
+    "utility": _cmd_utility,
     "demo": _cmd_demo,
     "view": lambda args, events: _cmd_view(args),
 }
