@@ -31,15 +31,11 @@ def utility_from_args(args, events) -> int:
     training), exit 0 whatever the verdict (it is a finding, not an error)."""
     import sys
 
-    from CTDiffusionLib.errors import InputError
     from CTDiffusionLib.output_folder import claim_output_folder
     from CTDiffusionLib.runfolder import OutputExists
     from CTDiffusionLib.stopping import StopFlag
     from CTDiffusionLib.utility.benchmark import RESULT
 
-    if not float(args.ratio) > 0:
-        raise InputError(f"--ratio {args.ratio} is not above 0.", "Give the synthetic count as a multiple of the real "
-                         "count, e.g. --ratio 1.")
     out = Path(args.out)
     # only into a new, empty or earlier utility folder, locked; a folder this run created goes again if it fails
     with claim_output_folder(out, "utility", remove_if_failed=True):

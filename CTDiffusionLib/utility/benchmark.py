@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.utility import statistics as stats
 from CTDiffusionLib.utility.arms import ARMS, BOTH, REAL, Progress, arm_cases, run_arms
 from CTDiffusionLib.utility.scoring import case_mean
@@ -81,6 +82,9 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
     from CTDiffusionLib.utility.volumes import read_set, structures_for
 
     t_start = time.time()
+    if not (np.isfinite(ratio) and ratio > 0):
+        raise InputError(f"--ratio {ratio} is not a number above 0.", "Give the synthetic count as a multiple of the "
+                         "real count, e.g. --ratio 1.")
     device = str(resolve_device(device))
     found = _check_inputs(train, synthetic, test)
     chosen = select_structures(found["--train"], structures)

@@ -117,9 +117,10 @@ def train_segmenter(cases: list, n_classes: int, recipe: Recipe, seed: int, devi
         label = torch.stack([torch.as_tensor(b["label"]) for b in batch]).long().to(device)
         optimiser.zero_grad(set_to_none=True)
         loss = loss_fn(model(image), label)
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingFailed(f"The benchmark's segmenter diverged (loss {float(loss.detach())} at iteration {step}).",
-                                 "Check the training pairs' CT values, or lower the iterations with --iterations.")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingFailed(f"The benchmark's segmenter diverged (loss {value} at iteration {step}).",
+                                 "Check the training pairs' CT values.")
         loss.backward()
         optimiser.step()
         if on_step is not None:
