@@ -99,6 +99,17 @@ def test_two_generates_into_one_folder_the_second_is_refused(tmp_path, tiny_ct_r
     assert _tree(tmp_path) == before
 
 
+def test_an_earlier_report_of_ours_is_not_replaced(tmp_path, ct_phantoms, capsys):
+    out = tmp_path / "report"
+    with claim_output_folder(out, "evaluate"):  # an earlier evaluate that wrote its report here
+        (out / "metrics.json").write_text("{}")
+    before = _tree(tmp_path)
+    err = _refused(capsys, "evaluate", "--real", ct_phantoms, "--generated", ct_phantoms, "--out", out)
+    assert f"--out {out} already holds a quality report (metrics.json)" in err
+    lock = f"report/{LOCK_NAME}"  # names its last holder
+    assert {k: v for k, v in _tree(tmp_path).items() if k != lock} == {k: v for k, v in before.items() if k != lock}
+
+
 def test_generated_files_are_never_replaced(tmp_path):
     from CTDiffusionLib.runfolder import OutputExists, atomic_write
 
