@@ -33,12 +33,38 @@ def available_bytes(device: str = "cpu") -> tuple[int, str]:
     try:
         import psutil
 
-        return int(psutil.virtual_memory().available), "free memory"
+        free = int(psutil.virtual_memory().available)
     except Exception:
         import os
 
         pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
-        return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 1 << 62, "free memory"
+        free = int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 1 << 62
+    limit = _process_limit()
+    return (limit, "memory under this process's limit") if limit is not None and limit < free else (free, "free memory")
+
+
+def _process_limit() -> int | None:
+    """What a memory limit on this process leaves (ulimit -v, a cgroup v2 memory.max), or None without one."""
+    left = []
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            import psutil
+
+            left.append(soft - psutil.Process().memory_info().vms)
+    except Exception:  # Windows, or no psutil
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                left.append(int(text) - int(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(left)) if left else None
 
 
 def require_memory(needed_bytes: float, what: str, device: str = "cpu", hint: str = "") -> None:

@@ -275,6 +275,16 @@ def test_bad_setting_is_refused_at_parse(case, argv, phrase, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_memory_limit_on_the_process_counts(tmp_path):
+    """Under `ulimit -v` (as the issue's MemoryError case ran) the estimate compares with what the limit leaves."""
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "from CTDiffusionLib.memory import available_bytes; print(*available_bytes(), sep='|')")
+    child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=CHILD_ENV, capture_output=True, text=True,
+                           timeout=120)
+    have, kind = child.stdout.strip().split("|")
+    assert kind == "memory under this process's limit" and 0 < int(have) < 2 << 30, child.stderr
+
+
 def test_batch_too_large_for_memory_is_refused_before_allocating(tmp_path, ct_phantoms, capsys):
     err = _refused(capsys, "train", *TINY[:-4], "--batch-size", 100000, "--sample-every", 0, "--data", ct_phantoms,
                    "--out", tmp_path / "run", "--steps", 1)
