@@ -113,7 +113,7 @@ def test_resolve_demo_layout(tmp_path, mask_run):
     (["view", "{tmp}/missing"], "does not exist"),
     (["view", "{tmp}"], "holds no run"),
     (["view", "--generated", "{tmp}"], "holds no volumes"),
-    (["view", "--real", "{ct}/single", "--generated", "{ct}/single"], "data type of these volumes is unknown"),
+    (["view", "--real", "{tmp}"], "data type of these volumes is unknown"),  # nothing to tell it from
     (["view", "--generated", "{ct}/generated", "--profile", "mri"], "invalid choice: 'mri'"),
     (["view", "--generated", "{ct}/generated", "--cache", "0"], "--cache 0"),
     (["view", "--generated", "{ct}/generated", "--port", "0"], "--port 0"),
@@ -152,9 +152,9 @@ def test_default_host_is_loopback():
     assert args.host == "127.0.0.1" and args.port == 8080
 
 
-def test_bare_folders_get_their_profile_from_the_data_as_evaluate_does(tmp_path):
+def test_bare_folders_get_their_profile_from_the_data_as_evaluate_does(tmp_path, ct_data):
     """No run config, sidecar or report: label maps are masks, intensities CT (evaluation.inputs.infer_profile)."""
-    ct = write_phantom_dataset("prostate-ct", 1, tmp_path / "ct", size_xyz=SIZE)
+    ct = ct_data / "single"  # a CT volume without a sidecar
     masks = write_phantom_dataset("cardiac-masks", 1, tmp_path / "acdc", size_xyz=SIZE)
     mask_files = tmp_path / "mask-files"
     mask_files.mkdir()
