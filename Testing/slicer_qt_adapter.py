@@ -106,13 +106,6 @@ def flavoured(cls):
     return _FLAVOURED[cls]
 
 
-def adopt(obj):
-    """Give an object Qt created (QUiLoader, findChildren) PythonQt's spellings; returns it."""
-    if isinstance(obj, QtCore.QObject) and not isinstance(obj, PythonQtStyle):
-        obj.__class__ = flavoured(type(obj))
-    return obj
-
-
 # --------------------------------------------------------------------------------- CTK and qMRML widget models
 class ctkCollapsibleButton(PythonQtStyle, QtWidgets.QWidget):
     contentsCollapsed = QtCore.Signal(bool)
@@ -467,7 +460,7 @@ class ScriptedLoadableModuleWidget:
             parent.setLayout(flavoured(QtWidgets.QVBoxLayout)())
         self.parent = parent
         self.parent.isEntered = True
-        self.layout = adopt(parent.layout())
+        self.layout = parent.layout()
 
     def resourcePath(self, filename):
         module = sys.modules[type(self).__module__]
