@@ -14,10 +14,14 @@ import SimpleITK as sitk
 
 def structure_hu(folder, structures) -> dict[str, dict]:
     """{structure name: {median, q1, q3, iqr, voxels}} over every case in `folder` (pairs.Structure list)."""
-    from CTDiffusionLib.data.pairs import discover_pairs, read_pair
+    from CTDiffusionLib.data.pairs import Structure, discover_pairs, read_pair, structure_names
 
+    cases = discover_pairs([folder])
+    present = set(structure_names(cases))
+    # a folder written by `generate` names the merged structures themselves (bone), the source data their parts
+    structures = [s if present & set(s.sources) else Structure(s.name, (s.name,)) for s in structures]
     values: dict[str, list[np.ndarray]] = {s.name: [] for s in structures}
-    for case in discover_pairs([folder]):
+    for case in cases:
         ct, labels = read_pair(case, structures)
         hu, lab = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(labels)
         for k, s in enumerate(structures, start=1):
