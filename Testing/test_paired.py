@@ -228,3 +228,26 @@ def test_paired_demo_plan_is_commands_a_user_could_type(tmp_path):
     train = build_parser().parse_args(dict(paired_demo_stages(tmp_path / "d2", steps=10))[
         "train (CT model, then label model)"])
     assert (train.steps, train.minutes) == (10, None)
+
+
+def test_structure_hu_pools_each_structure_in_real_and_generated_folders(paired_run, pairs, tmp_path):
+    """HU per structure, with bone merged from three source structures in the real data and named 'bone' in the
+    generated folder: every labelled voxel is counted once, under the right structure."""
+    from CTDiffusionLib.data.paired_dataset import as_structures
+    from CTDiffusionLib.evaluation.structures import compare_structure_hu
+
+    out = tmp_path / "new"
+    assert run_cli("generate", "--model", paired_run, "--num", 2, "--out", out, "--steps", 2, "--device", "cpu") == 0
+    structures = as_structures(json.loads((paired_run / "config.json").read_text())["labels"]["structures"])
+    table = compare_structure_hu(pairs, out, structures)
+    generated = np.concatenate([sitk.GetArrayFromImage(sitk.ReadImage(str(p))).ravel()
+                                for p in sorted((out / "labelsTr").glob("*.nii.gz"))])
+    names = json.loads((pairs / "dataset.json").read_text())["labels"]
+    real = np.concatenate([sitk.GetArrayFromImage(sitk.ReadImage(str(p))).ravel()
+                           for p in sorted((pairs / "labelsTr").glob("*.nii.gz"))])
+    for value, name in enumerate(["prostate", "bladder", "bone"], start=1):
+        assert table[name]["generated"]["voxels"] == int(np.count_nonzero(generated == value))
+    bone_values = [names[n] for n in ("femur", "hip_bone", "sacrum")]
+    assert table["bone"]["real"]["voxels"] == int(np.isin(real, bone_values).sum()) > 0
+    assert table["bladder"]["real"]["voxels"] == int(np.count_nonzero(real == names["bladder"]))
+    assert table["bone"]["real"]["q1"] <= table["bone"]["real"]["median"] <= table["bone"]["real"]["q3"]
