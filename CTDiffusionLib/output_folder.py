@@ -25,16 +25,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.runfolder import CONFIG, INPUT, RUN_FORMAT
+from CTDiffusionLib.runfolder import CONFIG, INPUT, RUN_FORMAT, OutputExists, publish
 from CTDiffusionLib.training.crash_recovery import LOCK_NAME, RunLock
 
 OUTPUT_MARKER = ".ctdiffusion-output"
 OUTPUT_FORMAT = "ctdiffusion-output/1"
+_MARKER_TEMP = OUTPUT_MARKER + ".tmp-"  # a marker being written (runfolder's temp pattern: cleared at train start)
 _NEW_FOLDER_HINT = "Choose a new --out folder (CTDiffusion creates it), or an empty one."
 
 
@@ -48,7 +50,8 @@ def check_output_folder(out: str | os.PathLike, command: str, accept: tuple[str,
     if not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder.", _NEW_FOLDER_HINT)
     try:
-        names = sorted(p.name for p in out.iterdir() if not (holding_lock and p.name == LOCK_NAME))
+        names = sorted(p.name for p in out.iterdir()
+                       if not (holding_lock and p.name == LOCK_NAME) and not p.name.startswith(_MARKER_TEMP))
     except OSError as exc:
         raise InputError(f"--out {out} cannot be read ({exc.strerror or exc}).", _NEW_FOLDER_HINT) from None
     if OUTPUT_MARKER in names:
@@ -134,15 +137,20 @@ def _make_folder(out: Path) -> Path | None:
 
 
 def _write_marker(out: Path, command: str) -> bool:
-    """Write the marker unless one is there already (True when this call wrote it)."""
+    """Write the marker unless one is there already (True when this call wrote it). Written whole under a temporary
+    name and then linked into place, which fails when the name exists: a kill at any moment leaves no marker, a
+    whole one, or a temporary file that check_output_folder ignores; never a half-written marker."""
+    tmp = out / f"{_MARKER_TEMP}{uuid.uuid4().hex[:12]}"
     try:
-        with open(out / OUTPUT_MARKER, "x", encoding="utf-8") as f:  # 'x': never replaces a file of the same name
-            json.dump({"format": OUTPUT_FORMAT, "command": command}, f)
+        tmp.write_text(json.dumps({"format": OUTPUT_FORMAT, "command": command}), encoding="utf-8")
+        publish(tmp, out / OUTPUT_MARKER, exclusive=True)
         return True
-    except FileExistsError:
+    except OutputExists:
         return False  # another command starting on the same new folder was first; the checks under the lock follow
     except OSError as exc:
         raise _unwritable(out, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _marker_command(marker: Path) -> str | None:
