@@ -37,17 +37,19 @@ def cpu_has_native_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
-    """bf16 autocast where the hardware computes bf16 natively (Ampere and later GPUs: no loss scaling needed; CPUs
-    with AVX512-BF16 or AMX), fp32 elsewhere.
+    """bf16 autocast where the hardware computes bf16 natively and correctly (Ampere and later GPUs: no loss scaling
+    needed), fp32 elsewhere.
 
-    'auto' silently stays fp32 on pre-Ampere GPUs and on CPUs without native bf16; 'on' asks for bf16 and is
-    refused on a GPU that cannot do it rather than falling back to a slow emulation (a CPU emulates it, slowly but
-    correctly)."""
+    'auto' stays fp32 on pre-Ampere GPUs and on every CPU: torch 2.13's oneDNN bf16 convolutions on CPUs with AMX
+    corrupt the heap for some 3D shapes (a single Conv3d(1, 16, (1, 3, 3)) weight gradient on 2x1x8x96x96 aborts with
+    "double free or corruption"; at 128x128x8 the tiny preset's loss turns NaN instead), and without AMX bf16 was
+    slower than fp32 on the demo network (docs/reliability.md). 'on' asks for bf16 anyway (the CPU demo does, on its
+    fixed, exercised shapes, for 1.5x the steps on AMX) and is refused on a GPU that cannot do it."""
     amp = amp or "auto"
     if amp == "off":
         return None
     if device.type != "cuda":
-        return torch.bfloat16 if amp == "on" or cpu_has_native_bf16() else None
+        return torch.bfloat16 if amp == "on" else None
     if not torch.cuda.is_bf16_supported():
         if amp == "on":
             raise InputError(f"--amp on: {torch.cuda.get_device_name(device)} has no bf16 support.",
