@@ -174,3 +174,47 @@ def test_adherence_scores_a_ct_that_follows_its_labels_near_the_real_reference(p
         assert abs(np.mean([d[name] for d in own]) - reference[name]["dice"]) < 1e-6  # the same measurement
     followed = np.mean([reference[n]["dice"] for n in large])
     assert np.mean([d[n] for d in misplaced for n in large]) < followed - 0.1, (misplaced, reference)
+
+
+# ------------------------------------------------------------------------------------------ cardiac masks
+def _generated_like(acdc: Path, out: Path, wrong_group: bool) -> Path:
+    """Phantom masks written as `generate` writes a group-conditioned 3D model's output: stacks on one grid with a
+    sidecar naming the group each was asked for; `wrong_group` asks for the next group instead (a model that ignores
+    its condition)."""
+    from CTDiffusionLib.data.discovery import ACDC_GROUPS, discover_cases, read_case
+    from CTDiffusionLib.data.preprocess import masks_to_grid, reorient
+    from CTDiffusionLib.data.volume_io import Geometry, array_to_image, write_image
+    from CTDiffusionLib.profiles import CARDIAC_MASKS
+
+    out.mkdir()
+    geometry = Geometry((1.5, 1.5, 10.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    for k, case in enumerate(discover_cases([str(acdc)], CARDIAC_MASKS), start=1):
+        group = case.conditions["group"]
+        if wrong_group:
+            group = ACDC_GROUPS[(ACDC_GROUPS.index(group) + 1) % len(ACDC_GROUPS)]
+        (stack,) = masks_to_grid(reorient(read_case(case, CARDIAC_MASKS)), (32, 32, 8), "3d")
+        write_image(array_to_image(stack, geometry), out / f"synthetic_{k:04d}.nii.gz")
+        (out / f"synthetic_{k:04d}.json").write_text(json.dumps(
+            {"profile": "cardiac-masks", "mode": "3d", "condition": {"group": group}}))
+    return out
+
+
+def test_pathology_classifier_is_well_above_chance_and_catches_masks_of_the_wrong_group(tmp_path):
+    """Real masks: the classifier trained on real masks beats chance (0.2) by far. Generated masks that show another
+    group than the one asked for: the conditioning accuracy falls far below the real accuracy, and as training data
+    (wrong labels) they do not help."""
+    for name, num, seed in (("train", 15, 0), ("test", 10, 1000), ("fresh", 5, 500)):
+        assert run_cli("phantoms", "--profile", "cardiac-masks", "--num", num, "--seed", seed, "--size", "64x64x8",
+                       "--out", tmp_path / name) == 0
+    synthetic = _generated_like(tmp_path / "fresh", tmp_path / "generated", wrong_group=True)
+    assert run_cli("utility", "--train", tmp_path / "train", "--synthetic", synthetic, "--test", tmp_path / "test",
+                   "--out", tmp_path / "out", "--seeds", 2, "--device", "cpu") == 0
+    result = json.loads((tmp_path / "out" / "utility.json").read_text())
+    assert result["metric"] == "accuracy" and result["counts"]["test_patients"] == 10
+    real = result["arms"]["real"]["accuracy"]
+    assert real > 0.45, result["arms"]["real"]
+    conditioning = result["conditioning"]
+    assert set(conditioning["per_group"]) == {"NOR", "MINF", "DCM", "HCM", "RV"}
+    assert conditioning["accuracy"] < real - 0.25, (conditioning, real)
+    assert result["verdict"] != "helps"
+    assert (tmp_path / "out" / result["figure"]).is_file()

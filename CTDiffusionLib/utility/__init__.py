@@ -12,6 +12,7 @@ Modules (one idea each):
   statistics  two-way bootstrap intervals, the paired gain and the verdict
   figure      Dice per arm with intervals;  benchmark  the orchestration and utility.json
   adherence   how well a generated CT follows its conditioning label map (per-structure Dice of a segmenter)
+  pathology   cardiac masks: the ACDC-group classifier;  mask_benchmark  its arms, conditioning accuracy
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def utility_from_args(args, events) -> int:
     from CTDiffusionLib.runfolder import OutputExists
     from CTDiffusionLib.stopping import StopFlag
     from CTDiffusionLib.utility.benchmark import RESULT
+    from CTDiffusionLib.utility.mask_benchmark import is_generated_masks, run_mask_utility
 
     out = Path(args.out)
     # only into a new, empty or earlier utility folder, locked; a folder this run created goes again if it fails
@@ -45,10 +47,14 @@ def utility_from_args(args, events) -> int:
         events.set_log_path(out / "events.jsonl")
         events.emit("start", command="utility", train=str(args.train), synthetic=str(args.synthetic),
                     test=str(args.test), out=str(out), seeds=args.seeds, ratio=args.ratio)
+        options = dict(seeds=args.seeds, ratio=args.ratio, iterations=args.iterations, device=args.device,
+                       seed=args.seed, events=events)
         with StopFlag.for_output(out) as stop:  # SIGINT/SIGTERM or OUT/stop-request: stop after this iteration
-            result = run_utility(args.train, args.synthetic, args.test, out, seeds=args.seeds, ratio=args.ratio,
-                                 structures=args.structures, iterations=args.iterations, device=args.device,
-                                 seed=args.seed, events=events, stop=stop)
+            if is_generated_masks(args.synthetic):  # cardiac masks: the pathology classifier
+                result = run_mask_utility(args.train, args.synthetic, args.test, out, stop=stop, **options)
+            else:
+                result = run_utility(args.train, args.synthetic, args.test, out, structures=args.structures,
+                                     stop=stop, **options)
     print(f"utility benchmark written to {out / 'utility.json'}\n{result['verdict_line']}", file=sys.stderr)
     events.emit("done", status="completed", utility=str(out / "utility.json"), verdict=result["verdict"],
                 gain=result["gain"], near_copies=len(result["near_copies"]), time_s=result["time_s"])

@@ -44,15 +44,16 @@ def _arm_entry(dice: np.ndarray, hd95: np.ndarray, structures: list, n_train: in
             "dice_per_seed": [float(np.nanmean(row)) for row in per_case]}
 
 
-def verdict_line(gain: dict, counts: dict, copies: list) -> str:
+def verdict_line(gain: dict, counts: dict, copies: list, metric: str = "dice", what: str = "Dice",
+                 unit: str = "training cases") -> str:
     lo, hi = gain["ci95"] or (None, None)
     interval = f"95% interval {lo:+.3f} .. {hi:+.3f}" if lo is not None else "no interval"
-    text = (f"{gain['verdict']}: adding {counts['synthetic']} synthetic to {counts['train']} real training cases "
-            f"changes the mean Dice on {counts['test']} held-out real cases by {gain['dice']:+.3f} ({interval}; "
+    text = (f"{gain['verdict']}: adding {counts['synthetic']} synthetic to {counts['train']} real {unit} "
+            f"changes the mean {what} on {counts['test']} held-out real cases by {gain[metric]:+.3f} ({interval}; "
             f"{counts['seeds']} seeds).")
     if copies:
-        text += (f" But {len(copies)} of {counts['synthetic']} synthetic cases are near-copies of training cases "
-                 f"({', '.join(c['synthetic'] for c in copies[:10])}{' ...' if len(copies) > 10 else ''}): "
+        text += (f" But {len(copies)} of {counts['synthetic']} synthetic samples are near-copies of training "
+                 f"samples ({', '.join(c['synthetic'] for c in copies[:10])}{' ...' if len(copies) > 10 else ''}): "
                  "any gain rests on copies of the training data, not on new data.")
     return text
 
@@ -78,7 +79,7 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
     from CTDiffusionLib.runtime import resolve_device
     from CTDiffusionLib.threads import ThreadGovernor
     from CTDiffusionLib.utility import honesty, segmenter
-    from CTDiffusionLib.utility.figure import dice_bars
+    from CTDiffusionLib.utility.figure import arm_bars
     from CTDiffusionLib.utility.volumes import read_set, structures_for
 
     t_start = time.time()
@@ -94,7 +95,7 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
     names = [s.name for s in chosen]
     if events is not None:
         events.emit("progress", phase="utility", stage="near-copy check", step=0, total=None, eta_s=None)
-    copies = honesty.near_copies(synth_s, real_s, test_s, device, seed)
+    copies = honesty.near_copies(*map(honesty.as_samples, (synth_s, real_s, test_s)), "prostate-ct", device, seed)
     if copies["near_copies"]:
         log.warning("utility: %d synthetic cases are near-copies of training cases", len(copies["near_copies"]))
 
@@ -139,8 +140,8 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
         "time_s": None,
     }
     out = Path(out)
-    result["figure"] = dice_bars(out, arms, names, f"Dice per arm on {len(test_s)} held-out real cases "
-                                                   f"({len(seed_list)} seeds; whiskers: 95% interval)")
+    result["figure"] = arm_bars(out, arms, names, f"Dice per arm on {len(test_s)} held-out real cases "
+                                                  f"({len(seed_list)} seeds; whiskers: 95% interval)")
     result["time_s"] = round(time.time() - t_start, 1)
     from CTDiffusionLib.events import _clean
     from CTDiffusionLib.runfolder import write_json

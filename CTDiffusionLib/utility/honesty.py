@@ -52,22 +52,26 @@ def refuse_overlap(test_files: dict, other_files: dict) -> None:
                                  "Give --test a folder of pairs that are in neither --train nor --synthetic.")
 
 
-def near_copies(synthetic: list, train: list, test: list, device: str = "cpu", seed: int = 0) -> dict:
-    """Synthetic CTs that are near-copies of training CTs (SegCases on the working grid). Returns the check's
-    threshold, what it is invariant to, and {"synthetic", "train", "similarity"} per near-copy."""
+def as_samples(cases: list) -> list:
+    """SegCases (CT on the working grid) as the samples the near-copy check reads: name, array, meta."""
+    return [SimpleNamespace(name=c.name, array=c.image, meta={}) for c in cases]
+
+
+def near_copies(synthetic: list, train: list, test: list, profile="prostate-ct", device: str = "cpu",
+                seed: int = 0) -> dict:
+    """Synthetic samples that are near-copies of training samples (objects with .name, .array on one grid and
+    .meta, whose "subject" groups the samples of one patient). Returns the check's threshold, what it is invariant
+    to, and {"synthetic", "train", "similarity"} per near-copy."""
     from CTDiffusionLib.evaluation import novelty
     from CTDiffusionLib.evaluation.pipeline import _near_copy_null, _search
     from CTDiffusionLib.evaluation.similarity import similarity_for
-    from CTDiffusionLib.profiles import PROSTATE_CT
+    from CTDiffusionLib.profiles import get_profile
 
-    def samples(cases):
-        return [SimpleNamespace(name=c.name, array=c.image, meta={}) for c in cases]
-
-    gen = SimpleNamespace(profile=PROSTATE_CT)
-    sim = similarity_for(PROSTATE_CT, train[0].image.shape)
-    null = _near_copy_null(gen, samples(test), samples(train), sim, device, None, seed)
+    gen = SimpleNamespace(profile=get_profile(profile))
+    sim = similarity_for(gen.profile, train[0].array.shape)
+    null = _near_copy_null(gen, test, train, sim, device, None, seed)
     search, space = _search(gen, sim, None)
-    idx, best = novelty.nearest(search.matrix([c.image for c in synthetic], [c.image for c in train], device))
+    idx, best = novelty.nearest(search.matrix([c.array for c in synthetic], [c.array for c in train], device))
     threshold = null["threshold"]
     flags = novelty.flag(best, threshold["threshold"])
     copies = [{"synthetic": s.name, "train": train[int(j)].name, "similarity": float(v)}

@@ -1,0 +1,77 @@
+"""The rows that show a utility.json (`ctdiffusion utility`): one per arm with its mean, 95% interval and HD95, and
+the gain with its verdict. Pure (no numpy, no torch), so the Slicer table and the web viewer show the same rows.
+
+CT pairs are scored by Dice (and HD95 in mm), cardiac masks by pathology accuracy (no HD95); the metric is read
+from the result itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: utility.json's arm keys (utility/arms.py, which imports torch) as a table labels them
+ARM_LABELS = {"real": "real only", "synthetic": "synthetic only", "real+synthetic": "real + synthetic"}
+COLUMNS = (("arm", "Arm"), ("mean", "Mean"), ("interval", "95% interval"), ("hd95", "HD95"))
+
+
+def load_utility(result) -> dict:
+    """utility.json as a dict: the folder `utility` wrote, the file, or the parsed dict."""
+    if isinstance(result, dict):
+        return result
+    path = Path(result)
+    if path.is_dir():
+        path = path / "utility.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def metric_of(result: dict) -> str:
+    """"dice" (CT pairs) or "accuracy" (cardiac masks: the pathology classifier)."""
+    return "accuracy" if "accuracy" in (result.get("gain") or {}) else "dice"
+
+
+def _number(value, signed: bool = False) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _interval(ci, signed: bool = False) -> str:
+    if not (isinstance(ci, (list, tuple)) and len(ci) == 2):
+        return "–"
+    return f"{_number(ci[0], signed)} .. {_number(ci[1], signed)}"
+
+
+def utility_rows(result) -> list[dict]:
+    """[{"arm", "mean", "interval", "hd95"}, ...] as text, arms in utility.json's order (the benchmark's); the
+    metric's name is `metric_title(result)`."""
+    result = load_utility(result)
+    metric = metric_of(result)
+    arms = result.get("arms") or {}
+    rows = []
+    for arm, entry in arms.items():
+        entry = entry or {}
+        hd95 = entry.get("hd95")
+        rows.append({"arm": ARM_LABELS.get(arm, arm), "mean": _number(entry.get(metric)),
+                     "interval": _interval(entry.get(f"{metric}_ci95")),
+                     "hd95": f"{hd95:.1f} {entry.get('hd95_unit', 'mm')}" if isinstance(hd95, (int, float)) else "–"})
+    return rows
+
+
+def metric_title(result) -> str:
+    return "Accuracy" if metric_of(load_utility(result)) == "accuracy" else "Dice"
+
+
+def gain_text(result) -> str:
+    """'Gain (real + synthetic − real): +0.012 Dice, 95% interval -0.004 .. +0.027 — no measurable gain'."""
+    result = load_utility(result)
+    metric = metric_of(result)
+    gain = result.get("gain") or {}
+    return (f"Gain (real + synthetic − real only): {_number(gain.get(metric), True)} {metric_title(result)}, "
+            f"95% interval {_interval(gain.get('ci95'), True)} — {result.get('verdict', 'no verdict')}")
+
+
+def verdict_text(result) -> str:
+    """The benchmark's own sentence (cases, seeds, near-copies) when it wrote one, else the gain line."""
+    result = load_utility(result)
+    return str(result.get("verdict_line") or gain_text(result))
