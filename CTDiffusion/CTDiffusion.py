@@ -102,6 +102,7 @@ class CTDiffusionParameterNode:
     schedule: str = "linear"
     augment: str = "zoom,flip"
     conditioned: bool = False
+    withLabels: bool = False  # train on CT + segmentation pairs (train --with-labels)
     device: str = "auto"
     runFolder: str = ""
     modelSource: str = "run"
@@ -167,6 +168,9 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sourceFolderPathLineEdit.filters = ctkPathLineEditDirs()
         self.ui.runFolderPathLineEdit.filters = ctkPathLineEditDirs()
         self.ui.modelPathLineEdit.filters = ctkPathLineEditDirs()
+        for lineEdit in (self.ui.utilityTrainPathLineEdit, self.ui.utilitySyntheticPathLineEdit,
+                         self.ui.utilityTestPathLineEdit):
+            lineEdit.filters = ctkPathLineEditDirs()
 
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -186,6 +190,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sourceNodesRadioButton.connect("toggled(bool)", self.onSourceModeChanged)
         self.ui.sourceFolderRadioButton.connect("toggled(bool)", self.onSourceModeChanged)
         self.ui.sourceNodesComboBox.connect("checkedNodesChanged()", self.updateDataSummary)
+        self.ui.sourceSegmentationsComboBox.connect("checkedNodesChanged()", self.updateStructureList)
+        self.ui.withLabelsCheckBox.connect("toggled(bool)", self.onWithLabelsChanged)
         self.ui.sourceFolderPathLineEdit.connect("currentPathChanged(QString)", self.onSourceFolderChanged)
         self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRunFolderChanged)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
@@ -199,6 +205,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sampleSlider.connect("valueChanged(int)", self.onSampleChanged)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.showNearCopyButton.connect("clicked(bool)", self.onShowNearCopy)
+        self.ui.generateFromLabelsButton.connect("clicked(bool)", self.onGenerateFromLabelsButton)
+        self.ui.utilityButton.connect("clicked(bool)", self.onUtilityButton)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -314,6 +322,11 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.sourceFolderRadioButton.checked = p.sourceMode == "folder"
             self.ui.sourceNodesComboBox.visible = p.sourceMode == "nodes"
             self.ui.sourceFolderPathLineEdit.visible = p.sourceMode == "folder"
+            pairs = self.logic.pairsAllowed(p.profile)  # CT + label pairs: CT profiles only
+            self.ui.withLabelsCheckBox.visible = pairs
+            self.ui.withLabelsCheckBox.checked = p.withLabels and pairs
+            self.ui.sourceSegmentationsComboBox.visible = p.withLabels and pairs and p.sourceMode == "nodes"
+            self.ui.structuresListWidget.visible = p.withLabels and pairs
             from CTDiffusionLib.scene.sources import source_node_types
 
             nodeTypes, hiddenTypes = source_node_types(p.profile)
@@ -349,6 +362,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               ("rotate", self.ui.augmentRotateCheckBox)) if box.checked]
             p.augment = ",".join(augment)
             p.conditioned = bool(self.ui.conditionsCheckBox.checked)
+            p.withLabels = bool(self.ui.withLabelsCheckBox.checked)
         finally:
             p.EndModify(wasModified)
         self._setSetting("device", p.device)
@@ -423,6 +437,49 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:  # a summary must never break the panel
             logging.exception("data summary failed")
             self.ui.dataSummaryLabel.text = _("Could not read the data: {error}").format(error=exc)
+            summary = None
+        from CTDiffusionLib.jobs.notices import coarse_data_text
+
+        # before the child starts: what the chosen cases' sizes against the preset's grid will cost (issue 29 item 4)
+        self._coarseNotice = coarse_data_text(summary.sizes if summary else [], p.profile, p.preset)
+        self.ui.trainingNoticeLabel.text = self._coarseNotice or ""
+        self.updateStructureList()
+
+    def onWithLabelsChanged(self, _checked) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self.updateParameterNodeFromGUI()
+        self.updateGUIFromParameterNode()
+
+    def selectedSegmentationNodes(self) -> list:
+        return list(self.ui.sourceSegmentationsComboBox.checkedNodes())
+
+    def updateStructureList(self, *_args) -> None:
+        """The structure list: the segment names of the chosen segmentations (or of the pairs folder), each
+        checkable, all checked at first; a name the user unticked stays unticked while it is listed."""
+        p = self._parameterNode
+        if p is None or not p.withLabels:
+            return
+        listWidget = self.ui.structuresListWidget
+        unticked = {listWidget.item(i).text() for i in range(listWidget.count)
+                    if listWidget.item(i).checkState() == qt.Qt.Unchecked}
+        try:
+            names = self.logic.structureNames(p, self.selectedSegmentationNodes())
+        except Exception as exc:  # a folder without pairs: say so in the summary, keep the panel usable
+            names = []
+            self.ui.dataSummaryLabel.text = str(exc)
+        listWidget.clear()
+        for name in names:
+            item = qt.QListWidgetItem(name)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked if name in unticked else qt.Qt.Checked)
+            listWidget.addItem(item)
+
+    def structureChoice(self) -> tuple[list, list]:
+        """(checked names, all listed names) of the structure list."""
+        listWidget = self.ui.structuresListWidget
+        items = [listWidget.item(i) for i in range(listWidget.count)]
+        return [i.text() for i in items if i.checkState() == qt.Qt.Checked], [i.text() for i in items]
 
     # ------------------------------------------------------------------------------------- dependencies
     def updateDependencyStatus(self) -> None:
@@ -462,6 +519,10 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.generateButton.enabled = kind in (None, "generate") and bool(self._modelPath())
         self.ui.evaluateButton.text = _("Cancel") if kind == "evaluate" else _("Evaluate")
         self.ui.evaluateButton.enabled = kind in (None, "evaluate")
+        self.ui.generateFromLabelsButton.text = _("Cancel") if kind == "labels" else _("Generate CT for this segmentation")
+        self.ui.generateFromLabelsButton.enabled = kind in (None, "labels") and bool(self._modelPath())
+        self.ui.utilityButton.text = _("Cancel") if kind == "utility" else _("Run utility benchmark")
+        self.ui.utilityButton.enabled = kind in (None, "utility")
         count = len(self._syntheticNodes)
         self.ui.sampleSlider.enabled = count > 1
         self.ui.sampleSlider.maximum = max(0, count - 1)
@@ -478,8 +539,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._job = JobRunner.from_command(command).start()
         self._jobKind, self._jobOutput = kind, output
-        progressBar = {"train": self.ui.trainProgressBar, "generate": self.ui.generateProgressBar,
-                       "evaluate": self.ui.evaluateProgressBar}[kind]
+        progressBar = self._progressBar(kind)
         progressBar.setValue(0)
         progressBar.setFormat(_("starting ..."))
         self._appendLog(f"$ {' '.join(command.argv)}")
@@ -487,6 +547,12 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.showStatusMessage(_("CTDiffusion: {kind} started").format(kind=kind), 5000)
         self._timer.start()
         self._setJobButtons()
+
+    def _progressBar(self, kind):
+        """The progress bar of a job kind ("labels": Generate CT for this segmentation, in the Generation section)."""
+        return {"train": self.ui.trainProgressBar, "generate": self.ui.generateProgressBar,
+                "labels": self.ui.generateProgressBar, "evaluate": self.ui.evaluateProgressBar,
+                "utility": self.ui.utilityProgressBar}[kind]
 
     def _stopJob(self) -> None:
         if self._job is not None and self._job.is_running:
@@ -525,8 +591,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from CTDiffusionLib.jobs.runner import describe_progress
 
         kind = event.get("event")
-        progressBar = {"train": self.ui.trainProgressBar, "generate": self.ui.generateProgressBar,
-                       "evaluate": self.ui.evaluateProgressBar}[self._jobKind]
+        progressBar = self._progressBar(self._jobKind)
         if kind == "progress":
             fraction = self._job.progress_fraction()
             if fraction is not None:
@@ -538,11 +603,17 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._appendLog(_("Checkpoint at step {step}: {path}").format(step=event.get("step"), path=event.get("path")))
         elif kind == "error":
             self._appendLog(_("Error: {message}").format(message=event.get("message")))
+        from CTDiffusionLib.jobs.notices import warning_texts
+
+        for text in warning_texts(event):  # e.g. a CPU run that will take hours: the user sees it at once
+            self._appendLog(_("Warning: {text}").format(text=text))
+            slicer.util.showStatusMessage(_("CTDiffusion: {text}").format(text=text), 15000)
+            if self._jobKind == "train":
+                self.ui.trainingNoticeLabel.text = text
 
     def onJobFinished(self) -> None:
         job, kind, output = self._job, self._jobKind, self._jobOutput
-        progressBar = {"train": self.ui.trainProgressBar, "generate": self.ui.generateProgressBar,
-                       "evaluate": self.ui.evaluateProgressBar}[kind]
+        progressBar = self._progressBar(kind)
         self._job = None
         self._jobKind = None
         slicer.util.showStatusMessage(_("CTDiffusion: {kind} {result}").format(
@@ -564,6 +635,10 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.onGenerationCompleted(output)
                 elif kind == "evaluate":
                     self.onEvaluationCompleted(output)
+                elif kind == "labels":
+                    self.onLabelsGenerationCompleted(output)
+                elif kind == "utility":
+                    self.onUtilityCompleted(output)
             except Exception as exc:
                 logging.exception("loading results failed")
                 slicer.util.errorDisplay(_("Loading the results failed: {error}").format(error=exc))
@@ -605,11 +680,16 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             with slicer.util.WaitCursor():
-                command, runDir = self.logic.trainingCommand(p, self.selectedSourceNodes(), resume=resume,
-                                                             runDir=runDir)
+                command, runDir = self.logic.trainingCommand(
+                    p, self.selectedSourceNodes(), resume=resume, runDir=runDir,
+                    segmentations=self.selectedSegmentationNodes(), structures=self.structureChoice())
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
             return
+        notice = None if resume else getattr(self, "_coarseNotice", None)
+        if notice:  # said before the child starts; the run goes on (the user may mean it)
+            self._appendLog(_("Note: {text}").format(text=notice))
+            slicer.util.showStatusMessage(_("CTDiffusion: {text}").format(text=notice), 15000)
         p.lastRunFolder = str(runDir)
         self._lossCurve = self.logic.lossCurve(reset=not resume)
         self.logic.showLossCurve(self._lossCurve)
@@ -662,7 +742,36 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.lastGeneratedFolder = str(outDir)
         real = p.referenceVolume or (self.selectedSourceNodes() or [None])[0]
         with slicer.util.WaitCursor():
-            self._syntheticNodes = self.logic.importAndCompare(outDir, real, profile=p.profile)
+            if self.logic.isPairsFolder(outDir):  # a paired model's new pairs: CT + segmentation named as trained
+                self._syntheticNodes = [volume for volume, _seg in self.logic.importPairsAndCompare(outDir, real)]
+            else:
+                self._syntheticNodes = self.logic.importAndCompare(outDir, real, profile=p.profile)
+        self.ui.sampleSlider.value = 0
+        self._updateSampleLabel(0)
+
+    def onGenerateFromLabelsButton(self) -> None:
+        """Generate CT for this segmentation: a paired model makes the CT for the chosen segmentation node."""
+        if self._jobKind == "labels":
+            self._stopJob()
+            return
+        if not self.ensureDependencies(ask=True):
+            return
+        try:
+            with slicer.util.WaitCursor():
+                command, outDir = self.logic.labelsGenerationCommand(
+                    self._parameterNode, self._modelPath(), self.ui.labelsSegmentationComboBox.currentNode())
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
+            return
+        self._startJob("labels", command, outDir)
+
+    def onLabelsGenerationCompleted(self, outDir) -> None:
+        """The CT on the segmentation's geometry, the segmentation over it, beside the real CT."""
+        p = self._parameterNode
+        p.lastGeneratedFolder = str(outDir)
+        with slicer.util.WaitCursor():
+            pairs = self.logic.importPairsAndCompare(outDir, p.referenceVolume)
+        self._syntheticNodes = [volume for volume, _segmentation in pairs]
         self.ui.sampleSlider.value = 0
         self._updateSampleLabel(0)
 
@@ -728,6 +837,28 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.WaitCursor():
             self.logic.showNearCopy(copy, self._parameterNode.profile)
         self.ui.qualityStatusLabel.text = copy.text()
+
+    def onUtilityButton(self) -> None:
+        """The downstream benchmark (real / synthetic / real + synthetic segmenters) in the child process."""
+        if self._jobKind == "utility":
+            self._stopJob()
+            return
+        if not self.ensureDependencies(ask=True):
+            return
+        try:
+            command, outDir = self.logic.utilityCommand(
+                self._parameterNode, self.ui.utilityTrainPathLineEdit.currentPath,
+                self.ui.utilitySyntheticPathLineEdit.currentPath, self.ui.utilityTestPathLineEdit.currentPath,
+                self.ui.utilitySeedsSpinBox.value)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
+            return
+        self._startJob("utility", command, outDir)
+
+    def onUtilityCompleted(self, outDir) -> None:
+        table, verdict = self.logic.showUtility(outDir)
+        self.ui.utilityTableView.setMRMLTableNode(table)
+        self.ui.utilityVerdictLabel.text = verdict
 
     def onOpenReport(self) -> None:
         report = Path(self._parameterNode.lastReportFolder) / "report.html"
@@ -891,10 +1022,14 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
     def runsFolder(self, p) -> str:
         return p.runFolder or str(self.defaultRunsFolder())
 
-    def trainingCommand(self, p, sourceNodes, resume=False, runDir=None):
+    def trainingCommand(self, p, sourceNodes, resume=False, runDir=None, segmentations=(), structures=None):
+        """`structures`: (checked, listed) names of the structure list, for a training with labels."""
         from CTDiffusionLib.jobs import panel, plans
         from CTDiffusionLib.jobs.commands import TrainSettings, build_command
 
+        withLabels = bool(p.withLabels) and self.pairsAllowed(p.profile) and not resume
+        if withLabels:
+            return self._pairsTrainingCommand(p, sourceNodes, segmentations, structures)
         source = plans.training_source(p.sourceMode, p.sourceFolder, len(sourceNodes), self.runsFolder(p), p.profile,
                                        resume_run=(runDir or "") if resume else None)
         if resume:  # the run continues as it was configured (its config.json), on the chosen device
@@ -909,6 +1044,91 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                                      conditions=plans.training_conditions(p.profile, p.conditioned),
                                      **panel.training_overrides(p.profile, p.preset, self.trainingPanel(p)))
         return build_command(settings), source.run_dir
+
+    def _pairsTrainingCommand(self, p, volumes, segmentations, structures):
+        """train --with-labels: volume + segmentation nodes exported as a pairs folder (every segment; the choice is
+        sent as --structures, so the run stores it), or a pairs folder as it is."""
+        from CTDiffusionLib.jobs import panel, paired, plans
+        from CTDiffusionLib.jobs.commands import TrainSettings, build_command
+        from CTDiffusionLib.scene.pair_sources import drawn_on
+
+        checked, listed = structures or ([], [])
+        spec = paired.structures_spec(checked, listed)
+        if p.sourceMode == "nodes":
+            pairs = paired.pair_nodes(volumes, segmentations, drawn_on)
+        source = plans.training_source(p.sourceMode, p.sourceFolder, len(volumes), self.runsFolder(p), p.profile)
+        if source.export_to is not None:
+            from CTDiffusionLib.errors import InputError
+            from CTDiffusionLib.scene.pairs import export_pairs
+
+            try:
+                export_pairs(pairs, source.export_to)
+            except InputError as exc:
+                raise ValueError(str(exc)) from exc
+        settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+                                 with_labels=True, structures=spec,
+                                 **panel.training_overrides(p.profile, p.preset, self.trainingPanel(p)))
+        return build_command(settings), source.run_dir
+
+    @staticmethod
+    def pairsAllowed(profile) -> bool:
+        from CTDiffusionLib.profiles import get_profile
+
+        return not get_profile(profile).is_label_map
+
+    @staticmethod
+    def structureNames(p, segmentations) -> list:
+        """The structure list's names: the chosen segmentations' segment names, or the pairs folder's structures."""
+        from CTDiffusionLib.scene import pair_sources
+
+        if p.sourceMode == "folder":
+            return pair_sources.folder_structure_names(p.sourceFolder) if p.sourceFolder else []
+        return pair_sources.segment_names(segmentations)
+
+    @staticmethod
+    def isPairsFolder(folder) -> bool:
+        from CTDiffusionLib.jobs.paired import is_pairs_folder
+
+        return is_pairs_folder(folder)
+
+    def labelsGenerationCommand(self, p, modelPath, segmentation):
+        """generate --from-labels: the segmentation as a label map (values in the model's structure order, on the
+        reference volume's grid when one is chosen) next to the output folder."""
+        from CTDiffusionLib.errors import InputError
+        from CTDiffusionLib.jobs import panel, paired
+        from CTDiffusionLib.jobs.commands import GenerateSettings, build_command, model_structures
+        from CTDiffusionLib.scene.nodes import safe_file_stem
+        from CTDiffusionLib.scene.pairs import export_segmentation_labels
+
+        if not modelPath:
+            raise ValueError(_("Train a model with labels in this session or choose a paired model bundle."))
+        structures = model_structures(modelPath)
+        if not structures:
+            raise ValueError(_("The model {path} was not trained with labels: train with 'Train on CT + "
+                               "segmentation pairs' first.").format(path=modelPath))
+        if segmentation is None:
+            raise ValueError(_("Choose the segmentation to generate a CT for."))
+        target = paired.labels_generation(p.modelSource, p.lastRunFolder, self.runsFolder(p),
+                                          safe_file_stem(segmentation.GetName()))
+        try:
+            export_segmentation_labels(segmentation, target.labels_file, structures,
+                                       reference_volume=p.referenceVolume)
+        except InputError as exc:
+            raise ValueError(str(exc)) from exc
+        settings = GenerateSettings(model=str(modelPath), num=None, out=str(target.out), sampler=p.sampler,
+                                    steps=panel.sampling_steps_override(p.sampler, p.samplingSteps), seed=p.seed,
+                                    from_labels=str(target.labels_file), device=p.device)
+        return build_command(settings), target.out
+
+    def utilityCommand(self, p, train, synthetic, test, seeds):
+        from CTDiffusionLib.jobs import paired
+        from CTDiffusionLib.jobs.commands import UtilitySettings, build_command
+
+        inputs = paired.utility_inputs(train, synthetic, test, p.lastRunFolder, p.lastGeneratedFolder)
+        out = paired.utility_folder(p.lastRunFolder, self.runsFolder(p))
+        settings = UtilitySettings(train=inputs.train, synthetic=inputs.synthetic, test=inputs.test, out=str(out),
+                                   seeds=int(seeds), device=p.device)
+        return build_command(settings), out
 
     @staticmethod
     def canResume(runDir) -> bool:
@@ -1037,6 +1257,30 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         if synthetic:
             comparison.setup_comparison(realNode, synthetic[0])
         return synthetic
+
+    def importPairsAndCompare(self, outDir, realNode) -> list:
+        """A pairs folder (generate on a paired run) as CT + named segmentation nodes in the synthetic folder, the
+        first CT beside the real one; each segmentation is shown over its CT."""
+        from CTDiffusionLib.scene import comparison, pairs
+
+        self._takeOverLayout()
+        loaded = pairs.import_pairs(outDir, beside=realNode)
+        if loaded:
+            comparison.setup_comparison(realNode, loaded[0][0])
+        return loaded
+
+    def showUtility(self, outDir):
+        """The benchmark's table (and bar chart) in the scene; returns (table node, verdict sentence)."""
+        from CTDiffusionLib.scene import comparison, utility_view
+        from CTDiffusionLib.utility.table import gain_text, load_utility, verdict_text
+
+        result = load_utility(outDir)
+        table = utility_view.utility_table(result)
+        self._takeOverLayout()
+        comparison.show_comparison_layout()
+        comparison.show_table(table)
+        comparison.show_chart(utility_view.utility_chart(result))
+        return table, f"{gain_text(result)}\n{verdict_text(result)}"
 
     def showQuality(self, reportDir, realNodes, generatedNodes, profile=None):
         from CTDiffusionLib.scene import comparison, plots

@@ -54,8 +54,15 @@ class PythonQtStyle:
     def __getattribute__(self, name):
         if name[:1] != "_" and name not in _PLAIN:
             meta = QtCore.QObject.metaObject(self)
-            if meta.indexOfProperty(name) >= 0:
-                return QtCore.QObject.property(self, name)
+            key = (id(self), name)
+            # a property whose getter is virtual (QProgressBar::text) makes Shiboken look the name up again, for a
+            # Python override, while the property is read: that inner lookup gets the C++ method
+            if meta.indexOfProperty(name) >= 0 and key not in _READING:
+                _READING.add(key)
+                try:
+                    return QtCore.QObject.property(self, name)
+                finally:
+                    _READING.discard(key)
         own = _OWN.get(name)
         if own is not None:  # PythonQt's spellings below (Shiboken's lookup would find QObject's own connect)
             return own.__get__(self, type(self))
@@ -93,6 +100,7 @@ class PythonQtStyle:
 
 
 _PLAIN = {"name", "connect", "disconnect", "exec_", "metaObject", "property", "setProperty"}
+_READING: set = set()  # (object id, property name) being read right now
 _OWN = {name: value for name, value in vars(PythonQtStyle).items() if not name.startswith("__")}
 _FLAVOURED: dict = {}
 

@@ -133,6 +133,8 @@ class TrainSettings:
     seed: int | None = None
     device: str = "auto"
     resume: bool = False
+    with_labels: bool = False  # CT + label pairs (train --with-labels)
+    structures: str | None = None  # with_labels: --structures spec; None = every structure in the data
     events: bool = True
 
     def arguments(self) -> list[str]:
@@ -160,6 +162,9 @@ class TrainSettings:
         _opt(args, "--checkpoint-every", self.checkpoint_every)
         _opt(args, "--sample-every", self.sample_every)
         _opt(args, "--seed", self.seed)
+        if self.with_labels:
+            args.append("--with-labels")
+            _opt(args, "--structures", self.structures)
         if self.resume:
             args.append("--resume")
         return _device_and_events(args, self.device, self.events)
@@ -176,7 +181,7 @@ def format_condition(condition: Mapping[str, str] | str | None) -> str | None:
 @dataclass
 class GenerateSettings:
     model: str
-    num: int
+    num: int | None  # None with from_labels (one CT per label map)
     out: str
     sampler: str | None = None  # ddpm | ddim | dpm++
     steps: int | None = None
@@ -185,11 +190,15 @@ class GenerateSettings:
     condition: Mapping[str, str] | str | None = None
     guidance_scale: float | None = None
     batch_size: int | None = None
+    from_labels: str | None = None  # a paired run: the CT for this label-map file or folder
     device: str = "auto"
     events: bool = True
 
     def arguments(self) -> list[str]:
-        args = ["generate", "--model", str(self.model), "--num", str(int(self.num)), "--out", str(self.out)]
+        args = ["generate", "--model", str(self.model)]
+        _opt(args, "--num", None if self.num is None else int(self.num))
+        args += ["--out", str(self.out)]
+        _opt(args, "--from-labels", self.from_labels)
         _opt(args, "--sampler", self.sampler)
         _opt(args, "--steps", self.steps or None)
         _opt(args, "--seed", self.seed)
@@ -222,6 +231,29 @@ class EvaluateSettings:
 
 
 @dataclass
+class UtilitySettings:
+    """`utility`: the downstream benchmark (real / synthetic / real+synthetic segmenters on held-out real pairs)."""
+
+    train: str
+    synthetic: str
+    test: str
+    out: str
+    seeds: int | None = None
+    ratio: float | None = None
+    structures: str | None = None
+    device: str = "auto"
+    events: bool = True
+
+    def arguments(self) -> list[str]:
+        args = ["utility", "--train", str(self.train), "--synthetic", str(self.synthetic), "--test", str(self.test),
+                "--out", str(self.out)]
+        _opt(args, "--seeds", self.seeds)
+        _opt(args, "--ratio", None if self.ratio is None else float(self.ratio))
+        _opt(args, "--structures", self.structures)
+        return _device_and_events(args, self.device, self.events)
+
+
+@dataclass
 class ChildCommand:
     """Everything needed to start the child: argv, environment, and where its events.jsonl will appear."""
 
@@ -240,7 +272,7 @@ def build_command(settings, in_slicer: bool | None = None, slicer_home: str | No
     args = settings.arguments()
     argv = [*python_launcher(in_slicer, slicer_home), "-m", PACKAGE, *args]
     events_file = stop_file = None
-    if isinstance(settings, (TrainSettings, GenerateSettings, EvaluateSettings)):
+    if isinstance(settings, (TrainSettings, GenerateSettings, EvaluateSettings, UtilitySettings)):
         events_file = str(RunFolder(settings.out).events)
     if getattr(settings, "out", None):  # every job stops on its output folder's stop-request file (stopping.py)
         stop_file = str(RunFolder(settings.out).stop_request)
@@ -289,6 +321,18 @@ def model_conditions(model: str | os.PathLike | None) -> dict[str, list[str]]:
         return {}
     return {str(k): [str(v) for v in values] for k, values in conditions.items()
             if isinstance(values, (list, tuple)) and values}
+
+
+def model_structures(model: str | os.PathLike | None) -> list[str]:
+    """The structure names of a paired model (model.json "labels": {"structures": [{"name", "value"}, ...]}) in
+    label-value order; [] for an unpaired model or none."""
+    path = model_json_path(model)
+    labels = _read_json(path).get("labels") if path is not None else None
+    structures = labels.get("structures") if isinstance(labels, dict) else None
+    if not isinstance(structures, list):
+        return []
+    entries = [s for s in structures if isinstance(s, dict) and "name" in s]
+    return [str(s["name"]) for s in sorted(entries, key=lambda s: int(s.get("value") or 0))]
 
 
 def run_data_sources(run_dir: str | os.PathLike | None) -> list[str]:

@@ -27,6 +27,8 @@ def load_utility(result) -> dict:
 
 def metric_of(result: dict) -> str:
     """"dice" (CT pairs) or "accuracy" (cardiac masks: the pathology classifier)."""
+    if result.get("metric") in ("dice", "accuracy"):
+        return result["metric"]
     return "accuracy" if "accuracy" in (result.get("gain") or {}) else "dice"
 
 
