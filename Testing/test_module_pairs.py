@@ -295,6 +295,17 @@ def test_utility_results_show_as_a_table_with_the_verdict(widget, jobs, tmp_path
     verdict = ui.utilityVerdictLabel.text
     assert "+0.008 Dice, 95% interval -0.004 .. +0.019" in verdict and "no measurable gain" in verdict
     assert ui.utilityProgressBar.format == "done" and ui.utilityButton.text == "Run utility benchmark"
+    # the bar chart: each arm's mean, its interval's ends as markers
+    import slicer
+
+    from CTDiffusionLib.scene.utility_view import UTILITY_CHART_NAME
+
+    chart = slicer.mrmlScene.GetFirstNode(UTILITY_CHART_NAME, "vtkMRMLPlotChartNode", False, True)
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert [s.GetYColumnName() for s in series] == ["mean", "low", "high"]
+    bars = series[0].GetTableNode().GetTable()
+    assert [[round(bars.GetValue(r, c).ToDouble(), 3) for c in range(4)] for r in range(3)] == [
+        [0, 0.612, 0.58, 0.64], [1, 0.401, 0.35, 0.45], [2, 0.62, 0.59, 0.65]]
 
 
 WARNING_CHILD = textwrap.dedent(r'''
@@ -348,3 +359,33 @@ def test_coarse_data_notice_before_the_start_and_warning_events_reach_the_status
     log = ui.logTextEdit.toPlainText()
     assert f"Warning: {warning}" in log
     assert ui.trainingNoticeLabel.text == warning
+
+
+def test_generate_pairs_on_a_paired_model_imports_ct_and_named_segmentations(widget, jobs, phantom_pairs,  # noqa: F811
+                                                                            tmp_path):
+    import slicer
+
+    from CTDiffusionLib.data.pairs import discover_pairs, read_pair, select_structures
+
+    model = _paired_model(tmp_path / "bundle", ["prostate", "bladder", "rectum"])
+    ui = widget.ui
+    ui.modelSourceComboBox.setCurrentIndex(ui.modelSourceComboBox.findData("bundle"))
+    ui.modelPathLineEdit.currentPath = str(model)
+    ui.numberSpinBox.value = 2
+    ui.generateButton.click()
+    assert len(jobs) == 1, widget.test_dialogs.shown
+    args = _engine_args(jobs[0].command.argv)
+    assert args.command == "generate" and args.num == 2 and args.from_labels is None
+    cases = discover_pairs(phantom_pairs)  # stand-ins for the new pairs `generate --num 2` writes
+    chosen = select_structures(cases, "prostate,bladder,rectum")
+    write_nnunet_pairs(args.out, [(f"pair_{k}", *read_pair(case, chosen)) for k, case in enumerate(cases)], chosen)
+    jobs[0].finish(widget)
+    assert not widget.test_dialogs.texts("errorDisplay"), widget.test_dialogs.shown
+    assert [node.GetClassName() for node in widget._syntheticNodes] == ["vtkMRMLScalarVolumeNode"] * 2
+    for volume in widget._syntheticNodes:
+        [seg] = [n for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+                 if n.GetNodeReference(n.GetReferenceImageGeometryReferenceRole()) is volume]
+        segmentation = seg.GetSegmentation()
+        assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+               ["prostate", "bladder", "rectum"]
+    assert widget.ui.sampleLabel.text.startswith("1 / 2")

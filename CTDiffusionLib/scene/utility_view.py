@@ -10,7 +10,7 @@ from CTDiffusionLib.utility.table import COLUMNS, load_utility, metric_of, metri
 
 UTILITY_TABLE_NAME = "CTDiffusion utility"
 UTILITY_CHART_TABLE_NAME = "CTDiffusion utility bars"
-UTILITY_CHART_NAME = "CTDiffusion utility"
+UTILITY_CHART_NAME = "CTDiffusion utility chart"
 
 
 def utility_table(result, scene=None):
