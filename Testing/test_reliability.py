@@ -243,7 +243,7 @@ def test_kill_9_three_times_then_finish(ct_phantoms, tmp_path, capsys):
             assert (start["resumed_from"] or "").endswith(f"step_{before:08d}.pt") or before == 0, f"seed {seed}"
         assert _last_checkpoint_step(run) >= before, f"seed {seed}"
         _check_complete_files(run)
-        with RunLock(run):  # the killed run left no lock behind
+        with RunLock(run, create=False):  # the killed run left no lock behind (no folder yet: nothing to lock)
             pass
 
     # What a kill in the middle of save() leaves: a cut-off checkpoint temp file; and weights that are not the ones
