@@ -79,8 +79,14 @@ def test_noise_ct_with_borrowed_labels_is_far_below_real_and_does_not_help(pair_
     assert result["verdict"] != "helps"
 
 
-def test_fresh_phantom_pairs_score_like_real_ones_and_do_not_hurt(pair_sets, tmp_path):
-    result = _benchmark(pair_sets, pair_sets["fresh"], tmp_path / "out")
+@pytest.fixture(scope="module")
+def fresh_result(pair_sets, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("fresh") / "out"
+    return _benchmark(pair_sets, pair_sets["fresh"], out), out
+
+
+def test_fresh_phantom_pairs_score_like_real_ones_and_do_not_hurt(fresh_result):
+    result, _ = fresh_result
     _contract(result)
     real, synthetic = result["arms"]["real"]["dice"], result["arms"]["synthetic"]["dice"]
     assert abs(synthetic - real) < 0.15, (synthetic, real)  # 4 cases each side: case sampling alone moves it
@@ -111,6 +117,29 @@ def test_test_files_that_are_training_files_are_refused(pair_sets, tmp_path, lea
                    "--out", out, "--seeds", 2, "--iterations", ITERATIONS, "--device", "cpu")
     assert code == 2
     assert not out.exists()  # nothing half-written left behind
+
+
+def test_evaluate_with_utility_shows_the_benchmark_in_the_report(pair_sets, fresh_result, tmp_path, monkeypatch):
+    """`evaluate --utility DIR`: the arms, gain and verdict become a section of report.html and "utility" in
+    metrics.json, with the figure beside the report's own; a path that holds no utility.json is refused (exit 2)."""
+    result, utility_dir = fresh_result
+    generated = tmp_path / "generated"  # the fresh CTs as one `generate` run would write them: one spacing
+    generated.mkdir()
+    for k, f in enumerate(sorted((pair_sets["fresh"] / "imagesTr").iterdir()), start=1):
+        image = sitk.ReadImage(str(f))
+        image.SetSpacing((14.5, 14.5, 8.125))
+        sitk.WriteImage(image, str(generated / f"synthetic_{k:04d}.nii.gz"))
+    monkeypatch.setenv("CTDIFFUSION_EVAL_FEATURE_STEPS", "5")
+    common = ("evaluate", "--real", pair_sets["test"] / "imagesTr", "--generated", generated, "--train",
+              pair_sets["train"] / "imagesTr", "--device", "cpu")
+    assert run_cli(*common, "--out", tmp_path / "refused", "--utility", pair_sets["train"]) == 2
+    assert not (tmp_path / "refused").exists()
+    assert run_cli(*common, "--out", tmp_path / "report", "--utility", utility_dir) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["utility"]["verdict_line"] == result["verdict_line"]
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Downstream utility" in page and result["verdict"] in page and "real+synthetic" in page
+    assert (tmp_path / "report" / metrics["utility"]["figure"]).is_file()
 
 
 # ------------------------------------------------------------------------------------------ statistics alone

@@ -64,6 +64,11 @@ def _evaluate_into(args, events, out: Path, device: str) -> int:
     if earlier:
         raise OutputExists(f"--out {out} already holds a quality report ({', '.join(earlier)}).",
                            "Choose a new --out folder; CTDiffusion does not replace an earlier report.")
+    utility = None
+    if getattr(args, "utility", None):  # read first: a wrong path is refused before the long evaluation
+        from CTDiffusionLib.utility.report_section import add_to_report, read_utility
+
+        utility = read_utility(args.utility)
     events.set_log_path(out / "events.jsonl")
     events.emit("start", command="evaluate", real=str(args.real), generated=str(args.generated),
                 train=args.train, out=str(out), device=device)
@@ -72,6 +77,8 @@ def _evaluate_into(args, events, out: Path, device: str) -> int:
                              device=device, seed=args.seed, events=events,
                              # quick looks and tests: fewer feature-network steps (default 200)
                              feature_steps=int(os.environ.get("CTDIFFUSION_EVAL_FEATURE_STEPS") or 0) or None)
+    if utility is not None:  # the downstream benchmark as a section of report.html
+        add_to_report(metrics, *utility, out)
     gate = metrics["memorisation"]["gate"]
     print(f"evaluation written to {out / 'report.html'}\n{metrics['verdict_line']}\n{gate}", file=sys.stderr)
     # exit 0 whatever the verdicts: a failing metric is a finding, not an error (scripts read metrics.json)

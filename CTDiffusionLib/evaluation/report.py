@@ -89,6 +89,10 @@ def write_report(path: Path, m: dict) -> None:
         rows = [[esc(c)] + [esc(_fmt(row.get(k))) for k in keys] for c, row in m["per_condition"].items()]
         parts.append(_table(["condition"] + keys, rows))
 
+    if m.get("utility"):  # `evaluate --utility DIR`: the downstream benchmark (CTDiffusionLib/utility)
+        from CTDiffusionLib.utility.report_section import utility_section
+
+        parts.append(utility_section(m["utility"]))
     parts.append("<h2>Figures</h2>")
     for fig in m.get("figures", []):
         parts.append(f"<div><img src='{esc(fig)}' alt='{esc(Path(fig).stem)}'></div>")
