@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="run folder, to include loss curves")
     p.add_argument("--feature-weights", default=None,
                    help="safetensors weights of a feature network to use instead of the self-trained one")
+    p.add_argument("--utility", default=None,
+                   help="the --out folder (or utility.json) of `ctdiffusion utility`: shown as a section of the report")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--events", action="store_true")
