@@ -60,7 +60,7 @@ USER_FOLDERS = {  # case -> the user's files in the --out folder
 }
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "generate", "evaluate", "phantoms"])
 @pytest.mark.parametrize("case", sorted(USER_FOLDERS))
 def test_a_folder_of_the_users_is_refused_and_left_as_it_was(case, command, tmp_path, ct_phantoms, tiny_ct_run,
                                                             capsys):
@@ -68,7 +68,8 @@ def test_a_folder_of_the_users_is_refused_and_left_as_it_was(case, command, tmp_
     before = _tree(tmp_path)
     argv = {"train": ["train", *TINY, "--data", ct_phantoms, "--steps", 1],
             "generate": ["generate", "--model", tiny_ct_run, *GEN],
-            "evaluate": ["evaluate", "--real", ct_phantoms, "--generated", ct_phantoms]}[command]
+            "evaluate": ["evaluate", "--real", ct_phantoms, "--generated", ct_phantoms],
+            "phantoms": ["phantoms", "--profile", "prostate-ct", "--num", 1, "--size", "48x48x12"]}[command]
     err = _refused(capsys, *argv, "--out", out)
     assert f"--out {out} already holds files CTDiffusion did not write there" in err
     assert _tree(tmp_path) == before  # same bytes, and nothing new (no .lock, no marker, no events.jsonl)
