@@ -756,13 +756,15 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self.ensureDependencies(ask=True):
             return
+        segmentation = self.ui.labelsSegmentationComboBox.currentNode()
         try:
             with slicer.util.WaitCursor():
-                command, outDir = self.logic.labelsGenerationCommand(
-                    self._parameterNode, self._modelPath(), self.ui.labelsSegmentationComboBox.currentNode())
+                command, outDir = self.logic.labelsGenerationCommand(self._parameterNode, self._modelPath(),
+                                                                     segmentation)
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
             return
+        self._labelsRealNode = self.logic.realBesideLabels(self._parameterNode.referenceVolume, segmentation)
         self._startJob("labels", command, outDir)
 
     def onLabelsGenerationCompleted(self, outDir) -> None:
@@ -770,7 +772,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         p.lastGeneratedFolder = str(outDir)
         with slicer.util.WaitCursor():
-            pairs = self.logic.importPairsAndCompare(outDir, p.referenceVolume)
+            pairs = self.logic.importPairsAndCompare(outDir, getattr(self, "_labelsRealNode", None))
         self._syntheticNodes = [volume for volume, _segmentation in pairs]
         self.ui.sampleSlider.value = 0
         self._updateSampleLabel(0)
@@ -1084,6 +1086,14 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         if p.sourceMode == "folder":
             return pair_sources.folder_structure_names(p.sourceFolder) if p.sourceFolder else []
         return pair_sources.segment_names(segmentations)
+
+    @staticmethod
+    def realBesideLabels(reference, segmentation):
+        """The real CT shown beside a CT generated for a segmentation: the reference volume, else the volume the
+        segmentation was drawn on."""
+        from CTDiffusionLib.scene.pair_sources import drawn_on
+
+        return reference if reference is not None else drawn_on(segmentation) if segmentation is not None else None
 
     @staticmethod
     def isPairsFolder(folder) -> bool:

@@ -178,7 +178,8 @@ def _paired_model(folder: Path, structures) -> Path:
     return folder / "model"
 
 
-def test_generate_ct_for_this_segmentation(widget, jobs, phantom_pairs, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("with_reference", [True, False], ids=["reference volume", "segmentation's own CT"])
+def test_generate_ct_for_this_segmentation(widget, jobs, phantom_pairs, tmp_path, with_reference):  # noqa: F811
     import slicer
 
     from CTDiffusionLib.scene import comparison
@@ -188,9 +189,10 @@ def test_generate_ct_for_this_segmentation(widget, jobs, phantom_pairs, tmp_path
     ui, p = widget.ui, widget._parameterNode
     ui.modelSourceComboBox.setCurrentIndex(ui.modelSourceComboBox.findData("bundle"))
     ui.modelPathLineEdit.currentPath = str(model)
-    ui.referenceVolumeComboBox.setCurrentNode(ct)
+    if with_reference:  # else: the label map on the segmentation's own geometry, shown beside the CT it was drawn on
+        ui.referenceVolumeComboBox.setCurrentNode(ct)
     ui.labelsSegmentationComboBox.setCurrentNode(seg)
-    assert p.referenceVolume is ct and ui.generateFromLabelsButton.enabled
+    assert p.referenceVolume is (ct if with_reference else None) and ui.generateFromLabelsButton.enabled
     ui.generateFromLabelsButton.click()
     assert len(jobs) == 1, widget.test_dialogs.shown
     argv = jobs[0].command.argv
