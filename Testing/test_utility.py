@@ -142,6 +142,35 @@ def test_evaluate_with_utility_shows_the_benchmark_in_the_report(pair_sets, fres
     assert (tmp_path / "report" / metrics["utility"]["figure"]).is_file()
 
 
+def test_progress_events_carry_an_eta_and_a_stop_request_ends_the_run(pair_sets, tmp_path, monkeypatch, capsys):
+    """Like training: progress events with eta_s on stdout (--events), and OUT/stop-request stops the benchmark after
+    the current iteration: exit 130, a 'stopped' done event, no utility.json."""
+    from CTDiffusionLib.events import EventReader
+    from CTDiffusionLib.utility import arms
+
+    out = tmp_path / "out"
+    step = arms.Progress.step
+
+    def request_stop_during_iteration_5(progress, arm, seed, in_arm, arm_total):
+        if progress.done == 4:
+            (out / "stop-request").write_text("stop")  # what the Slicer module's Stop writes
+        step(progress, arm, seed, in_arm, arm_total)
+
+    monkeypatch.setattr(arms, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(arms.Progress, "step", request_stop_during_iteration_5)
+    code = run_cli("utility", "--train", pair_sets["train"], "--synthetic", pair_sets["fresh"], "--test",
+                   pair_sets["test"], "--out", out, "--seeds", 2, "--iterations", ITERATIONS, "--device", "cpu",
+                   "--events")
+    assert code == 130
+    events = EventReader().feed(capsys.readouterr().out)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and events[-1]["status"] == "stopped"
+    progress = [e for e in events if e["event"] == "progress" and e.get("arm")]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4]  # the check after iteration 5 stopped it
+    assert all(e["total"] == 2 * 3 * ITERATIONS and e["eta_s"] > 0 for e in progress)
+    assert not (out / "utility.json").exists()
+
+
 # ------------------------------------------------------------------------------------------ statistics alone
 def _tables(gain: float, noise: float, seeds: int = 3, cases: int = 20, seed: int = 0):
     rng = np.random.default_rng(seed)
