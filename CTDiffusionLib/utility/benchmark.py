@@ -54,7 +54,7 @@ def verdict_line(gain: dict, counts: dict, copies: list, metric: str = "dice", w
     if copies:
         text += (f" But {len(copies)} of {counts['synthetic']} synthetic samples are near-copies of training "
                  f"samples ({', '.join(c['synthetic'] for c in copies[:10])}{' ...' if len(copies) > 10 else ''}): "
-                 "any gain rests on copies of the training data, not on new data.")
+                 "any gain they bring rests on copies of the training data, not on new data.")
     return text
 
 
