@@ -138,6 +138,8 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._syntheticNodes = []
         self._nearCopies = []  # the last report's near-copies (CTDiffusionLib.scene.near_copies.NearCopy)
         self._nearCopyShown = -1
+        self._coarseNotice = None  # the coarse-data notice for the chosen data and preset (None: nothing to say)
+        self._labelsRealNode = None  # the real CT shown beside a CT generated for a segmentation
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -686,7 +688,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("CTDiffusion"))
             return
-        notice = None if resume else getattr(self, "_coarseNotice", None)
+        notice = None if resume else self._coarseNotice
         if notice:  # said before the child starts; the run goes on (the user may mean it)
             self._appendLog(_("Note: {text}").format(text=notice))
             slicer.util.showStatusMessage(_("CTDiffusion: {text}").format(text=notice), 15000)
@@ -772,7 +774,7 @@ class CTDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         p.lastGeneratedFolder = str(outDir)
         with slicer.util.WaitCursor():
-            pairs = self.logic.importPairsAndCompare(outDir, getattr(self, "_labelsRealNode", None))
+            pairs = self.logic.importPairsAndCompare(outDir, self._labelsRealNode)
         self._syntheticNodes = [volume for volume, _segmentation in pairs]
         self.ui.sampleSlider.value = 0
         self._updateSampleLabel(0)
