@@ -8,14 +8,13 @@ deterministic per seed, the same for every arm.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from CTDiffusionLib.data.discovery import ACDC_GROUPS
-from CTDiffusionLib.errors import TrainingFailed
+from CTDiffusionLib.utility.fitting import fit, shuffled_cycle
 
 N_LABELS = 4  # background, RV, MYO, LV
 ITERATIONS_PER_SAMPLE = 2
@@ -65,26 +64,14 @@ def train_classifier(arrays: list, groups: list, recipe: ClassifierRecipe, seed:
     y = torch.as_tensor([recipe.groups.index(g) for g in groups])
     model = build_classifier(recipe, tuple(x.shape[2:])).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
-    rng = np.random.default_rng(seed)
-    order: list = []
-    model.train()
-    for step in range(recipe.iterations):
-        batch = []
-        for _ in range(min(recipe.batch_size, len(arrays))):  # a shuffled cycle: every sample equally often
-            if not order:
-                order = list(rng.permutation(len(arrays)))
-            batch.append(order.pop())
-        optimiser.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingFailed(f"The benchmark's pathology classifier diverged (loss {value} at iteration {step}).",
-                                 "Check the masks' label values.")
-        loss.backward()
-        optimiser.step()
-        if on_step is not None:
-            on_step(step + 1)
-    return model.eval()
+    cycle = shuffled_cycle(len(arrays), np.random.default_rng(seed))
+
+    def batch_loss():
+        batch = [next(cycle) for _ in range(min(recipe.batch_size, len(arrays)))]
+        return torch.nn.functional.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
+
+    return fit(model, optimiser, recipe.iterations, batch_loss, "pathology classifier",
+               "Check the masks' label values.", on_step)
 
 
 @torch.no_grad()

@@ -9,13 +9,12 @@ Deterministic per seed: weights, batch order and augmentation all come from that
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from CTDiffusionLib.errors import TrainingFailed
+from CTDiffusionLib.utility.fitting import fit, shuffled_cycle
 
 HU_WINDOW = (-1000.0, 1000.0)  # air .. cortical bone: every structure of a pelvic CT keeps its contrast
 MAX_PATCH_ZYX = (16, 96, 96)  # training patch and inference window at most (the whole volume when smaller)
@@ -104,28 +103,16 @@ def train_segmenter(cases: list, n_classes: int, recipe: Recipe, seed: int, devi
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     inputs = [{"image": window(c.image, recipe), "label": np.asarray(c.labels, np.int64)[None]} for c in cases]
     augment = _augment(recipe, seed)
-    rng = np.random.default_rng(seed)
-    order: list = []
-    model.train()
-    for step in range(recipe.iterations):
-        batch = []
-        for _ in range(recipe.batch_size):  # cases in a shuffled cycle: each one equally often
-            if not order:
-                order = list(rng.permutation(len(inputs)))
-            batch.append(augment(inputs[order.pop()]))
+    cycle = shuffled_cycle(len(inputs), np.random.default_rng(seed))
+
+    def batch_loss():
+        batch = [augment(inputs[next(cycle)]) for _ in range(recipe.batch_size)]
         image = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
         label = torch.stack([torch.as_tensor(b["label"]) for b in batch]).long().to(device)
-        optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn(model(image), label)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingFailed(f"The benchmark's segmenter diverged (loss {value} at iteration {step}).",
-                                 "Check the training pairs' CT values.")
-        loss.backward()
-        optimiser.step()
-        if on_step is not None:
-            on_step(step + 1)
-    return model.eval()
+        return loss_fn(model(image), label)
+
+    return fit(model, optimiser, recipe.iterations, batch_loss, "segmenter", "Check the training pairs' CT values.",
+               on_step)
 
 
 @torch.no_grad()
