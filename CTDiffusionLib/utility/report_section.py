@@ -39,48 +39,33 @@ def attach(metrics: dict, utility: dict, utility_dir: Path, report_dir: Path) ->
     return metrics
 
 
-def _fmt(v, signed: bool = False) -> str:
-    if v is None:
-        return "–"
-    return f"{v:+.3f}" if signed else f"{v:.3f}"
-
-
-def _interval(ci, signed: bool = False) -> str:
-    return f"{_fmt(ci[0], signed)} .. {_fmt(ci[1], signed)}" if ci else "–"
-
-
 def utility_section(u: dict) -> str:
-    """HTML: the verdict line, one row per arm, the gain, near-copies, (masks) conditioning per group, the figure."""
+    """HTML: the verdict line, one row per arm (utility/table.py, the rows Slicer and the web viewer show), the gain,
+    near-copies, (masks) conditioning per group, the figure."""
+    from CTDiffusionLib.utility.table import _number, gain_text, metric_title, utility_rows, verdict_text
+
     esc = html.escape
-    metric = u.get("metric", "dice")
-    what = "Dice" if metric == "dice" else metric
     counts = u.get("counts", {})
-    rows = []
-    for arm, e in u["arms"].items():
-        extra = _fmt(e.get("hd95")) + " mm" if metric == "dice" else str(e.get("n_train_samples", "–"))
-        rows.append(f"<tr><td>{esc(arm)}</td><td>{_fmt(e.get(metric))}</td>"
-                    f"<td>{_interval(e.get(f'{metric}_ci95'))}</td><td>{esc(extra)}</td></tr>")
-    last = "HD95" if metric == "dice" else "training samples"
-    gain = u.get("gain", {})
+    rows = "".join(f"<tr><td>{esc(r['arm'])}</td><td>{esc(r['mean'])}</td><td>{esc(r['interval'])}</td>"
+                   f"<td>{esc(r['hd95'])}</td></tr>" for r in utility_rows(u))
     cls = "pass" if u.get("verdict") == "helps" else "flagged" if u.get("verdict") == "hurts" else "not_checked"
     parts = ["<h2>Downstream utility (real / synthetic / real+synthetic)</h2>",
-             f"<div class='gate {cls}'>Utility — {esc(u.get('verdict_line', u.get('verdict', '')))}</div>",
+             f"<div class='gate {cls}'>Utility — {esc(verdict_text(u))}</div>",
              f"<p>{counts.get('train')} real training, {counts.get('synthetic')} synthetic and {counts.get('test')} "
              f"held-out real cases, {counts.get('seeds')} seeds. {esc(u.get('statistics', ''))}</p>",
-             f"<table><tr><th>arm</th><th>mean {esc(what)}</th><th>95% interval</th><th>{last}</th></tr>"
-             + "".join(rows) + "</table>",
-             f"<p>Gain (real+synthetic minus real): {_fmt(gain.get(metric), True)} "
-             f"(95% interval {_interval(gain.get('ci95'), True)}).</p>"]
+             f"<table><tr><th>arm</th><th>mean {esc(metric_title(u))}</th><th>95% interval</th><th>HD95</th></tr>"
+             f"{rows}</table>", f"<p>{esc(gain_text(u))}.</p>"]
     copies = u.get("near_copies") or []
     if copies:
         names = ", ".join(f"{c['synthetic']} ~ {c['train']}" for c in copies[:20])
         parts.append(f"<p class='worse'><b>Near-copies of training cases in the synthetic set:</b> {esc(names)}</p>")
     cond = u.get("conditioning")
     if cond:
-        rows = "".join(f"<tr><td>{esc(g)}</td><td>{_fmt(v.get('accuracy'))}</td><td>{_fmt(v.get('real_accuracy'))}"
-                       f"</td><td>{v.get('n_generated')}</td></tr>" for g, v in cond["per_group"].items())
+        rows = "".join(f"<tr><td>{esc(g)}</td><td>{_number(v.get('accuracy'))}</td>"
+                       f"<td>{_number(v.get('real_accuracy'))}</td><td>{v.get('n_generated')}</td></tr>"
+                       for g, v in cond["per_group"].items())
         parts.append(f"<p>Conditioning: generated masks read as the group they were asked for: "
-                     f"{_fmt(cond.get('accuracy'))} (chance {_fmt(cond.get('chance'))}).</p>"
+                     f"{_number(cond.get('accuracy'))} (chance {_number(cond.get('chance'))}).</p>"
                      "<table><tr><th>requested group</th><th>accuracy on generated</th><th>accuracy on real</th>"
                      f"<th>generated masks</th></tr>{rows}</table>")
     if u.get("figure"):
