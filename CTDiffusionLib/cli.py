@@ -191,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("utility", help="downstream benchmark: does adding synthetic pairs help a segmenter on "
                                        "held-out real pairs? (real / synthetic / real+synthetic arms)")
-    p.add_argument("--train", required=True, help="real training pairs (nnU-Net raw layout or any pairs layout)")
-    p.add_argument("--synthetic", required=True, help="synthetic pairs (e.g. written by `generate` on a paired run)")
-    p.add_argument("--test", required=True, help="held-out REAL pairs, in neither --train nor --synthetic")
+    p.add_argument("--train", required=True, help="real training pairs (nnU-Net raw layout or any pairs layout); "
+                                                  "for cardiac masks an ACDC folder")
+    p.add_argument("--synthetic", required=True, help="synthetic pairs (e.g. written by `generate` on a paired run), "
+                                                      "or masks from a group-conditioned cardiac model")
+    p.add_argument("--test", required=True, help="held-out REAL data (pairs or ACDC), in neither --train nor "
+                                                 "--synthetic")
     p.add_argument("--out", required=True, help="folder for utility.json, the figure and events.jsonl")
     p.add_argument("--seeds", type=_positive_int, default=3, help="training seeds per arm (3)")
     p.add_argument("--ratio", type=_finite_at_least(0.0, exclusive=True), default=1.0,
@@ -201,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structures", default=None, help="e.g. prostate,bladder,femur=femur_left+femur_right "
                                                       "(default: every structure of --train)")
     p.add_argument("--iterations", type=_positive_int, default=None,
-                   help="segmenter training iterations per arm and seed (default: scaled to the real count)")
+                   help="segmenter (classifier) training iterations per arm and seed (default: scaled to the real "
+                        "count)")
     p.add_argument("--seed", type=_seed, default=0, help="first seed (seeds are SEED .. SEED+K-1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--events", action="store_true", help="print JSON-lines events on stdout")
