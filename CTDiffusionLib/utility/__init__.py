@@ -13,6 +13,8 @@ Modules (one idea each):
   figure      Dice per arm with intervals;  benchmark  the orchestration and utility.json
   adherence   how well a generated CT follows its conditioning label map (per-structure Dice of a segmenter)
   pathology   cardiac masks: the ACDC-group classifier;  mask_benchmark  its arms, conditioning accuracy
+  fitting     the training loop both recipes share
+  table       utility.json as table rows (Slicer, web viewer);  report_section  the section in report.html
 """
 
 from __future__ import annotations
