@@ -84,6 +84,7 @@ def run_arms(cases_by_arm: dict, test: list, n_classes: int, recipe: Recipe, see
                                        case.spacing_zyx)
                 out[arm].dice[i, j], out[arm].hd95[i, j] = s["dice"], s["hd95"]
             if log is not None:
+                per_case = [scoring.case_mean(d) for d in out[arm].dice[i]]  # as utility.json's dice_per_seed
                 log.info("utility: arm %s, seed %d: mean Dice %.3f on %d test cases (%.0f s)", arm, seed,
-                         np.nanmean(out[arm].dice[i]), len(test), time.time() - t0)
+                         np.nanmean(per_case), len(test), time.time() - t0)
     return out
