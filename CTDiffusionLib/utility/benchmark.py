@@ -45,12 +45,12 @@ def _arm_entry(dice: np.ndarray, hd95: np.ndarray, structures: list, n_train: in
 
 
 def verdict_line(gain: dict, counts: dict, copies: list, metric: str = "dice", what: str = "Dice",
-                 unit: str = "training cases") -> str:
+                 unit: str = "training cases", tested: str | None = None) -> str:
     lo, hi = gain["ci95"] or (None, None)
     interval = f"95% interval {lo:+.3f} .. {hi:+.3f}" if lo is not None else "no interval"
+    tested = tested or f"{counts['test']} held-out real cases"
     text = (f"{gain['verdict']}: adding {counts['synthetic']} synthetic to {counts['train']} real {unit} "
-            f"changes the mean {what} on {counts['test']} held-out real cases by {gain[metric]:+.3f} ({interval}; "
-            f"{counts['seeds']} seeds).")
+            f"changes the mean {what} on {tested} by {gain[metric]:+.3f} ({interval}; {counts['seeds']} seeds).")
     if copies:
         text += (f" But {len(copies)} of {counts['synthetic']} synthetic samples are near-copies of training "
                  f"samples ({', '.join(c['synthetic'] for c in copies[:10])}{' ...' if len(copies) > 10 else ''}): "
