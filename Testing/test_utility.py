@@ -63,7 +63,7 @@ def _contract(result: dict) -> None:
         assert lo <= arm["dice"] <= hi
         assert set(arm["per_structure"]) == set(STRUCTURES.split(","))
         assert arm["hd95"] is None or arm["hd95"] >= 0
-    assert result["verdict"] in ("helps", "no measurable gain", "hurts")
+    assert result["verdict"] in ("helps", "no measurable gain", "hurts") and result["metric"] == "dice"
     assert result["segmenter"]["iterations"] == ITERATIONS and result["segmenter"]["seeds"] == [0, 1]
     assert result["counts"] == {"train": 4, "synthetic": 4, "synthetic_available": 4, "test": 3, "seeds": 2}
     assert (Path(result["figure"]).name == "utility_dice.png")

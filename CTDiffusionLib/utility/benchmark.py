@@ -118,6 +118,8 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
               "test": len(test_s), "seeds": len(seed_list)}
     result = {
         "format": FORMAT,
+        "task": "segmentation (CT + label pairs)",
+        "metric": "dice",
         "segmenter": {**recipe.describe(), "seeds": seed_list, "device": device},
         "structures": [{"name": s.name, "value": k, "sources": list(s.sources)} for k, s in enumerate(chosen, 1)],
         "working_grid_xyz": list(grid),
