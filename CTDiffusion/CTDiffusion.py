@@ -108,7 +108,7 @@ class CTDiffusionParameterNode:
     modelSource: str = "run"
     modelPath: str = ""
     numberOfSamples: Annotated[int, WithinRange(1, 1000)] = 4
-    sampler: str = "dpm++"
+    sampler: str = ""  # "": the model's own default sampler (jobs/panel.py)
     samplingSteps: Annotated[int, WithinRange(1, 1000)] = 25
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     referenceVolume: slicer.vtkMRMLScalarVolumeNode

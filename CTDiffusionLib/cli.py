@@ -20,9 +20,9 @@ from CTDiffusionLib.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED,
 from CTDiffusionLib.stopping import stop_requests
 from CTDiffusionLib.events import EventWriter
 from CTDiffusionLib.profiles import PROFILES, PROSTATE_CT
+from CTDiffusionLib.samplers import DEFAULT_SAMPLER, OBJECTIVES, SAMPLERS, sampler_names
 from CTDiffusionLib.textformat import parse_size
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 log = logging.getLogger("ctdiffusion")
 
@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=_non_negative_int, default=None)
     p.add_argument("--schedule", choices=("linear", "cosine"), default=None, help="beta schedule")
     p.add_argument("--prediction", choices=("epsilon", "v"), default=None, help="what the network predicts")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="ddpm (DDPM schedule, epsilon/v targets) or flow (rectified flow); default: the preset's (ddpm)")
     p.add_argument("--min-snr-gamma", type=_finite_at_least(0), default=None,
                    help="weight the loss by Min-SNR-gamma (e.g. 5; 0: plain MSE; default: the preset's)")
     p.add_argument("--grid", default=None, help="training grid XxYxZ (or XxY for 2D masks); overrides the preset")
@@ -163,8 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--from-labels", default=None,
                    help="a paired run: one CT for each label map in this file or folder, on its grid")
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: 1000 ddpm, 50 ddim, 25 dpm++)")
+    p.add_argument("--sampler", choices=sampler_names(), default=None,
+                   help="default: the model's objective's own (" + ", ".join(
+                       f"{objective}: {name}" for objective, name in DEFAULT_SAMPLER.items()) + ")")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampling steps (default per sampler: " + ", ".join(
+                       f"{name} {spec.steps}" for name, spec in SAMPLERS.items()) + ")")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--reference", default=None, help="copy spacing/origin/direction from this volume")

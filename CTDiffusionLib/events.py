@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-EVENT_TYPES = ("start", "progress", "checkpoint", "sample", "done", "error")
+EVENT_TYPES = ("start", "progress", "checkpoint", "sample", "warning", "done", "error")  # warning: message, hint
 
 
 def _clean(value: Any) -> Any:

@@ -13,7 +13,7 @@ import torch
 from CTDiffusionLib.data.preprocess import ct_grid_geometry, from_unit, reorient
 from CTDiffusionLib.data.volume_io import Geometry, array_to_image, read_image, write_failed, write_image
 from CTDiffusionLib.diffusion.sampling import sample
-from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, bundle_scheduler, sampler
+from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS, bundle_scheduler, default_sampler, sampler
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.label_sets import is_paired_ct
 from CTDiffusionLib.models.conditioning import ConditionVocabulary, parse_condition_text
@@ -22,9 +22,10 @@ from CTDiffusionLib.output_folder import check_output_folder, claim_output_folde
 from CTDiffusionLib import stopping
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import write_json
+from CTDiffusionLib.samplers import DEFAULT_GUIDANCE, network_evaluations  # noqa: F401 (DEFAULT_GUIDANCE: re-exported)
+from CTDiffusionLib.threads import ThreadGovernor
 
 log = logging.getLogger("ctdiffusion")
-DEFAULT_GUIDANCE = 3.0
 
 
 def model_input_shape(meta: dict) -> tuple[int, ...]:
@@ -69,13 +70,14 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: Path, resample_to=
     return write_image(image, path, exclusive=True)  # never replaces a volume already there
 
 
-def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str = "dpm++",
+def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler_name: str | None = None,
              steps: int | None = None, seed: int = 0, batch_size: int | None = None, reference: str | None = None,
              condition: dict | None = None, guidance_scale: float | None = None, device: torch.device | None = None,
              autocast_dtype=None, events=None, prefix: str = "synthetic") -> list[Path]:
     device = device or torch.device("cpu")
     profile = get_profile(meta["profile"])
     vocab = ConditionVocabulary(meta.get("conditions"))
+    sampler_name = sampler_name or default_sampler(meta["diffusion"])
     steps = steps or DEFAULT_SAMPLER_STEPS[sampler_name]
     reference_image = read_image(reference, what="reference volume") if reference else None
     geometry = output_geometry(meta, reference_image)
@@ -92,6 +94,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
     written: list[Path] = []
     t0 = time.time()
     total_steps = num * steps
+    threads = ThreadGovernor(device)  # CPU threads follow the cores other work leaves free
     for start in range(0, num, batch_size):
         indices = list(range(start + 1, min(num, start + batch_size) + 1))
         seeds = [seed + i - 1 for i in indices]
@@ -102,6 +105,7 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
             null = torch.full((len(seeds),), vocab.null_index, dtype=torch.long, device=device)
 
         def on_step(i: int, n: int, done_before=start) -> None:
+            threads.tick()
             stopping.check(f"Generation stopped after {len(written)} of {num} volumes.",
                            f"The finished volumes (with their .json) are in {out}.")
             if events is None:
@@ -121,6 +125,8 @@ def generate(model: torch.nn.Module, meta: dict, num: int, out: Path, *, sampler
         for index, s, arr in zip(indices, seeds, decode(x0[: len(seeds)], meta)):
             path = write_volume(arr, geometry, out / f"{prefix}_{index:04d}.nii.gz", resample_to, profile.fill_value)
             sidecar = {"file": path.name, "index": index, "seed": s, "sampler": sampler_name, "steps": steps,
+                       "network_evaluations": network_evaluations(sampler_name, steps,
+                                                                  bool(guidance) and guidance != 1.0),
                        "model_sha256": meta.get("sha256"), "profile": meta["profile"], "mode": meta["data"]["mode"],
                        "condition": condition or None, "guidance_scale": guidance,
                        "reference": str(reference) if reference else None}
@@ -149,6 +155,8 @@ def generate_from_args(args, events) -> int:
     paired_generation.check_request(args, meta)  # --from-labels / --num against what the bundle is
     apply_speed_settings(model, device, meta["data"]["mode"])  # channels-last on CUDA, as in training
     ConditionVocabulary(meta.get("conditions")).encode(condition)  # unknown values fail before any output
+    # so does a sampler of the other objective, or too many steps
+    sampler(args.sampler or default_sampler(meta["diffusion"]), meta["diffusion"], args.steps, bundle_scheduler(meta))
     with claim_output_folder(out, "generate"):  # locked: a second generate into the same folder is refused
         _refuse_earlier_volumes(out)  # one that finished while this one loaded its model
         return _generate_into(args, events, out, model, meta, condition, device)
@@ -165,11 +173,12 @@ def _generate_into(args, events, out: Path, model, meta: dict, condition, device
 
     if is_paired_ct(meta):  # a paired run: CT + label pairs in the nnU-Net layout
         return paired_generation.generate_paired_from_args(args, events, out, model, meta, device)
+    sampler_name = args.sampler or default_sampler(meta["diffusion"])
     events.set_log_path(out / "events.jsonl")
-    events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=args.sampler,
-                steps=args.steps or DEFAULT_SAMPLER_STEPS[args.sampler], out=str(out), device=str(device))
+    events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=sampler_name,
+                steps=args.steps or DEFAULT_SAMPLER_STEPS[sampler_name], out=str(out), device=str(device))
     t0 = time.time()
-    paths = generate(model, meta, args.num, out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
+    paths = generate(model, meta, args.num, out, sampler_name=sampler_name, steps=args.steps, seed=args.seed,
                      batch_size=args.batch_size, reference=args.reference, condition=condition,
                      guidance_scale=args.guidance_scale, device=device, autocast_dtype=autocast_dtype(device, None),
                      events=events)

@@ -269,11 +269,11 @@ def test_demo_plans_its_stages_and_the_cli_runs_them(tmp_path, monkeypatch, caps
     ct_stages = dict(demo_stages("prostate-ct", tmp_path / "ct", "cpu"))
     for argv in [*dict(stages).values(), *ct_stages.values()]:
         cli.build_parser().parse_args(argv)  # every planned line is a valid command
-    ct_generate = ct_stages["generate"]  # CT samples with its own sampler (DDPM-250), masks with the default
-    assert "--sampler" not in dict(stages)["generate"] and "--steps" not in dict(stages)["generate"]
-    assert ct_generate[ct_generate.index("--sampler") + 1:ct_generate.index("--steps") + 2] == ["ddpm", "--steps",
-                                                                                                  "250"]
-    ct_train = ct_stages["train"]  # CT: a time budget by default
+    # both sample with the model's own default sampler; the CT demo trains a rectified flow (Euler, 25 steps)
+    for generate in (ct_stages["generate"], dict(stages)["generate"]):
+        assert "--sampler" not in generate and "--steps" not in generate
+    ct_train = ct_stages["train"]  # CT: a time budget by default, a rectified flow in bf16
+    assert ct_train[ct_train.index("--objective") + 1] == "flow" and ct_train[ct_train.index("--amp") + 1] == "on"
     assert "--steps" not in ct_train and float(ct_train[ct_train.index("--minutes") + 1]) > 0
     mask_train = dict(demo_stages("cardiac-masks", tmp_path / "d", "cpu"))["train"]  # masks: a budget too
     assert "--steps" not in mask_train and mask_train[mask_train.index("--preset") + 1] == "demo"

@@ -93,16 +93,21 @@ def test_no_preset_means_the_profile_default_and_combos_come_from_the_table():
 
 def test_sampler_steps_shown_are_steps_sent():
     from CTDiffusionLib.diffusion.schedulers import DEFAULT_SAMPLER_STEPS
+    from CTDiffusionLib.samplers import DEFAULT_SAMPLER
 
-    assert panel.SAMPLER_STEPS == DEFAULT_SAMPLER_STEPS and set(panel.SAMPLER_STEPS) == set(SAMPLERS)
+    assert {k: v for k, v in panel.SAMPLER_STEPS.items() if k} == DEFAULT_SAMPLER_STEPS
+    assert set(panel.SAMPLER_STEPS) == {panel.MODEL_DEFAULT, *SAMPLERS}
     assert [n for _, n in panel.sampler_choices()] == list(panel.SAMPLER_STEPS)
-    for sampler in SAMPLERS:
+    assert panel.sampler_choices()[0][1] == panel.MODEL_DEFAULT == panel.DEFAULT_SAMPLER
+    for sampler in panel.SAMPLER_STEPS:
         shown = panel.sampler_default_steps(sampler)
         g = GenerateSettings(model="m", num=1, out="o", sampler=sampler,
                              steps=panel.sampling_steps_override(sampler, shown))
         args = build_parser().parse_args(g.arguments())
         assert args.steps is None  # the engine's default for that sampler = the number shown
-        assert (args.steps or DEFAULT_SAMPLER_STEPS[args.sampler]) == shown
+        # "the model's own" sends no --sampler: whichever objective the model has, its default runs the steps shown
+        for objective in DEFAULT_SAMPLER:
+            assert DEFAULT_SAMPLER_STEPS[args.sampler or DEFAULT_SAMPLER[objective]] == shown
     g = GenerateSettings(model="m", num=1, out="o", sampler="ddpm", steps=panel.sampling_steps_override("ddpm", 200))
     assert build_parser().parse_args(g.arguments()).steps == 200
     # no label promises a step count the panel does not send

@@ -64,6 +64,17 @@ def _ui_classes():
     return tree, classes, layouts, custom
 
 
+@pytest.fixture(autouse=True)
+def _forget_modules_imported_under_stand_ins():
+    """A CTDiffusionLib module first imported while the Slicer stand-ins below are in sys.modules keeps the stand-in
+    `slicer`; forget it afterwards so later tests (the real widget on slicer-core) import it afresh."""
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("CTDiffusionLib", "CTDiffusion_under_test"):
+            del sys.modules[name]
+
+
 @pytest.fixture(scope="module")
 def loaded_ui():
     QtWidgets = pytest.importorskip("PySide6.QtWidgets")

@@ -14,6 +14,15 @@ def initial_noise(shape: Sequence[int], seeds: Sequence[int]) -> tuple[torch.Ten
     return noise, generators
 
 
+def timestep_batch(t, n: int, device: torch.device) -> torch.Tensor:
+    """The network's timestep input: whole numbers stay integers (DDPM chains, exactly as before); the fractional
+    timesteps of sigma-based and flow samplers are passed as they are, not truncated."""
+    value = float(t)
+    if value.is_integer():
+        return torch.full((n,), int(value), device=device, dtype=torch.long)
+    return torch.full((n,), value, device=device, dtype=torch.float32)
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -33,13 +42,13 @@ def sample(
     `spatial_condition` (batch, K, spatial...): a label map per sample, concatenated to the network input; with
     `guidance_scale` != 1 the null condition (all zeros) runs beside it in the same batch and the two are mixed."""
     x, generators = initial_noise(shape, seeds)
-    x = x.to(device) * scheduler.init_noise_sigma
+    x = x.to(device) * getattr(scheduler, "init_noise_sigma", 1.0)  # flow-matching schedulers start at 1
     guided = class_labels is not None and null_labels is not None and guidance_scale != 1.0
     spatial = spatial_condition.to(device) if spatial_condition is not None else None
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
-        inp = scheduler.scale_model_input(x, t)
-        tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
+        inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        tt = timestep_batch(t, x.shape[0], device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             if spatial is not None and guidance_scale != 1.0:
                 both = model(torch.cat([torch.cat([inp, spatial.to(inp.dtype)], 1),

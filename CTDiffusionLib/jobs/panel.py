@@ -22,10 +22,16 @@ from CTDiffusionLib.samplers import DEFAULT_SAMPLER as DEFAULT_SAMPLER_OF, SAMPL
 
 AUGMENTATIONS = ("zoom", "flip", "rotate")
 SCHEDULES = (("Linear", "linear"), ("Cosine", "cosine"))
-#: Default sampling steps and labels per sampler, from the one sampler table (CTDiffusionLib/samplers.py).
-SAMPLER_STEPS = {name: spec.steps for name, spec in SAMPLERS.items()}
-SAMPLER_LABELS = {name: spec.label for name, spec in SAMPLERS.items()}
-DEFAULT_SAMPLER = DEFAULT_SAMPLER_OF["ddpm"]
+#: Default sampling steps and labels per sampler, from the one sampler table (CTDiffusionLib/samplers.py). The
+#: first choice, "" (no --sampler sent), lets `generate` use the model's own: its objective's default sampler, whose
+#: default step count is the same for both objectives.
+MODEL_DEFAULT = ""
+SAMPLER_STEPS = {MODEL_DEFAULT: SAMPLERS[DEFAULT_SAMPLER_OF["ddpm"]].steps,
+                 **{name: spec.steps for name, spec in SAMPLERS.items()}}
+SAMPLER_LABELS = {MODEL_DEFAULT: "The model's own (" + ", ".join(
+    f"{SAMPLERS[name].label} {SAMPLERS[name].steps} for {objective} models" for objective, name in
+    DEFAULT_SAMPLER_OF.items()) + ")", **{name: spec.label for name, spec in SAMPLERS.items()}}
+DEFAULT_SAMPLER = MODEL_DEFAULT
 
 
 def profile_choices() -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.presets import resolve_preset
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RUN_FORMAT
+from CTDiffusionLib.samplers import DEFAULT_OBJECTIVE
 from CTDiffusionLib.textformat import parse_size
 
 CONFIG_FORMAT = RUN_FORMAT
@@ -116,11 +117,19 @@ def build_config(args, sources: list[str]) -> dict:
                  "augment": parse_augment(args.augment, preset["augment"]), "conditions": conditions},
         "intensity": profile.intensity_config(),
         "model": preset["model"],
-        "diffusion": default_diffusion_config(
-            args.schedule or preset.get("schedule", "linear"), args.prediction or preset.get("prediction", "v"),
-            preset.get("min_snr_gamma") if args.min_snr_gamma is None else args.min_snr_gamma),
+        "diffusion": _diffusion_config(args, preset),
         "training": training,
     }
+
+
+def _diffusion_config(args, preset: dict) -> dict:
+    objective = getattr(args, "objective", None) or preset.get("objective", DEFAULT_OBJECTIVE)
+    if objective == "flow" and (args.schedule or args.prediction):
+        raise InputError("--schedule and --prediction set up the ddpm objective; a rectified flow (--objective flow) "
+                         "has neither.", "Drop them, or train with --objective ddpm.")
+    return default_diffusion_config(
+        args.schedule or preset.get("schedule", "linear"), args.prediction or preset.get("prediction", "v"),
+        preset.get("min_snr_gamma") if args.min_snr_gamma is None else args.min_snr_gamma, objective)
 
 
 #: The length of a --minutes run before its speed is measured: the loop runs until the budget fixes the real one.

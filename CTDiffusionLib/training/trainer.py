@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from torch.optim.swa_utils import AveragedModel
 
@@ -25,7 +26,7 @@ from CTDiffusionLib.data.paired_dataset import conditioned_sample
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
 from CTDiffusionLib.data.preprocess import ORIENTATION
 from CTDiffusionLib.diffusion.loss import diffusion_loss
-from CTDiffusionLib.diffusion.schedulers import scheduler_config, training_scheduler
+from CTDiffusionLib.diffusion.schedulers import draw_training_timesteps, scheduler_config, training_scheduler
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
 from CTDiffusionLib.stopping import StopFlag
 from CTDiffusionLib.label_sets import stage_profile
@@ -41,6 +42,8 @@ from CTDiffusionLib.runtime import (Distributed, autocast_dtype, init_distribute
 from CTDiffusionLib.textformat import format_eta
 from CTDiffusionLib.training.budget import TimeBudget
 from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
+from CTDiffusionLib.threads import ThreadGovernor
+from CTDiffusionLib.training.cost import coarse_data_notice, long_run_notice
 from CTDiffusionLib.training.config import TrainingConfig, build_config, total_steps
 from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, checkpoint_logged, remove_temp_files,
                                                    trim_events_after)
@@ -172,6 +175,8 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.stop = StopFlag(RunFolder(run_dir).stop_request)
         self.prefetch: Prefetcher | None = None  # set while fit() runs
+        self.threads = ThreadGovernor(device)  # CPU threads follow the cores other work leaves free
+        self.cost_said = False
 
     # -- length
     @property
@@ -270,7 +275,7 @@ class Trainer:
         noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator("cpu").manual_seed(
             int(step_rng(self.seed, step, 200 + k).integers(2**62)))) for k in local])
         g = torch.Generator("cpu").manual_seed(int(step_rng(self.seed, step, 2).integers(2**62)))
-        t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (bs,), generator=g)[list(local)]
+        t = draw_training_timesteps(self.noise_schedule, bs, g)[list(local)]
         labels = condition_labels(self.vocab, self.data, indices, tr.cond_drop, step_rng(self.seed, step, 3))
         batch = {"x0": x0, "noise": noise, "t": t, "labels": labels[list(local)] if labels is not None else None,
                  "condition": condition}
@@ -296,6 +301,17 @@ class Trainer:
         self.ema.update_parameters(self.model)
         self.step += 1
         return loss.detach()
+
+    def say_cost(self, rate: float) -> None:
+        """Once, from the first measured speed: a notice when this CPU run will take hours (training/cost.py)."""
+        if self.cost_said or not rate or self.training.budget_open or not self.dist.is_main:
+            return
+        self.cost_said = True
+        notice = long_run_notice(1.0 / rate, self.total - self.step, self.device.type,
+                                 psutil.Process().memory_info().rss, self.config.get("preset", "?"))
+        if notice:
+            log.warning("%s %s", *notice)
+            self.events.emit("warning", message=notice[0], hint=notice[1])
 
     def check_losses(self, losses: list[torch.Tensor], first_step: int) -> list[float]:
         """Losses of steps first_step+1.. as floats (one host sync); a non-finite one stops the run."""
@@ -423,6 +439,8 @@ class Trainer:
                     if self.step > window_step:
                         rate = (self.step - window_step) / max(now - window_t, 1e-9)
                         window_t, window_step = now, self.step
+                        self.say_cost(rate)
+                    self.threads.tick()
                 log_now = main and (time.time() - last_log > 15 or self.step == self.total)
                 if report_now or log_now:
                     total, eta = self._outlook(budget, rate)
@@ -565,6 +583,8 @@ def fit_stage(config: dict, out: Path, data: PreparedData, vocab, device, events
     config.json and dataset.json, emits `start`. `stop_request`: the file that asks it to stop (default: out's)."""
     run = RunFolder(out)
     split_line, split_warnings = split_summary(data)  # refuses a split with nothing to train on
+    coarse = coarse_data_notice([tuple(c["size"][:2]) for c in data.stats.get("cases", [])], config["data"]["grid"])
+    split_warnings = [*split_warnings, " ".join(coarse)] if coarse else split_warnings
     if dist.is_main:
         log.info(split_line)
         for warning in split_warnings:
