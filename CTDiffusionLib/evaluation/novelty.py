@@ -6,7 +6,10 @@ case misses all of them. So each (sample, training case) pair is also compared a
 the sample: a start from matched foreground areas (zoom) and centres of mass (shift), then the zoom, rotation
 (within the augmentation's range) and shift that maximise the cross-correlation, for the better flip
 (AlignedSearch). The pair's similarity is the best of the aligned and the untouched comparison (an exact copy
-scores exactly 1).
+scores exactly 1). Copies turned by a quarter turn (90/180/270 degrees) or flipped front to back are searched too,
+whatever the augmentation (a turned copy is still that patient's scan); such a candidate counts from
+TURNED_COPY_SIMILARITY on, so a new volume that merely resembles a turned training case does not raise the
+real-vs-real threshold.
 
 The threshold comes from real-vs-real: the same aligned nearest-training similarity for every held-out real case
 and, leave-one-out, for training cases against the training cases of other patients; those are genuinely new
@@ -87,6 +90,8 @@ class AlignedSearch:
     PREFILTER = 12  # references per target that get the coarse search: the nearest by a transform-free signature
     SEARCH_INPLANE = 64
     MAX_Z_SHIFT = 2
+    TURNED_COPY_SIMILARITY = 0.99  # a turned/front-back flipped candidate counts from here on (a copy, not a likeness)
+    TURNED_MIN_FOREGROUND = 0.05  # share of the target's voxels in the foreground for a turned match to count
     CHUNK_VOXELS = 8_000_000  # voxels warped per call (bounds memory)
 
     def __init__(self, similarity, space: dict, is_label: bool):
@@ -181,11 +186,16 @@ class AlignedSearch:
         est = math.sqrt(area_t / area_r) if area_r > 0 and area_t > 0 else 1.0
         est = min(max(est, lo * 0.95), hi * 1.05)
         scales = sorted({*np.round(np.linspace(lo * 0.95, hi * 1.05, 9), 4), round(est, 4)})
-        # a left-right flip with a half turn is the front-back flip: flips x quarter turns cover all eight
-        angles = [turn + a for turn in self.space.get("quarter_turns", [0.0]) for a in self.space["angles_deg"]]
         return [(flip, sc, ang, *self._com_shift(flip, sc, ang, com_r, com_t, shape))
                 for flip in ((0.0, 1.0) if self.space.get("flip") else (0.0,))
-                for sc in scales for ang in angles]
+                for sc in scales for ang in self.space["angles_deg"]]
+
+    def _turned_rows(self, shape, com_t, com_r, area_t, area_r) -> list:
+        """Candidates for a turned copy: both flips x the quarter turns other than 0 (a left-right flip with a half
+        turn is the front-back flip, so all eight in-plane flips/turns are covered), at the area's zoom estimate."""
+        est = math.sqrt(area_t / area_r) if area_r > 0 and area_t > 0 else 1.0
+        return [(flip, est, turn, *self._com_shift(flip, est, turn, com_r, com_t, shape))
+                for flip in (0.0, 1.0) for turn in self.space.get("quarter_turns", ()) if turn % 360]
 
     def _refine(self, t_small, r_small, best: np.ndarray) -> np.ndarray:
         rot = max(abs(a) for a in self.space["angles_deg"])
@@ -228,7 +238,7 @@ class AlignedSearch:
             dist = np.where(allowed, np.abs(r_sig - t_sig[i]).sum(1), np.inf)
             near = set(np.argsort(dist, kind="stable")[:self.PREFILTER].tolist())
             near.add(int(np.argmax(out[i])))
-            rows, which, sources, dzs = [], [], [], {}
+            rows, which, sources, dzs, kinds = [], [], [], {}, []
             for j, r in enumerate(refs):
                 if not allowed[j]:
                     continue
@@ -239,26 +249,44 @@ class AlignedSearch:
                     continue
                 dzs[j] = int(np.clip(round(t_com[i][0] - r_com[j][0]), -self.MAX_Z_SHIFT, self.MAX_Z_SHIFT))
                 cand = self._coarse_rows(t_small[i].shape, t_com[i], r_com[j], t_area[i], r_area[j])
-                rows += cand
-                which += [len(sources)] * len(cand)
+                turned = self._turned_rows(t_small[i].shape, t_com[i], r_com[j], t_area[i], r_area[j])
+                rows += cand + turned
+                kinds += [False] * len(cand) + [True] * len(turned)
+                which += [len(sources)] * (len(cand) + len(turned))
                 sources.append(_shift_z(r_small[j], dzs[j]))
             if not sources:
                 continue
-            rows, which = np.array(rows), np.array(which)
+            rows, which, kinds = np.array(rows), np.array(which), np.array(kinds)
             scores = self._ncc(t_small[i], self._warp(np.stack(sources), rows, which=which))
-            coarse = []
+            coarse, turned = [], []
             for n, j in enumerate(dzs):
-                k = int(np.argmax(np.where(which == n, scores, -np.inf)))
+                k = int(np.argmax(np.where((which == n) & ~kinds, scores, -np.inf)))
                 coarse.append((scores[k], j, dzs[j], rows[k]))
+                k = int(np.argmax(np.where((which == n) & kinds, scores, -np.inf)))
+                turned.append((scores[k], j, dzs[j], rows[k]))
             for _, j, dz, params in sorted(coarse, key=lambda c: -c[0])[:self.TOP_REFS]:
-                best = self._refine(t_small[i], _shift_z(r_small[j], dz), params)
-                best[3:] *= per_axis  # in-plane shifts back to full-resolution voxels
-                src = _shift_z(refs[j].astype(np.float32), dz)
-                cand = self._warp(src, best[None], nearest=self.is_label)[0].numpy()
-                cand = np.rint(cand).astype(refs[j].dtype) if self.is_label else cand
-                score = float(self.sim.pairs(self.sim.prepare([t]), self.sim.prepare([cand]), [(0, 0)], device)[0])
-                out[i, j] = max(out[i, j], score)
+                out[i, j] = max(out[i, j], self._aligned_score(t, t_small[i], refs[j], r_small[j], dz, params,
+                                                               per_axis, device))
+            # A turned or front-back flipped copy counts only as the copy it is: training never turns a case, so
+            # a new volume that resembles a turned training case (round hearts, symmetric pelves) must not lift
+            # the real-vs-real threshold and hide augmented copies.
+            # Nor does a tiny foreground (an apical slice's few voxels), which some turn of another case matches.
+            big_enough = _foreground(t, self.is_label).mean() >= self.TURNED_MIN_FOREGROUND
+            for ncc, j, dz, params in sorted(turned, key=lambda c: -c[0])[:self.TOP_REFS if big_enough else 0]:
+                if ncc >= self.TURNED_COPY_SIMILARITY - 0.05:
+                    score = self._aligned_score(t, t_small[i], refs[j], r_small[j], dz, params, per_axis, device)
+                    if score >= self.TURNED_COPY_SIMILARITY:
+                        out[i, j] = max(out[i, j], score)
         return out
+
+    def _aligned_score(self, t, t_small, ref, r_small, dz, params, per_axis, device) -> float:
+        """Refine a coarse candidate on the small grids, then score the warped full-resolution reference."""
+        best = self._refine(t_small, _shift_z(r_small, dz), params)
+        best[3:] *= per_axis  # in-plane shifts back to full-resolution voxels
+        src = _shift_z(ref.astype(np.float32), dz)
+        cand = self._warp(src, best[None], nearest=self.is_label)[0].numpy()
+        cand = np.rint(cand).astype(ref.dtype) if self.is_label else cand
+        return float(self.sim.pairs(self.sim.prepare([t]), self.sim.prepare([cand]), [(0, 0)], device)[0])
 
 
 def nearest(sim_matrix: np.ndarray) -> tuple:
