@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
@@ -46,6 +47,9 @@ def sample(
     guided = class_labels is not None and null_labels is not None and guidance_scale != 1.0
     spatial = spatial_condition.to(device) if spatial_condition is not None else None
     timesteps = scheduler.timesteps
+    # stochastic steps draw from each sample's own generator; UniPC and the flow samplers take none
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    noise_source = {"generator": generators if len(generators) > 1 else generators[0]} if takes_generator else {}
     for i, t in enumerate(timesteps):
         inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         tt = timestep_batch(t, x.shape[0], device)
@@ -67,7 +71,7 @@ def sample(
                 out = model(inp, tt, class_labels=class_labels).float()
             else:
                 out = model(inp, tt).float()
-        x = scheduler.step(out, t, x, generator=generators if len(generators) > 1 else generators[0]).prev_sample
+        x = scheduler.step(out, t, x, **noise_source).prev_sample
         if on_step:
             on_step(i + 1, len(timesteps))
     return x
