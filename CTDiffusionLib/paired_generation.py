@@ -31,6 +31,7 @@ from CTDiffusionLib.data.volume_io import Geometry, array_to_image, image_suffix
     strip_image_suffix
 from CTDiffusionLib.diffusion.sampling import sample
 from CTDiffusionLib.diffusion.schedulers import bundle_scheduler, default_sampler, sampler
+from CTDiffusionLib import stopping
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.label_sets import generates_label_maps, is_paired_ct
 from CTDiffusionLib.runfolder import write_json
@@ -254,6 +255,9 @@ def generate_paired_from_args(args, events, out: Path, model, meta: dict, device
 
     batch = args.batch_size or (8 if device.type == "cuda" else 2)  # batch-1 3D convolutions are slow on a CPU
 
+    def on_step(i: int, n: int) -> None:  # a stop request ends the job at a clean point: nothing is left behind
+        stopping.check("Generation stopped; no pairs were kept.", "Run generate again into a new --out folder.")
+
     def pairs():
         for start in range(0, total, batch):
             chunk = list(enumerate(inputs[start:start + batch], start=start + 1))
@@ -264,11 +268,11 @@ def generate_paired_from_args(args, events, out: Path, model, meta: dict, device
                 label_images = [labels for _, (_, labels, _) in chunk]
             else:  # new label maps first, on the model grid
                 grid_labels = sample_label_maps(label_model, label_meta, seeds, sampler_name=sampler_name,
-                                                steps=steps, device=device, autocast_dtype=amp)
+                                                steps=steps, device=device, autocast_dtype=amp, on_step=on_step)
                 geometries = [Geometry.from_dict(meta["geometry"])] * len(chunk)
                 label_images = [array_to_image(m, g) for m, g in zip(grid_labels, geometries)]
             hus = sample_ct(model, meta, grid_labels, seeds, sampler_name=sampler_name, steps=steps,
-                            guidance=guidance, device=device, autocast_dtype=amp)
+                            guidance=guidance, device=device, autocast_dtype=amp, on_step=on_step)
             for (index, (case_id, _, source)), seed, hu, geometry, labels in zip(chunk, seeds, hus, geometries,
                                                                                  label_images):
                 sidecar = {"case": case_id, "index": index, "seed": seed, "sampler": sampler_name, "steps": steps,
