@@ -30,7 +30,7 @@ from CTDiffusionLib.data.preprocess import ct_grid_geometry, reorient
 from CTDiffusionLib.data.volume_io import Geometry, array_to_image, image_suffix, read_label_image, \
     strip_image_suffix
 from CTDiffusionLib.diffusion.sampling import sample
-from CTDiffusionLib.diffusion.schedulers import bundle_scheduler, default_sampler, sampler
+from CTDiffusionLib.diffusion.schedulers import bundle_scheduler, default_sampler, preview_sampler, sampler
 from CTDiffusionLib import stopping
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.label_sets import generates_label_maps, is_paired_ct
@@ -189,11 +189,13 @@ def ct_image(hu: np.ndarray, geometry: Geometry, onto: sitk.Image | None, fill_h
 
 def preview_ct(model, meta: dict, label_maps: list[np.ndarray], folder: Path, *, seed: int, device,
                autocast_dtype=None, prefix: str) -> list[Path]:
-    """A paired CT model's training previews: the CT of the given training label maps (DDIM 20, guided)."""
+    """A paired CT model's training previews: the CT of the given training label maps (the objective's preview
+    sampler, guided)."""
     from CTDiffusionLib.generation import write_volume
 
-    hus = sample_ct(model, meta, label_maps, [seed + i for i in range(len(label_maps))], sampler_name="ddim",
-                    steps=20, guidance=DEFAULT_GUIDANCE, device=device, autocast_dtype=autocast_dtype)
+    name, steps = preview_sampler(meta["diffusion"])
+    hus = sample_ct(model, meta, label_maps, [seed + i for i in range(len(label_maps))], sampler_name=name,
+                    steps=steps, guidance=DEFAULT_GUIDANCE, device=device, autocast_dtype=autocast_dtype)
     geometry = Geometry.from_dict(meta["geometry"])
     return [write_volume(hu, geometry, Path(folder) / f"{prefix}_{i:04d}.nii.gz") for i, hu in enumerate(hus, 1)]
 

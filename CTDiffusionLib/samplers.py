@@ -41,6 +41,8 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
 
 #: What `generate` uses when no --sampler is given, per objective.
 DEFAULT_SAMPLER = {"ddpm": "dpm++", "flow": "euler"}
+#: What training previews sample with, per objective: cheap and deterministic.
+PREVIEW_SAMPLER = {"ddpm": ("ddim", 20), "flow": ("euler", 20)}
 
 
 def sampler_names(objective: str | None = None) -> list[str]:

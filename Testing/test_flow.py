@@ -89,7 +89,8 @@ def test_flow_run_bundle_records_its_objective_and_generate_picks_its_sampler(ct
     run = tmp_path / "flow"
     assert run_cli("train", "--profile", "prostate-ct", "--data", ct_phantoms, "--out", run, "--preset", "tiny",
                    "--objective", "flow", "--steps", 4, "--batch-size", 2, "--checkpoint-every", 2,
-                   "--sample-every", 0) == 0
+                   "--sample-every", 3) == 0  # a preview on the way: sampled with the flow's own sampler
+    assert json.loads((run / "samples" / "step_00000003_0001.json").read_text(encoding="utf-8"))["sampler"] == "euler"
     meta = json.loads((run / "model" / "model.json").read_text(encoding="utf-8"))
     assert meta["diffusion"]["objective"] == "flow" and meta["scheduler"]["prediction_type"] == "flow_prediction"
     assert run_cli("generate", "--model", run, "--num", 2, "--out", tmp_path / "gen", "--steps", 3) == 0

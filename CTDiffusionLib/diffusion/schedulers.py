@@ -16,7 +16,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from CTDiffusionLib.diffusion.flow import RectifiedFlow
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.samplers import DEFAULT_OBJECTIVE, DEFAULT_SAMPLER, SAMPLERS, default_steps, sampler_names
+from CTDiffusionLib.samplers import (DEFAULT_OBJECTIVE, DEFAULT_SAMPLER, PREVIEW_SAMPLER, SAMPLERS, default_steps,
+                                     sampler_names)
 
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
@@ -158,3 +159,8 @@ def training_target(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
 def default_sampler(cfg: dict) -> str:
     """The sampler `generate` uses for a model when none is asked for: its objective's default (samplers.py)."""
     return DEFAULT_SAMPLER["flow" if is_flow(cfg) else "ddpm"]
+
+
+def preview_sampler(cfg: dict) -> tuple[str, int]:
+    """(sampler, steps) of training previews for a model of this objective (samplers.py)."""
+    return PREVIEW_SAMPLER["flow" if is_flow(cfg) else "ddpm"]

@@ -26,7 +26,8 @@ from CTDiffusionLib.data.paired_dataset import conditioned_sample
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
 from CTDiffusionLib.data.preprocess import ORIENTATION
 from CTDiffusionLib.diffusion.loss import diffusion_loss
-from CTDiffusionLib.diffusion.schedulers import draw_training_timesteps, scheduler_config, training_scheduler
+from CTDiffusionLib.diffusion.schedulers import (draw_training_timesteps, preview_sampler, scheduler_config,
+                                                 training_scheduler)
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
 from CTDiffusionLib.stopping import StopFlag
 from CTDiffusionLib.label_sets import stage_profile
@@ -369,7 +370,8 @@ class Trainer:
                                folder, seed=self.seed, device=self.device, autocast_dtype=self.amp_dtype,
                                prefix=f"step_{self.step:08d}")
         else:
-            paths = generate(self.ema.module.eval(), meta, 2, folder, sampler_name="ddim", steps=20, seed=self.seed,
+            name, steps = preview_sampler(meta["diffusion"])
+            paths = generate(self.ema.module.eval(), meta, 2, folder, sampler_name=name, steps=steps, seed=self.seed,
                              device=self.device, autocast_dtype=self.amp_dtype, prefix=f"step_{self.step:08d}")
         png = save_mid_slice_png(paths[0], paths[0].with_suffix("").with_suffix(".png"), self.profile)
         self.events.emit("sample", path=str(paths[0]), png=str(png), step=self.step)
