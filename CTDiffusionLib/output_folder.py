@@ -31,10 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.runfolder import CONFIG, INPUT, RUN_FORMAT, OutputExists, publish
+from CTDiffusionLib.runfolder import CONFIG, INPUT, OUTPUT_MARKER, RUN_FORMAT, OutputExists, publish
 from CTDiffusionLib.training.crash_recovery import LOCK_NAME, RunLock
 
-OUTPUT_MARKER = ".ctdiffusion-output"
 OUTPUT_FORMAT = "ctdiffusion-output/1"
 _MARKER_TEMP = OUTPUT_MARKER + ".tmp-"  # a marker being written (runfolder's temp pattern: cleared at train start)
 _NEW_FOLDER_HINT = "Choose a new --out folder (CTDiffusion creates it), or an empty one."

@@ -47,6 +47,7 @@ SAMPLES = "samples"
 INPUT = "input"
 CACHE = "cache"
 STOP_REQUEST = "stop-request"
+OUTPUT_MARKER = ".ctdiffusion-output"  # marks a folder CTDiffusion created as its own (output_folder.py)
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
 BUNDLE_INCOMING = "model.incoming.safetensors"  # new weights between a save's first and last step (bundle.py)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from CTDiffusionLib.errors import Interrupted
-from CTDiffusionLib.runfolder import RunFolder
+from CTDiffusionLib.runfolder import OUTPUT_MARKER, RunFolder
 
 
 class StopFlag:
@@ -27,9 +27,10 @@ class StopFlag:
 
     @classmethod
     def for_output(cls, out: str | Path, clear: bool = True) -> "StopFlag":
-        """The flag of a job writing into `out`; `clear` drops a request an earlier job left there."""
+        """The flag of a job writing into `out`; `clear` drops a request an earlier job left there, but only in a
+        folder of ours (marked or a run folder): a file of that name in a folder of the user's is never touched."""
         request = RunFolder(out).stop_request
-        if clear:
+        if clear and (RunFolder(out).is_run() or (Path(out) / OUTPUT_MARKER).is_file()):
             request.unlink(missing_ok=True)
         return cls(request)
 

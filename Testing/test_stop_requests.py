@@ -83,3 +83,21 @@ def test_stop_flag_is_the_one_the_trainer_uses():
             flag.signalled = True
             stopping.check("stopped here", "hint")
     assert raised.value.exit_code == EXIT_INTERRUPTED
+
+
+def test_a_stop_request_file_in_a_folder_of_the_users_is_left_alone(tmp_path):
+    """A stale request is dropped only in a folder of ours: the user's own file of that name stays, byte for byte."""
+    from CTDiffusionLib.runfolder import OUTPUT_MARKER
+    from CTDiffusionLib.stopping import StopFlag
+
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "stop-request").write_text("mine")
+    StopFlag.for_output(users)
+    assert (users / "stop-request").read_text() == "mine"
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / OUTPUT_MARKER).write_text('{"format": "ctdiffusion-output/1", "command": "generate"}')
+    (ours / "stop-request").write_text("")
+    StopFlag.for_output(ours)
+    assert not (ours / "stop-request").exists()

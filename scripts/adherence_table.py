@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""How closely generated CTs follow the label maps they were made for: Dice per structure of a segmenter trained on
+the real training pairs, generated vs the real-vs-real reference of the same segmenter (utility/adherence.py).
+
+    python scripts/adherence_table.py --train TRAIN_PAIRS --heldout HELDOUT_PAIRS \
+        --generated NAME=GENERATED_PAIRS [--generated NAME=...] [--structures SPEC] [--out table.json]
+
+GENERATED_PAIRS is a `generate --from-labels` output (nnU-Net layout: each generated CT beside the label map it was
+conditioned on). Prints a markdown table: per structure the reference Dice [95% interval] on held-out real pairs
+and each generated set's mean Dice over its cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from CTDiffusionLib.data.pairs import discover_pairs, read_dataset_structures, read_pair  # noqa: E402
+from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, structure_dice  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", required=True)
+    p.add_argument("--heldout", required=True)
+    p.add_argument("--generated", action="append", required=True, help="NAME=FOLDER")
+    p.add_argument("--structures", default=None)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    seg = fit_segmenter(a.train, structures=a.structures)
+    reference = reference_dice(seg, a.heldout)
+    table = {"reference": reference, "generated": {}}
+    for spec in a.generated:
+        name, folder = spec.split("=", 1)
+        structures = read_dataset_structures(folder)
+        scores: dict[str, list[float]] = {}
+        for case in discover_pairs(folder):
+            ct, labels = read_pair(case, structures)
+            for structure, dice in structure_dice(seg, ct, labels).items():
+                if dice is not None:
+                    scores.setdefault(structure, []).append(float(dice))
+        table["generated"][name] = {k: {"dice": float(np.mean(v)), "n_cases": len(v)} for k, v in scores.items()}
+    names = list(table["generated"])
+    print("| structure | real-vs-real reference [95% interval] | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for structure, ref in reference.items():
+        lo, hi = ref["dice_ci95"]
+        cells = [f"{table['generated'][n].get(structure, {}).get('dice', float('nan')):.2f}" for n in names]
+        print(f"| {structure} | {ref['dice']:.2f} [{lo:.2f}, {hi:.2f}] | " + " | ".join(cells) + " |")
+    if a.out:
+        Path(a.out).write_text(json.dumps(table, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
