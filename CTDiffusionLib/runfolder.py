@@ -131,6 +131,16 @@ def is_temporary(path: str | os.PathLike) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ readers
+def json_document(source, file_name: str) -> dict:
+    """A report's JSON document given as the folder holding `file_name`, the file itself, or the parsed dict."""
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        path = path / file_name
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def read_json(path: str | os.PathLike, what: str = "file", hint: str = "") -> dict:
     """A JSON object from `path`; InputError naming the file when it is missing, unreadable or not an object."""
     path = Path(path)

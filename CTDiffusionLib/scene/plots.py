@@ -13,6 +13,7 @@ from CTDiffusionLib.evaluation.quality_table import COLUMNS as QUALITY_COLUMNS
 from CTDiffusionLib.evaluation.quality_table import format_value, quality_rows
 from CTDiffusionLib.scene.core import get_scene
 from CTDiffusionLib.profiles import PROFILES, get_profile
+from CTDiffusionLib.runfolder import json_document
 from CTDiffusionLib.scene.nodes import is_segmentation
 
 LOSS_TABLE_NAME = "CTDiffusion loss"
@@ -127,12 +128,7 @@ class LossCurve:
 
 def load_metrics(report: str | Path | dict) -> dict:
     """metrics.json (a report folder, the file, or the parsed dict)."""
-    if isinstance(report, dict):
-        return report
-    path = Path(report)
-    if path.is_dir():
-        path = path / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json_document(report, "metrics.json")
 
 
 def metrics_tables(report, scene=None):

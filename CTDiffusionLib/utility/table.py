@@ -7,8 +7,7 @@ from the result itself.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from CTDiffusionLib.runfolder import json_document
 
 #: utility.json's arm keys (utility/arms.py, which imports torch) as a table labels them
 ARM_LABELS = {"real": "real only", "synthetic": "synthetic only", "real+synthetic": "real + synthetic"}
@@ -17,12 +16,7 @@ COLUMNS = (("arm", "Arm"), ("mean", "Mean"), ("interval", "95% interval"), ("hd9
 
 def load_utility(result) -> dict:
     """utility.json as a dict: the folder `utility` wrote, the file, or the parsed dict."""
-    if isinstance(result, dict):
-        return result
-    path = Path(result)
-    if path.is_dir():
-        path = path / "utility.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json_document(result, "utility.json")
 
 
 def metric_of(result: dict) -> str:
