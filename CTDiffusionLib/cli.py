@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="copy spacing/origin/direction from this volume")
     p.add_argument("--condition", default=None, help="e.g. group=DCM,phase=ED (models trained with conditions)")
     p.add_argument("--guidance-scale", type=_finite_at_least(0), default=None,
-                   help="classifier-free guidance weight (default 3)")
+                   help="classifier-free guidance weight (default 3 for --condition, 1 for a paired run's CT)")
     p.add_argument("--device", default="auto")
     p.add_argument("--events", action="store_true")
 

@@ -35,7 +35,7 @@ from CTDiffusionLib import stopping
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.label_sets import generates_label_maps, is_paired_ct
 from CTDiffusionLib.runfolder import write_json
-from CTDiffusionLib.samplers import DEFAULT_GUIDANCE, default_steps, network_evaluations
+from CTDiffusionLib.samplers import PAIRED_CT_GUIDANCE, default_steps, network_evaluations
 
 log = logging.getLogger("ctdiffusion")
 SIDECARS = "sidecars"
@@ -190,12 +190,12 @@ def ct_image(hu: np.ndarray, geometry: Geometry, onto: sitk.Image | None, fill_h
 def preview_ct(model, meta: dict, label_maps: list[np.ndarray], folder: Path, *, seed: int, device,
                autocast_dtype=None, prefix: str) -> list[Path]:
     """A paired CT model's training previews: the CT of the given training label maps (the objective's preview
-    sampler, guided)."""
+    sampler, at the paired default guidance)."""
     from CTDiffusionLib.generation import write_volume
 
     name, steps = preview_sampler(meta["diffusion"])
     hus = sample_ct(model, meta, label_maps, [seed + i for i in range(len(label_maps))], sampler_name=name,
-                    steps=steps, guidance=DEFAULT_GUIDANCE, device=device, autocast_dtype=autocast_dtype)
+                    steps=steps, guidance=PAIRED_CT_GUIDANCE, device=device, autocast_dtype=autocast_dtype)
     geometry = Geometry.from_dict(meta["geometry"])
     return [write_volume(hu, geometry, Path(folder) / f"{prefix}_{i:04d}.nii.gz") for i, hu in enumerate(hus, 1)]
 
@@ -236,7 +236,7 @@ def generate_paired_from_args(args, events, out: Path, model, meta: dict, device
         raise InputError(f"{out} already holds generated pairs.", "Choose an empty or new --out folder.")
     sampler_name = args.sampler or default_sampler(meta["diffusion"])
     steps = args.steps or default_steps(sampler_name)
-    guidance = DEFAULT_GUIDANCE if args.guidance_scale is None else float(args.guidance_scale)
+    guidance = PAIRED_CT_GUIDANCE if args.guidance_scale is None else float(args.guidance_scale)
     amp = autocast_for(device, None)
     fill_hu = float(meta["intensity"].get("hu", meta["intensity"].get("hu_range", [-1024.0]))[0])
     ct_evaluations = network_evaluations(sampler_name, steps, guidance != 1.0)

@@ -111,7 +111,7 @@ def test_from_labels_writes_the_ct_on_the_label_maps_grid(paired_run, tmp_path):
     assert ct.GetPixelID() == sitk.sitkInt16 and written.GetPixelID() == sitk.sitkUInt8
     assert np.array_equal(sitk.GetArrayFromImage(written), labels)  # by value: the model's own values
     sidecar = json.loads((out / "sidecars" / "case_a.json").read_text())
-    assert sidecar["network_evaluations"] == 2 * 3  # guided: conditional + null pass per step
+    assert sidecar["network_evaluations"] == 3  # the paired default guidance is 1: one pass per step
 
 
 def test_from_labels_matches_names_and_refuses_unknown_ones(paired_run, pairs, tmp_path, capsys):
@@ -131,7 +131,8 @@ def test_num_writes_pairs_with_exactly_the_declared_values(paired_run, tmp_path)
     from CTDiffusionLib.data.pairs import discover_pairs, read_dataset_structures
 
     out = tmp_path / "pairs"
-    assert run_cli("generate", "--model", paired_run, "--num", 3, "--out", out, "--steps", 3, "--device", "cpu") == 0
+    assert run_cli("generate", "--model", paired_run, "--num", 3, "--out", out, "--steps", 3, "--device", "cpu",
+                   "--guidance-scale", 3) == 0
     images = sorted((out / "imagesTr").glob("*.nii.gz"))
     labels = sorted((out / "labelsTr").glob("*.nii.gz"))
     assert len(images) == len(labels) == 3

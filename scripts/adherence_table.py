@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from CTDiffusionLib.data.pairs import discover_pairs, read_dataset_structures, read_pair  # noqa: E402
+from CTDiffusionLib.data.pairs import discover_pairs, read_pair, select_structures  # noqa: E402
 from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, structure_dice  # noqa: E402
 
 
@@ -37,9 +37,10 @@ def main(argv=None) -> int:
     table = {"reference": reference, "generated": {}}
     for spec in a.generated:
         name, folder = spec.split("=", 1)
-        structures = read_dataset_structures(folder)
+        cases = discover_pairs(folder)
+        structures = select_structures(cases)  # the generated set's own names, in value order: the segmenter's order
         scores: dict[str, list[float]] = {}
-        for case in discover_pairs(folder):
+        for case in cases:
             ct, labels = read_pair(case, structures)
             for structure, dice in structure_dice(seg, ct, labels).items():
                 if dice is not None:
