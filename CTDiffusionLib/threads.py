@@ -74,11 +74,12 @@ class ThreadGovernor:
         if now - self._last < self.recheck_s:
             return None
         self._last = now
-        wanted = threads_for(self.cores, self.busy_elsewhere())
+        busy = self.busy_elsewhere()
+        wanted = threads_for(self.cores, busy)
         if wanted == self.threads:
             return None
-        log.info("CPU threads: %d -> %d (%d usable cores, the rest busy with other work)", self.threads, wanted,
-                 self.cores)
+        log.info("CPU threads: %d -> %d (%d usable cores, %.1f of them busy with other work)", self.threads, wanted,
+                 self.cores, busy)
         torch.set_num_threads(wanted)
         self.threads = wanted
         return wanted
