@@ -185,6 +185,10 @@ def test_verdict_and_metrics_are_read_defensively():
     rows = metric_rows(newer)
     assert [h["key"] for h in metric_headers(rows)] == ["verdict", "metric", "generated", "interval"]  # verdict first
     assert rows[0]["interval"] == "1 .. 2.5" and rows[0]["verdict"] == "fail" and rows[1]["verdict"] == "pass"
+    # metrics.json writes "ok" for a metric inside its interval: shown as a pass, not as a blank
+    assert metric_rows({"summary": {"w1": {"generated": 1.0, "interval": [0, 2]}}, "verdicts": {"w1": "ok"}}
+                        )[0]["verdict"] == "pass"
+    assert "description" not in [h["key"] for h in metric_headers(rows)]  # no room in the side panel
     assert verdict_line({"verdict": "usable", "verdicts": {"realism": {"verdict": "pass"}, "novelty": "fail"}}) == \
         "usable; realism: pass; novelty: fail"
     assert verdict_line({"verdicts": ["ok", {"text": "fine"}]}) == "ok; fine"

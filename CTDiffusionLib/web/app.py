@@ -337,7 +337,7 @@ class ViewerApp(TrameApp):
             html.Span(f"{{{{ {tag}_name }}}}", id=f"{tag.lower()}-name", classes="text-body-2")
 
     def _side_panel(self) -> None:
-        with html.Div(style="width: 440px; overflow-y: auto; padding: 8px; border-left: 1px solid #ccc;",
+        with html.Div(style="width: 560px; overflow-y: auto; padding: 8px; border-left: 1px solid #ccc;",
                       id="side-panel"):
             html.Div("Quality report", classes="text-subtitle-1")
             html.Div("{{ verdict || 'No report (metrics.json) found.' }}", id="verdict", classes="text-body-2 mb-2")

@@ -62,9 +62,10 @@ def verdict_line(metrics: dict) -> str:
 
 def metric_headers(rows: list[dict]) -> list[dict]:
     """Table headers (the shared quality table's columns, verdict first) for the columns that have something to
-    show (older reports have no verdicts); the interval stays on one line."""
+    show (older reports have no verdicts); the interval stays on one line. The side panel has no room for the
+    descriptions (at 1400x900 they pushed the interval out of view): report.html shows them."""
     return [{"title": title, "key": key, "nowrap": key == "interval"} for key, title in COLUMNS
-            if key == "metric" or any(r.get(key) for r in rows)]
+            if key != "description" and (key == "metric" or any(r.get(key) for r in rows))]
 
 
 def metric_rows(metrics: dict) -> list[dict]:
