@@ -180,14 +180,15 @@ def test_stop_reaches_the_trainer_when_no_signal_can(tmp_path, monkeypatch):
     trainer checkpoint at the step where it stopped and exit 130, through the run folder's stop-request file; a
     request left over from an earlier job does not stop the next one."""
     from CTDiffusionLib.jobs import runner as runner_module
-    from CTDiffusionLib.runfolder import RunFolder
+    from CTDiffusionLib.runfolder import OUTPUT_MARKER, RunFolder
 
     data = tmp_path / "phantoms"
     phantoms = JobRunner.from_command(build_command(
         PhantomSettings("prostate-ct", 3, str(data), seed=1, size=(48, 48, 12)), in_slicer=False)).start()
     assert phantoms.wait(timeout=120) and phantoms.succeeded, phantoms.error_message()
-    run = tmp_path / "run"
+    run = tmp_path / "run"  # a folder of ours (marked) where an earlier job left its stop request
     run.mkdir()
+    (run / OUTPUT_MARKER).write_text('{"format": "ctdiffusion-output/1", "command": "train"}')
     RunFolder(run).stop_request.write_text("left by an earlier job\n")
     monkeypatch.setattr(runner_module, "send_stop_request", lambda pid, group=None: None)  # signals never arrive
 

@@ -46,8 +46,11 @@ def test_generation_stops_at_the_next_step_when_the_stop_file_appears(tiny_ct_ru
 
 
 def test_a_stale_stop_file_does_not_stop_the_next_generation(tiny_ct_run, tmp_path):
-    out = tmp_path / "gen"
+    from CTDiffusionLib.runfolder import OUTPUT_MARKER
+
+    out = tmp_path / "gen"  # a folder of ours whose earlier generate was stopped before its first volume
     out.mkdir()
+    (out / OUTPUT_MARKER).write_text('{"format": "ctdiffusion-output/1", "command": "generate"}')
     RunFolder(out).stop_request.write_text("left by an earlier job")
     assert run_cli("generate", "--model", tiny_ct_run, "--num", 1, "--out", out, "--sampler", "ddim",
                    "--steps", 2) == 0

@@ -74,9 +74,10 @@ def open_run_folder(out: Path, resume: bool) -> dict | None:
         raise InputError(f"{out} already holds a training run.",
                          "Add --resume to continue it, or choose a new --out folder.")
     # input/: data the Slicer module exported; a run killed before its config.json was written leaves only the
-    # lock, events and cache behind, and a new run may start over them.
-    if out.exists() and any(p.name not in (INPUT, LOCK_NAME, OUTPUT_MARKER, run.events.name, run.cache.name,
-                                           run.stop_request.name) for p in out.iterdir()):
+    # lock, events and cache behind, and a new run may start over them. Under torchrun the other ranks look while
+    # rank 0 is claiming the folder, so the marker may still be under its temporary name.
+    ours = (INPUT, LOCK_NAME, OUTPUT_MARKER, run.events.name, run.cache.name, run.stop_request.name)
+    if out.exists() and any(p.name not in ours and not p.name.startswith(OUTPUT_MARKER) for p in out.iterdir()):
         raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
     return None
 
