@@ -79,3 +79,21 @@ def write_generated(folder, profile, n=2, **kw):
             "file": f"{name}.nii.gz", "index": i, "seed": i, "sampler": "ddim", "steps": 4, "model_sha256": "0" * 64,
             "profile": profile, "mode": "3d", "condition": None, "guidance_scale": None}))
     return folder
+
+
+def phantom_pair_nodes(folder, index: int, rename: dict):
+    """A CT volume node and a segmentation node from phantom pair `index` of an nnU-Net folder (phantoms
+    --with-labels): the segments whose values `rename` maps ({value: name}) get those names, the rest are removed."""
+    from CTDiffusionLib.scene.nodes import load_ct_volume, segmentation_from_label_file
+
+    folder = Path(folder)
+    ct = load_ct_volume(folder / "imagesTr" / f"prostate_{index:03d}_0000.nii.gz", name=f"patient {index}")
+    seg_node = segmentation_from_label_file(folder / "labelsTr" / f"prostate_{index:03d}.nii.gz", name=f"seg {index}")
+    segmentation = seg_node.GetSegmentation()
+    for i in reversed(range(segmentation.GetNumberOfSegments())):
+        segment = segmentation.GetNthSegment(i)
+        if segment.GetLabelValue() in rename:
+            segment.SetName(rename[segment.GetLabelValue()])
+        else:
+            segmentation.RemoveSegment(segmentation.GetNthSegmentID(i))
+    return ct, seg_node

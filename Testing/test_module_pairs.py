@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("PySide6.QtUiTools")
 import SimpleITK as sitk  # noqa: E402
-from slicer_fixtures import core_app  # noqa: E402,F401
+from slicer_fixtures import core_app, phantom_pair_nodes  # noqa: E402,F401
 from test_module_widget import slicer_version, widget  # noqa: E402,F401
 
 from CTDiffusionLib.cli import build_parser  # noqa: E402
@@ -86,17 +86,7 @@ def phantom_pairs(tmp_path_factory) -> Path:
 
 def _pair_nodes(folder: Path, index: int):
     """A CT volume node and the segmentation drawn on it (segments named SEGMENTS, the rest removed)."""
-    from CTDiffusionLib.scene.nodes import load_ct_volume, segmentation_from_label_file
-
-    ct = load_ct_volume(folder / "imagesTr" / f"prostate_{index:03d}_0000.nii.gz", name=f"patient {index}")
-    seg = segmentation_from_label_file(folder / "labelsTr" / f"prostate_{index:03d}.nii.gz", name=f"seg {index}")
-    segmentation = seg.GetSegmentation()
-    for i in reversed(range(segmentation.GetNumberOfSegments())):
-        segment = segmentation.GetNthSegment(i)
-        if segment.GetLabelValue() in SEGMENTS:
-            segment.SetName(SEGMENTS[segment.GetLabelValue()])
-        else:
-            segmentation.RemoveSegment(segmentation.GetNthSegmentID(i))
+    ct, seg = phantom_pair_nodes(folder, index, SEGMENTS)
     seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)  # drawn on this CT
     return ct, seg
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from slicer_fixtures import core_app  # noqa: F401
+from slicer_fixtures import core_app, phantom_pair_nodes  # noqa: F401
 
 slicer = pytest.importorskip("slicer")
 
@@ -23,7 +23,6 @@ from CTDiffusionLib.data.phantoms import write_phantom_dataset  # noqa: E402
 from CTDiffusionLib.data.phantoms.prostate_ct import ORGAN_TISSUES  # noqa: E402
 from CTDiffusionLib.errors import InputError  # noqa: E402
 from CTDiffusionLib.scene import pairs as scene_pairs  # noqa: E402
-from CTDiffusionLib.scene.nodes import load_ct_volume, segmentation_from_label_file  # noqa: E402
 
 PHANTOM_NAMES = list(ORGAN_TISSUES)
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z: direction must survive, not just spacing
@@ -60,23 +59,9 @@ def _segments(seg_node) -> dict:
             for i in range(segmentation.GetNumberOfSegments())}
 
 
-def _named_nodes(folder: Path, index: int, rename: dict):
-    """A CT volume node and a segmentation node (segments named by `rename` {phantom value: name}) from a pair."""
-    ct = load_ct_volume(folder / "imagesTr" / f"prostate_{index:03d}_0000.nii.gz", name=f"patient {index}")
-    seg_node = segmentation_from_label_file(folder / "labelsTr" / f"prostate_{index:03d}.nii.gz", name=f"seg {index}")
-    segmentation = seg_node.GetSegmentation()
-    for i in reversed(range(segmentation.GetNumberOfSegments())):
-        segment = segmentation.GetNthSegment(i)
-        if segment.GetLabelValue() in rename:
-            segment.SetName(rename[segment.GetLabelValue()])
-        else:
-            segmentation.RemoveSegment(segmentation.GetNthSegmentID(i))
-    return ct, seg_node
-
-
 def test_segmentation_nodes_to_pairs_folder_and_back(core_app, rotated_pairs, tmp_path):
     rename = {1: "Prostate", 2: "Bladder", 5: "Femur", 6: "Hip bone"}
-    pairs = [_named_nodes(rotated_pairs, i, rename) for i in (0, 1)]
+    pairs = [phantom_pair_nodes(rotated_pairs, i, rename) for i in (0, 1)]
 
     # nodes -> NAME.nii.gz + NAME.seg.nrrd, written by Slicer's own writers; the engine reads their headers
     written = scene_pairs.export_pair_files(pairs, tmp_path / "files")
@@ -119,7 +104,7 @@ def test_segmentation_nodes_to_pairs_folder_and_back(core_app, rotated_pairs, tm
 
 
 def test_segmentation_to_label_map_for_a_model(core_app, rotated_pairs, tmp_path, caplog):
-    ct, seg_node = _named_nodes(rotated_pairs, 1, {1: "PROSTATE", 2: "bladder", 8: "Fat"})
+    ct, seg_node = phantom_pair_nodes(rotated_pairs, 1, {1: "PROSTATE", 2: "bladder", 8: "Fat"})
     # the model's structures, in its order; segment names match ignoring case, "Fat" is not one of them
     names = scene_pairs.export_segmentation_labels(seg_node, tmp_path / "for_model.nii.gz", ["bladder", "prostate"],
                                                    reference_volume=ct)
@@ -135,7 +120,7 @@ def test_segmentation_to_label_map_for_a_model(core_app, rotated_pairs, tmp_path
 
 
 def test_overlapping_segments_are_refused_with_one_sentence(core_app, rotated_pairs, tmp_path):
-    ct, seg_node = _named_nodes(rotated_pairs, 0, {1: "Prostate"})
+    ct, seg_node = phantom_pair_nodes(rotated_pairs, 0, {1: "Prostate"})
     # a second import of the same label map puts an overlapping copy of the prostate in a second layer
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -148,7 +133,7 @@ def test_overlapping_segments_are_refused_with_one_sentence(core_app, rotated_pa
 
 
 def test_exported_pairs_read_like_any_other_pairs(core_app, rotated_pairs, tmp_path):
-    ct, seg_node = _named_nodes(rotated_pairs, 0, {2: "Bladder", 3: "Rectum"})
+    ct, seg_node = phantom_pair_nodes(rotated_pairs, 0, {2: "Bladder", 3: "Rectum"})
     scene_pairs.export_pair_files([(ct, seg_node)], tmp_path / "files")
     case = discover_pairs(tmp_path / "files")[0]
     image, labels = read_pair(case, select_structures([case], "Rectum"))
