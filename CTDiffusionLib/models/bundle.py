@@ -125,7 +125,7 @@ def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Pa
     from CTDiffusionLib.models.conditioning import ConditionVocabulary
     from CTDiffusionLib.models.factory import build_model
     from CTDiffusionLib.profiles import PROFILES
-    from CTDiffusionLib.training.config import check_grid
+    from CTDiffusionLib.models.grid import check_grid
 
     def refuse(problem: str) -> InputError:
         return InputError(f"{meta_file} does not fit its weights: {problem}.", _EDITED_HINT)

@@ -14,6 +14,7 @@ from pathlib import Path
 from CTDiffusionLib.data.augment import parse_augment
 from CTDiffusionLib.diffusion.schedulers import default_diffusion_config
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.models.grid import check_grid
 from CTDiffusionLib.presets import resolve_preset
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RUN_FORMAT
@@ -63,18 +64,6 @@ class TrainingConfig:
 def parse_grid(text: str, mode: str) -> list[int]:
     dims = 2 if mode == "2d" else 3
     return list(parse_size(text, "--grid", (dims,), f"this preset's {mode} mode"))
-
-
-def check_grid(grid: list[int], model_spec: dict, mode: str) -> None:
-    """In-plane sizes must halve cleanly at every level, so the output grid is exactly the training grid."""
-    kwargs = model_spec["kwargs"]
-    levels = len(kwargs["block_out_channels"] if model_spec["type"] == "thesis_unet" else kwargs["channels"])
-    factor = 2 ** (levels - 1)
-    if any(g % factor for g in grid[:2]):
-        raise InputError(f"Grid {'x'.join(map(str, grid))} does not divide by {factor} in-plane, which this "
-                         f"{levels}-level network needs.", f"Use an in-plane size that is a multiple of {factor}.")
-    if model_spec["type"] == "monai_unet" and mode == "3d" and len(grid) > 2 and grid[2] % factor:
-        raise InputError(f"Grid depth {grid[2]} does not divide by {factor}.", f"Use a multiple of {factor}.")
 
 
 def build_config(args, sources: list[str]) -> dict:
