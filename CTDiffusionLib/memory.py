@@ -83,7 +83,8 @@ def volume_bytes(size, bytes_per_voxel: int) -> float:
 def base_channels(model_spec: dict) -> int:
     """The first level's channel count of a network spec (models/factory.py specs)."""
     kwargs = model_spec.get("kwargs", {})
-    levels = kwargs.get("block_out_channels") or kwargs.get("channels") or [kwargs.get("num_channels", 32)]
+    levels = (kwargs.get("block_out_channels") or kwargs.get("channels")
+              or [kwargs.get("dim") or kwargs.get("num_channels", 32)])  # report_unet: dim
     return int(levels[0] if isinstance(levels, (list, tuple)) else levels)
 
 

@@ -103,6 +103,18 @@ PRESETS: dict[str, dict[str, dict]] = {
         "slice2d": {"grid": [64, 64], "mode": "2d", **_MASK_DATA, "schedule": "cosine",
                     "model": _monai2d((64, 128, 256), (False, True, True), 2, 64, 32),
                     "training": {**_CT_TRAIN, "batch_size": 32, "lr": 2e-4}},
+        # The source report's own network and recipe (models/report_unet.py; docs/presets.md "report2d"): the
+        # annotated-diffusion ConvNeXt UNet (dim 64, multipliers 1-2-4, two ConvNeXt blocks and linear attention per
+        # down/up block, full attention in the middle, max-pool down, 2x2 transposed conv up), epsilon prediction,
+        # cosine T = 1000, Smooth L1, Adam 1e-4 (AdamW without weight decay), batch 16, no warm-up, no EMA.
+        # `--epochs 50` is the report's length.
+        "report2d": {"grid": [64, 64], "mode": "2d", **_MASK_DATA, "schedule": "cosine", "prediction": "epsilon",
+                     "objective": "ddpm",
+                     "model": {"type": "report_unet", "kwargs": {
+                         "in_channels": n_mask, "out_channels": n_mask, "dim": 64, "dim_mults": [1, 2, 4],
+                         "init_dim": 42, "convnext_mult": 2, "heads": 4, "dim_head": 32}},
+                     "training": {**_CT_TRAIN, "batch_size": 16, "lr": 1e-4, "warmup_steps": 0, "ema_decay": 0.0,
+                                  "loss": "smooth_l1"}},
         "tiny3d": {"grid": [32, 32, 8], "mode": "3d", **_MASK_DATA,
                    "model": _aniso((16, 32, 64), ("2d", "3d", "3d"), (1, 2), 1, (False, False, True), 16, 8,
                                    n_mask, n_mask),

@@ -125,7 +125,7 @@ def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Pa
     from CTDiffusionLib.models.conditioning import ConditionVocabulary
     from CTDiffusionLib.models.factory import build_model
     from CTDiffusionLib.profiles import PROFILES
-    from CTDiffusionLib.models.grid import check_grid
+    from CTDiffusionLib.models.grid import check_grid, network_spatial_dims
 
     def refuse(problem: str) -> InputError:
         return InputError(f"{meta_file} does not fit its weights: {problem}.", _EDITED_HINT)
@@ -143,7 +143,7 @@ def _model_fitting_weights(meta: dict, state: dict, meta_file: Path, weights: Pa
         needs = (f"{expected_in} image channel(s) in and out" if expected_in == expected_out else
                  f"{expected_in} channels in (CT + one per structure) and {expected_out} out")
         raise refuse(f"profile {profile} needs {needs}, the network has {in_ch} in and {out_ch} out")
-    spatial = 3 if spec.get("type") == "aniso_unet" else spec["kwargs"].get("spatial_dims")
+    spatial = network_spatial_dims(spec)
     if spatial != (2 if mode == "2d" else 3) or len(grid) != (2 if mode == "2d" else 3):
         raise refuse(f"data mode {mode!r} with grid {grid} does not match a {spatial}D network")
     try:

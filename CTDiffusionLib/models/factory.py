@@ -19,6 +19,10 @@ def build_model(spec: dict, num_class_embeds: int | None = None) -> nn.Module:
         from CTDiffusionLib.models.thesis_unet import ThesisUNet
 
         return ThesisUNet(**kwargs)
+    if spec["type"] == "report_unet":
+        from CTDiffusionLib.models.report_unet import ReportUNet
+
+        return ReportUNet(**kwargs)
     if spec["type"] == "monai_unet":
         from monai.networks.nets import DiffusionModelUNet
 

@@ -7,10 +7,19 @@ from __future__ import annotations
 from CTDiffusionLib.errors import InputError
 
 
+# the model.json "kwargs" entry that lists one width (or multiplier) per resolution level, by network type
+_LEVEL_KEYS = {"thesis_unet": "block_out_channels", "report_unet": "dim_mults"}
+
+
 def network_levels(model_spec: dict) -> int:
     """How many resolution levels the network of a model.json "model" entry has."""
-    kwargs = model_spec["kwargs"]
-    return len(kwargs["block_out_channels"] if model_spec["type"] == "thesis_unet" else kwargs["channels"])
+    return len(model_spec["kwargs"][_LEVEL_KEYS.get(model_spec["type"], "channels")])
+
+
+def network_spatial_dims(model_spec: dict) -> int | None:
+    """2 or 3: whether the network takes slices or volumes (MONAI's UNet says so in its kwargs)."""
+    fixed = {"aniso_unet": 3, "thesis_unet": 3, "report_unet": 2}
+    return fixed.get(model_spec.get("type"), model_spec["kwargs"].get("spatial_dims"))
 
 
 def check_grid(grid: list[int], model_spec: dict, mode: str) -> None:

@@ -25,7 +25,7 @@ from CTDiffusionLib.data.dataset import PreparedData, make_batch, prepare_datase
 from CTDiffusionLib.data.paired_dataset import conditioned_sample
 from CTDiffusionLib.data.discovery import apply_condition_csv, discover_cases
 from CTDiffusionLib.data.preprocess import ORIENTATION
-from CTDiffusionLib.diffusion.loss import diffusion_loss
+from CTDiffusionLib.diffusion.loss import check_loss, diffusion_loss
 from CTDiffusionLib.diffusion.schedulers import (draw_training_timesteps, preview_sampler, scheduler_config,
                                                  training_scheduler)
 from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
@@ -165,6 +165,7 @@ class Trainer:
         self.lr_schedule = warmup_flat_cosine(self.optimizer,
                                               lambda: (self.warmup, self.training.lr_decay_from, self.total))
         self.noise_schedule = training_scheduler(config["diffusion"])
+        self.loss = check_loss(config["training"].get("loss", "mse"))  # diffusion/loss.py LOSSES; older runs: mse
         self.amp_dtype = autocast_dtype(device, tr.amp)
         self.step = 0
         self.forward = self.model
@@ -239,7 +240,8 @@ class Trainer:
                 "orientation": ORIENTATION,
                 "data": {"grid": c["data"]["grid"], "mode": c["data"]["mode"]},
                 "geometry": self.data.geometry, "conditions": self.vocab.to_dict() if self.vocab else {},
-                "training": {"step": self.step, "total_steps": self.planned_total},
+                "training": {"step": self.step, "total_steps": self.planned_total,
+                             **({"loss": self.loss} if self.loss != "mse" else {})},
                 **({"labels": c["labels"]} if c.get("labels") else {})}  # a paired run's structures
 
     def save(self) -> Path:
@@ -294,7 +296,8 @@ class Trainer:
             for v in (batch["x0"], batch["noise"], batch["t"], batch["labels"], batch.get("condition")))
         self.model.train()
         loss = diffusion_loss(self.forward, self.noise_schedule, x0, noise, t, labels, self.amp_dtype,
-                              min_snr_gamma=self.config["diffusion"].get("min_snr_gamma"), spatial_condition=condition)
+                              min_snr_gamma=self.config["diffusion"].get("min_snr_gamma"), spatial_condition=condition,
+                              loss=self.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
@@ -353,7 +356,7 @@ class Trainer:
                 labels = torch.tensor([self.vocab.encode(dict(self.data.cases[self.data.sample_case[i]].conditions))
                                        for i in chunk], device=self.device)
             loss = diffusion_loss(self.model, self.noise_schedule, x0, noise, t, labels, self.amp_dtype, "sum",
-                                  spatial_condition=condition)
+                                  spatial_condition=condition, loss=self.loss)
             total += loss.item() / x0[0].numel()
             count += len(chunk)
         return total / count
