@@ -30,20 +30,25 @@ from CTDiffusionLib.samplers import SAMPLERS, network_evaluations  # noqa: E402
 METRICS = ("hu_histogram_w1", "tissue_contrast_hu_gap", "frechet_distance", "mmd", "nearest_train_similarity")
 
 
-def one_report(run: Path, real: Path, train: Path, out: Path, sampler: str, steps: int, seed: int, num: int) -> dict:
+def one_report(run: Path, real: Path, train: Path, out: Path, sampler: str, steps: int, seed: int, num: int,
+               device: str = "cpu") -> dict:
+    """Generate `num` volumes with one sampler and seed, evaluate them; the report's numbers and s/volume (the
+    whole `generate` call, model loading included, divided by `num`). Also used by gpu_suite.py."""
     gen, report = out / "generated", out / "report"
     t0 = time.perf_counter()
     if cli(["generate", "--model", str(run), "--num", str(num), "--out", str(gen), "--sampler", sampler,
-            "--steps", str(steps), "--seed", str(seed), "--device", "cpu"]) != 0:
-        raise SystemExit(f"generate failed for {run} {sampler}-{steps} seed {seed}")
+            "--steps", str(steps), "--seed", str(seed), "--device", device]) != 0:
+        raise RuntimeError(f"generate failed for {run} {sampler}-{steps} seed {seed}")
     seconds = (time.perf_counter() - t0) / num
+    t1 = time.perf_counter()
     if cli(["evaluate", "--real", str(real), "--train", str(train), "--generated", str(gen), "--out", str(report),
-            "--device", "cpu"]) != 0:
-        raise SystemExit(f"evaluate failed for {gen}")
+            "--device", device]) != 0:
+        raise RuntimeError(f"evaluate failed for {gen}")
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
     values = {k: (metrics["summary"].get(k) or {}).get("generated") for k in METRICS}
     fails = sorted(k for k, v in metrics["verdicts"].items() if v == "fail")
-    return {"seed": seed, "seconds_per_volume": seconds, "fails": fails, **values}
+    return {"seed": seed, "seconds_per_volume": seconds, "evaluate_seconds": time.perf_counter() - t1, "fails": fails,
+            **values}
 
 
 def summarise(rows: list[dict]) -> dict:
