@@ -24,6 +24,7 @@ def _libraryFolder(moduleDir: Path):
 _LIBRARY = _libraryFolder(Path(__file__).resolve().parent)
 if _LIBRARY is not None and str(_LIBRARY) not in sys.path:
     sys.path.insert(0, str(_LIBRARY))
+from CTDiffusionLib.samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLERS  # noqa: E402 (stdlib only)
 
 import qt
 import slicer
@@ -109,10 +110,10 @@ class CTDiffusionParameterNode:
     modelPath: str = ""
     numberOfSamples: Annotated[int, WithinRange(1, 1000)] = 4
     sampler: str = ""  # "": the model's own default sampler (jobs/panel.py)
-    samplingSteps: Annotated[int, WithinRange(1, 1000)] = 25
+    samplingSteps: Annotated[int, WithinRange(1, 1000)] = SAMPLERS[DEFAULT_SAMPLER["ddpm"]].steps
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     referenceVolume: slicer.vtkMRMLScalarVolumeNode
-    guidanceScale: Annotated[float, WithinRange(0.0, 10.0)] = 3.0
+    guidanceScale: Annotated[float, WithinRange(0.0, 10.0)] = DEFAULT_GUIDANCE
     lastRunFolder: str = ""
     lastGeneratedFolder: str = ""
     lastReportFolder: str = ""
@@ -1029,7 +1030,8 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
     def trainingCommand(self, p, sourceNodes, resume=False, runDir=None, segmentations=(), structures=None):
         """`structures`: (checked, listed) names of the structure list, for a training with labels."""
         from CTDiffusionLib.jobs import panel, plans
-        from CTDiffusionLib.jobs.commands import TrainSettings, build_command
+        from CTDiffusionLib.jobs.commands import build_command
+        from CTDiffusionLib.requests import TrainRequest
 
         withLabels = bool(p.withLabels) and self.pairsAllowed(p.profile) and not resume
         if withLabels:
@@ -1037,14 +1039,14 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         source = plans.training_source(p.sourceMode, p.sourceFolder, len(sourceNodes), self.runsFolder(p), p.profile,
                                        resume_run=(runDir or "") if resume else None)
         if resume:  # the run continues as it was configured (its config.json), on the chosen device
-            settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+            settings = TrainRequest(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
                                      resume=True)
         else:
             if source.export_to is not None:
                 from CTDiffusionLib.scene.nodes import export_nodes
 
                 export_nodes(sourceNodes, source.export_to, p.profile)
-            settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+            settings = TrainRequest(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
                                      conditions=plans.training_conditions(p.profile, p.conditioned),
                                      **panel.training_overrides(p.profile, p.preset, self.trainingPanel(p)))
         return build_command(settings), source.run_dir
@@ -1053,7 +1055,8 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         """train --with-labels: volume + segmentation nodes exported as a pairs folder (every segment; the choice is
         sent as --structures, so the run stores it), or a pairs folder as it is."""
         from CTDiffusionLib.jobs import panel, paired, plans
-        from CTDiffusionLib.jobs.commands import TrainSettings, build_command
+        from CTDiffusionLib.jobs.commands import build_command
+        from CTDiffusionLib.requests import TrainRequest
         from CTDiffusionLib.scene.pair_sources import drawn_on
 
         checked, listed = structures or ([], [])
@@ -1069,7 +1072,7 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                 export_pairs(pairs, source.export_to)
             except InputError as exc:
                 raise ValueError(str(exc)) from exc
-        settings = TrainSettings(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
+        settings = TrainRequest(profile=p.profile, data=source.data, out=str(source.run_dir), device=p.device,
                                  with_labels=True, structures=spec,
                                  **panel.training_overrides(p.profile, p.preset, self.trainingPanel(p)))
         return build_command(settings), source.run_dir
@@ -1108,7 +1111,8 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
         reference volume's grid when one is chosen) next to the output folder."""
         from CTDiffusionLib.errors import InputError
         from CTDiffusionLib.jobs import panel, paired
-        from CTDiffusionLib.jobs.commands import GenerateSettings, build_command, model_structures
+        from CTDiffusionLib.jobs.commands import build_command, model_structures
+        from CTDiffusionLib.requests import GenerateRequest
         from CTDiffusionLib.scene.nodes import safe_file_stem
         from CTDiffusionLib.scene.pairs import export_segmentation_labels
 
@@ -1127,18 +1131,19 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                                        reference_volume=p.referenceVolume)
         except InputError as exc:
             raise ValueError(str(exc)) from exc
-        settings = GenerateSettings(model=str(modelPath), num=None, out=str(target.out), sampler=p.sampler,
+        settings = GenerateRequest(model=str(modelPath), num=None, out=str(target.out), sampler=p.sampler,
                                     steps=panel.sampling_steps_override(p.sampler, p.samplingSteps), seed=p.seed,
                                     from_labels=str(target.labels_file), device=p.device)
         return build_command(settings), target.out
 
     def utilityCommand(self, p, train, synthetic, test, seeds):
         from CTDiffusionLib.jobs import paired
-        from CTDiffusionLib.jobs.commands import UtilitySettings, build_command
+        from CTDiffusionLib.jobs.commands import build_command
+        from CTDiffusionLib.requests import UtilityRequest
 
         inputs = paired.utility_inputs(train, synthetic, test, p.lastRunFolder, p.lastGeneratedFolder)
         out = paired.utility_folder(p.lastRunFolder, self.runsFolder(p))
-        settings = UtilitySettings(train=inputs.train, synthetic=inputs.synthetic, test=inputs.test, out=str(out),
+        settings = UtilityRequest(train=inputs.train, synthetic=inputs.synthetic, test=inputs.test, out=str(out),
                                    seeds=int(seeds), device=p.device)
         return build_command(settings), out
 
@@ -1158,7 +1163,8 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def generationCommand(self, p, modelPath, condition):
         from CTDiffusionLib.jobs import panel, plans
-        from CTDiffusionLib.jobs.commands import GenerateSettings, build_command
+        from CTDiffusionLib.jobs.commands import build_command
+        from CTDiffusionLib.requests import GenerateRequest
         from CTDiffusionLib.scene.nodes import write_volume_node
 
         if not modelPath:
@@ -1171,15 +1177,16 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             if not path or not Path(path).is_file() or p.referenceVolume.GetModifiedSinceRead():
                 path = str(write_volume_node(p.referenceVolume, outDir.parent / (outDir.name + "-reference.nii.gz")))
             reference = path
-        settings = GenerateSettings(model=str(modelPath), num=p.numberOfSamples, out=str(outDir), sampler=p.sampler,
+        settings = GenerateRequest(model=str(modelPath), num=p.numberOfSamples, out=str(outDir), sampler=p.sampler,
                                     steps=panel.sampling_steps_override(p.sampler, p.samplingSteps), seed=p.seed,
-                                    reference=reference, condition=condition, guidance_scale=p.guidanceScale,
-                                    device=p.device)
+                                    reference=reference, condition=condition, device=p.device)
+        settings = settings.changed(guidance_scale=panel.guidance_scale(settings.condition, p.guidanceScale))
         return build_command(settings), outDir
 
     def evaluationCommand(self, p, realNodes, generatedNodes, useLastGeneration=True):
         from CTDiffusionLib.jobs import plans
-        from CTDiffusionLib.jobs.commands import EvaluateSettings, build_command
+        from CTDiffusionLib.jobs.commands import build_command
+        from CTDiffusionLib.requests import EvaluateRequest
         from CTDiffusionLib.scene.nodes import export_nodes
 
         folders = plans.quality_folders(p.lastRunFolder, self.runsFolder(p))
@@ -1199,7 +1206,7 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(_("Pick the generated nodes to evaluate."))
             generated = str(folders.generated_export)
             export_nodes(generatedNodes, generated, p.profile)
-        settings = EvaluateSettings(real=real, generated=generated, out=str(folders.report),
+        settings = EvaluateRequest(real=real, generated=generated, out=str(folders.report),
                                     train=plans.training_data_for_evaluation(p.lastRunFolder),
                                     run=p.lastRunFolder or None, profile=p.profile, device=p.device)
         self.evaluated = {"generated": generated, "train": settings.train}  # what a near-copy is looked up in

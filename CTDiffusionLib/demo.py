@@ -1,7 +1,7 @@
 """`ctdiffusion demo`: phantoms -> train (tiny, CPU) -> generate -> evaluate, in a few minutes on 2 cores.
 
-This module only plans: `demo_stages` returns the same sub-command lines a user would type, and the CLI runs them
-in-process (so demo does not import the CLI), then prints `demo_summary`.
+This module only plans: `demo_stages` builds each stage's request and returns its command line (the same a user would
+type); the CLI runs them in-process (so demo does not import the CLI), then prints `demo_summary`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from CTDiffusionLib.errors import CTDiffusionError, InputError
+from CTDiffusionLib.requests import EvaluateRequest, GenerateRequest, PhantomsRequest, TrainRequest
 from CTDiffusionLib.runfolder import read_config
 
 # per profile: phantom size (whole field of view, coarse pixels), preset, grid, training length (a step count, or
@@ -34,68 +35,71 @@ PAIRED_DEMO = {"profile": "prostate-ct", "size": "48x48x12", "preset": "demo", "
                "structures": "prostate,bladder,rectum,seminal_vesicles,bone=femur+hip_bone+sacrum,fat,muscle"}
 
 
-def _length(spec: dict, steps: int | None, minutes: float | None) -> list:
-    """--steps N (with checkpoints and previews spread over it) or --minutes M (the preset's own cadence); the
-    caller's choice first, then the profile's."""
+def _length(spec: dict, steps: int | None, minutes: float | None) -> dict:
+    """TrainRequest fields for the length: steps N (with checkpoints and previews spread over it) or minutes M (the
+    preset's own cadence); the caller's choice first, then the profile's."""
     if minutes is not None:
-        return ["--minutes", f"{minutes:g}"]
+        return {"minutes": float(minutes)}
     steps = steps or spec.get("steps")
     if steps:
-        return ["--steps", steps, "--checkpoint-every", max(1, steps // 4), "--sample-every", max(1, steps // 2)]
-    return ["--minutes", spec["minutes"]]
+        return {"steps": steps, "checkpoint_every": max(1, steps // 4), "sample_every": max(1, steps // 2)}
+    return {"minutes": float(spec["minutes"])}
+
+
+def _new_demo_folder(out) -> Path:
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"The demo folder {out} is not empty.", "Remove it or pass --out NEW_FOLDER.")
+    return out
+
+
+def _phantom_sets(spec: dict, profile: str, out: Path, with_labels: bool = False) -> list[PhantomsRequest]:
+    """The training set (seed 0) and the held-out real set (seed 1000) of the demo's phantoms."""
+    return [PhantomsRequest(profile=profile, num=spec[part], out=str(out / "data" / part), size=spec["size"],
+                            seed=seed, with_labels=with_labels) for part, seed in (("train", 0), ("heldout", 1000))]
 
 
 def demo_stages(profile: str, out, device: str = "cpu", steps: int | None = None,
                 minutes: float | None = None) -> list[tuple[str, list[str]]]:
     """(stage name, CLI arguments) for each stage of the demo in `out` (which must be new or empty)."""
-    spec = DEMO[profile]
-    out = Path(out).resolve()
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"The demo folder {out} is not empty.", "Remove it or pass --out NEW_FOLDER.")
+    spec, out = DEMO[profile], _new_demo_folder(out)
+    train_set, heldout_set = _phantom_sets(spec, profile, out)
+    sampler, sampling_steps = spec.get("sampler") or (None, None)
     stages = {
-        "phantoms (training set)": ["phantoms", "--profile", profile, "--num", spec["train"], "--out",
-                                    out / "data" / "train", "--size", spec["size"], "--seed", 0],
-        "phantoms (held-out real set)": ["phantoms", "--profile", profile, "--num", spec["heldout"], "--out",
-                                         out / "data" / "heldout", "--size", spec["size"], "--seed", 1000],
-        "train": ["train", "--profile", profile, "--data", out / "data" / "train", "--out", out / "run",
-                  "--preset", spec["preset"], *_length(spec, steps, minutes), "--batch-size", spec["batch"], "--device",
-                  device, *(["--grid", spec["grid"]] if spec["grid"] else []),
-                  *(["--amp", spec["amp"]] if spec.get("amp") else []),
-                  *(["--objective", spec["objective"]] if spec.get("objective") else [])],
-        "generate": ["generate", "--model", out / "run", "--num", 8, "--out", out / "generated", "--seed", 0,
-                     "--device", device, *(["--sampler", spec["sampler"][0], "--steps", spec["sampler"][1]]
-                                           if spec.get("sampler") else [])],
-        "evaluate": ["evaluate", "--real", out / "data" / "heldout", "--train", out / "data" / "train",
-                     "--generated", out / "generated", "--out", out / "report", "--run", out / "run",
-                     "--device", device],
+        "phantoms (training set)": train_set,
+        "phantoms (held-out real set)": heldout_set,
+        "train": TrainRequest(profile=profile, data=train_set.out, out=str(out / "run"), preset=spec["preset"],
+                              batch_size=spec["batch"], device=device, grid=spec["grid"], amp=spec.get("amp"),
+                              objective=spec.get("objective"), **_length(spec, steps, minutes)),
+        "generate": GenerateRequest(model=str(out / "run"), num=8, out=str(out / "generated"), device=device,
+                                    sampler=sampler, steps=sampling_steps),
+        "evaluate": EvaluateRequest(real=heldout_set.out, train=train_set.out, generated=str(out / "generated"),
+                                    out=str(out / "report"), run=str(out / "run"), device=device),
     }
-    return [(name, [str(a) for a in argv]) for name, argv in stages.items()]
+    return [(name, request.argv()) for name, request in stages.items()]
 
 
 def paired_demo_stages(out, device: str = "cpu", steps: int | None = None,
                        minutes: float | None = None) -> list[tuple[str, list[str]]]:
     """The paired demo's stages (the same sub-commands a user would type) in `out` (new or empty)."""
-    spec = PAIRED_DEMO
-    out = Path(out).resolve()
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"The demo folder {out} is not empty.", "Remove it or pass --out NEW_FOLDER.")
-    profile, sampling = spec["profile"], ["--sampler", spec["sampler"][0], "--steps", spec["sampler"][1]]
+    spec, out = PAIRED_DEMO, _new_demo_folder(out)
+    train_set, heldout_set = _phantom_sets(spec, spec["profile"], out, with_labels=True)
+    sampler, sampling_steps = spec["sampler"]
     stages = {
-        "phantom pairs (training set)": ["phantoms", "--profile", profile, "--with-labels", "--num", spec["train"],
-                                         "--out", out / "data" / "train", "--size", spec["size"], "--seed", 0],
-        "phantom pairs (held-out set)": ["phantoms", "--profile", profile, "--with-labels", "--num", spec["heldout"],
-                                         "--out", out / "data" / "heldout", "--size", spec["size"], "--seed", 1000],
-        "train (CT model, then label model)": [
-            "train", "--profile", profile, "--with-labels", "--structures", spec["structures"], "--data",
-            out / "data" / "train", "--out", out / "run", "--preset", spec["preset"], *_length(spec, steps, minutes),
-            "--batch-size", spec["batch"], "--device", device],
-        "generate (CT for the held-out label maps)": [
-            "generate", "--model", out / "run", "--from-labels", out / "data" / "heldout", "--out",
-            out / "generated", "--seed", 0, "--device", device, *sampling],
-        "generate (new pairs)": ["generate", "--model", out / "run", "--num", spec["new_pairs"], "--out",
-                                 out / "new_pairs", "--seed", 0, "--device", device, *sampling],
+        "phantom pairs (training set)": train_set,
+        "phantom pairs (held-out set)": heldout_set,
+        "train (CT model, then label model)": TrainRequest(
+            profile=spec["profile"], with_labels=True, structures=spec["structures"], data=train_set.out,
+            out=str(out / "run"), preset=spec["preset"], batch_size=spec["batch"], device=device,
+            **_length(spec, steps, minutes)),
+        "generate (CT for the held-out label maps)": GenerateRequest(
+            model=str(out / "run"), from_labels=heldout_set.out, out=str(out / "generated"), device=device,
+            sampler=sampler, steps=sampling_steps),
+        "generate (new pairs)": GenerateRequest(model=str(out / "run"), num=spec["new_pairs"],
+                                                out=str(out / "new_pairs"), device=device, sampler=sampler,
+                                                steps=sampling_steps),
     }
-    return [(name, [str(a) for a in argv]) for name, argv in stages.items()]
+    return [(name, request.argv()) for name, request in stages.items()]
 
 
 def paired_demo_summary(out, device: str, seconds: float) -> str:

@@ -63,6 +63,10 @@ def _literal(node):
     except ValueError:
         if isinstance(node, ast.BinOp):  # 2**31 - 1 and the like
             return eval(compile(ast.Expression(node), "<annotation>", "eval"), {"__builtins__": {}})  # noqa: S307
+        if isinstance(node, (ast.Name, ast.Subscript, ast.Attribute)):  # a default read from the engine's tables
+            import CTDiffusionLib.samplers as tables
+
+            return eval(compile(ast.Expression(node), "<default>", "eval"), {"__builtins__": {}, **vars(tables)})  # noqa: S307
         raise
 
 

@@ -20,11 +20,7 @@ from CTDiffusionLib.cli import build_parser
 from CTDiffusionLib.jobs import (
     EXIT_INTERRUPTED,
     FINISHED,
-    EvaluateSettings,
-    GenerateSettings,
     JobRunner,
-    PhantomSettings,
-    TrainSettings,
     build_command,
     child_environment,
     describe_progress,
@@ -33,6 +29,8 @@ from CTDiffusionLib.jobs import (
     python_launcher,
 )
 from CTDiffusionLib.jobs import commands as commands_module
+from CTDiffusionLib.jobs import panel
+from CTDiffusionLib.requests import EvaluateRequest, GenerateRequest, PhantomsRequest, TrainRequest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +44,7 @@ def _cli_args(command):
 
 # ------------------------------------------------------------------------------------------------ commands
 def test_train_command_parses_with_real_cli(tmp_path):
-    s = TrainSettings(profile="cardiac-masks", data=[str(tmp_path / "a"), str(tmp_path / "b")], out=str(tmp_path / "run"),
+    s = TrainRequest(profile="cardiac-masks", data=[str(tmp_path / "a"), str(tmp_path / "b")], out=str(tmp_path / "run"),
                       preset="slice2d", steps=40, batch_size=2, lr=2e-4, schedule="cosine", augment=("zoom", "flip"),
                       grid=(64, 64), conditions=("group", "phase"), checkpoint_every=10, sample_every=0, seed=3,
                       device="cuda:1", resume=True)
@@ -63,29 +61,32 @@ def test_train_command_parses_with_real_cli(tmp_path):
 
 
 def test_train_command_minimal_and_validation(tmp_path):
-    args = TrainSettings(profile="prostate-ct", data=["d"], out="r", augment=()).arguments()
+    args = TrainRequest(profile="prostate-ct", data=["d"], out="r", augment=()).argv()
     parsed = build_parser().parse_args(args)
     assert parsed.augment == "none" and parsed.device == "auto" and parsed.epochs is None and not parsed.resume
     with pytest.raises(ValueError):
-        TrainSettings(profile="prostate-ct", data=[], out="r").arguments()
+        TrainRequest(profile="prostate-ct", data=[], out="r").argv()
     with pytest.raises(ValueError):
-        TrainSettings(profile="prostate-ct", data=["d"], out="r", epochs=2, steps=3).arguments()
+        TrainRequest(profile="prostate-ct", data=["d"], out="r", epochs=2, steps=3).argv()
 
 
 def test_generate_evaluate_phantoms_commands_parse(tmp_path):
     parser = build_parser()
-    g = GenerateSettings(model="run", num=2, out="gen", sampler="ddim", steps=10, seed=5, reference="ref.nrrd",
-                         condition={"group": "DCM", "phase": "ED"}, guidance_scale=2.5, device="cpu").arguments()
+    g = _cli_args(build_command(GenerateRequest(model="run", num=2, out="gen", sampler="ddim", steps=10, seed=5,
+                                                reference="ref.nrrd", condition={"group": "DCM", "phase": "ED"},
+                                                guidance_scale=2.5, device="cpu")))
     a = parser.parse_args(g)
     assert (a.model, a.num, a.sampler, a.steps, a.seed, a.reference) == ("run", 2, "ddim", 10, 5, "ref.nrrd")
     assert a.condition == "group=DCM,phase=ED" and a.guidance_scale == 2.5 and a.events
     # unconditional: neither --condition nor --guidance-scale; empty combo values are left out
-    a = parser.parse_args(GenerateSettings(model="m", num=1, out="o", condition={"group": "", "phase": ""},
-                                           guidance_scale=3.0).arguments())
+    unconditional = GenerateRequest(model="m", num=1, out="o", condition={"group": "", "phase": ""})
+    a = parser.parse_args(GenerateRequest(model="m", num=1, out="o", condition=unconditional.condition,
+                                          guidance_scale=panel.guidance_scale(unconditional.condition, 3.0)).argv())
     assert a.condition is None and a.guidance_scale is None
-    e = parser.parse_args(EvaluateSettings(real="r", generated="g", out="rep", train="t", run="run").arguments())
+    e = parser.parse_args(_cli_args(build_command(EvaluateRequest(real="r", generated="g", out="rep", train="t",
+                                                                  run="run"))))
     assert (e.real, e.generated, e.out, e.train, e.run, e.events) == ("r", "g", "rep", "t", "run", True)
-    p = parser.parse_args(PhantomSettings(profile="prostate-ct", num=3, out="ph", seed=1, size=(48, 48, 12)).arguments())
+    p = parser.parse_args(PhantomsRequest(profile="prostate-ct", num=3, out="ph", seed=1, size=(48, 48, 12)).argv())
     assert (p.num, p.size, p.seed) == (3, "48x48x12", 1)
 
 
@@ -223,7 +224,7 @@ def test_runner_without_error_event_uses_log_tail():
 
 
 def test_runner_from_command(tmp_path):
-    cmd = build_command(PhantomSettings(profile="prostate-ct", num=1, out=str(tmp_path / "x")), in_slicer=False)
+    cmd = build_command(PhantomsRequest(profile="prostate-ct", num=1, out=str(tmp_path / "x")), in_slicer=False)
     assert cmd.events_file is None and cmd.argv[:3] == [sys.executable, "-m", "CTDiffusionLib"]
     r = JobRunner.from_command(cmd)
     assert r.argv == cmd.argv and r.env["PYTHONPATH"].startswith(commands_module.LIBRARY_PARENT)

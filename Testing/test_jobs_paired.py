@@ -11,29 +11,31 @@ import pytest
 
 from CTDiffusionLib.cli import build_parser
 from CTDiffusionLib.jobs import notices, paired
-from CTDiffusionLib.jobs.commands import (GenerateSettings, TrainSettings, UtilitySettings, build_command,
-                                          model_structures)
+from CTDiffusionLib.jobs.commands import build_command, model_structures
+from CTDiffusionLib.requests import GenerateRequest, TrainRequest, UtilityRequest
 from CTDiffusionLib.utility import table
 
 
 def _parse(settings):
-    return build_parser().parse_args(settings.arguments())
+    """What the child parses of the command the module builds."""
+    argv = build_command(settings, in_slicer=False).argv
+    return build_parser().parse_args(argv[argv.index("-m") + 2:])
 
 
 def test_settings_send_what_the_engine_parses():
-    t = _parse(TrainSettings(profile="prostate-ct", data=["pairs"], out="run", with_labels=True,
+    t = _parse(TrainRequest(profile="prostate-ct", data=["pairs"], out="run", with_labels=True,
                              structures="prostate,bones=femur+hip_bone"))
     assert t.with_labels and t.structures == "prostate,bones=femur+hip_bone"
-    plain = TrainSettings(profile="prostate-ct", data=["ct"], out="run", structures="ignored without labels")
-    assert "--with-labels" not in plain.arguments() and "--structures" not in plain.arguments()
-    g = _parse(GenerateSettings(model="run", num=None, out="gen", from_labels="seg.nii.gz"))
+    with pytest.raises(ValueError, match="--structures needs --with-labels"):  # never sent without labels
+        TrainRequest(profile="prostate-ct", data=["ct"], out="run", structures="a structure")
+    g = _parse(GenerateRequest(model="run", num=None, out="gen", from_labels="seg.nii.gz"))
     assert (g.num, g.from_labels) == (None, "seg.nii.gz")
-    assert "--from-labels" not in GenerateSettings(model="run", num=3, out="gen").arguments()
-    u = _parse(UtilitySettings(train="a", synthetic="b", test="c", out="u", seeds=2, ratio=0.5,
+    assert "--from-labels" not in GenerateRequest(model="run", num=3, out="gen").argv()
+    u = _parse(UtilityRequest(train="a", synthetic="b", test="c", out="u", seeds=2, ratio=0.5,
                                structures="prostate"))
     assert (u.train, u.synthetic, u.test, u.out, u.seeds, u.ratio, u.structures, u.events) == (
         "a", "b", "c", "u", 2, 0.5, "prostate", True)
-    command = build_command(UtilitySettings(train="a", synthetic="b", test="c", out="u"))
+    command = build_command(UtilityRequest(train="a", synthetic="b", test="c", out="u"))
     assert command.events_file == str(Path("u") / "events.jsonl") and command.stop_file.endswith("stop-request")
 
 

@@ -12,20 +12,21 @@ import pytest
 
 from CTDiffusionLib.cli import build_parser
 from CTDiffusionLib.samplers import SAMPLERS
-from CTDiffusionLib.jobs import GenerateSettings, TrainSettings, build_command, panel, plans
+from CTDiffusionLib.jobs import build_command, panel, plans
 from CTDiffusionLib.presets import PRESETS
 from CTDiffusionLib.profiles import PROFILES
+from CTDiffusionLib.requests import GenerateRequest, TrainRequest, parse_request
 from CTDiffusionLib.training.config import build_config
 
 
-def _engine_config(settings: TrainSettings) -> dict:
+def _engine_config(settings: TrainRequest) -> dict:
     """What the engine would train: the real CLI parser and the real config resolution."""
-    args = build_parser().parse_args(settings.arguments())
-    return build_config(args, list(settings.data))
+    _, request = parse_request(build_parser(), settings.argv())
+    return build_config(request, list(settings.data))
 
 
 def _train(profile, preset, values, **kw):
-    return TrainSettings(profile=profile, data=["/data"], out="/runs/r", device="cpu",
+    return TrainRequest(profile=profile, data=["/data"], out="/runs/r", device="cpu",
                          **panel.training_overrides(profile, preset, values), **kw)
 
 
@@ -33,7 +34,7 @@ def _train(profile, preset, values, **kw):
 def test_preset_shown_is_preset_trained(profile, preset):
     shown = panel.preset_panel(profile, preset)
     settings = _train(profile, preset, shown)
-    assert settings.arguments().count("--preset") == 1 and preset in settings.arguments()
+    assert settings.argv().count("--preset") == 1 and preset in settings.argv()
     # nothing but the preset is sent when the user changed nothing
     assert (settings.steps, settings.epochs, settings.batch_size, settings.lr, settings.schedule, settings.augment) \
         == (None, None, None, None, None, None)
@@ -60,12 +61,12 @@ def test_changed_values_are_sent_and_trained():
     assert config["data"]["augment"]["flip"] and not config["data"]["augment"]["zoom"]
     # epochs mode always sends epochs; switching all augmentation off sends "none"
     epochs = panel.TrainingPanel("epochs", 3, shown.batch_size, shown.lr, shown.schedule, ())
-    args = build_parser().parse_args(_train("cardiac-masks", "tiny2d", epochs).arguments())
+    args = build_parser().parse_args(_train("cardiac-masks", "tiny2d", epochs).argv())
     assert (args.epochs, args.steps, args.augment) == (3, None, "none")
     # minutes mode sends a time budget, which the engine records instead of a step count
     minutes = panel.TrainingPanel("minutes", 30, shown.batch_size, shown.lr, shown.schedule, shown.augment)
     settings = _train("cardiac-masks", "tiny2d", minutes)
-    args = build_parser().parse_args(settings.arguments())
+    args = build_parser().parse_args(settings.argv())
     assert (args.minutes, args.steps, args.epochs) == (30.0, None, None)
     assert _engine_config(settings)["training"]["minutes"] == 30.0
     # switching the unit gives a value that makes sense in it (1400 steps read as minutes would be a day)
@@ -73,7 +74,7 @@ def test_changed_values_are_sent_and_trained():
     assert panel.length_for_mode("cardiac-masks", "tiny2d", "steps", "minutes", 45) == shown.length
     assert panel.length_for_mode("cardiac-masks", "tiny2d", "minutes", "minutes", 45) == 45
     with pytest.raises(ValueError, match="one of epochs, steps or minutes"):
-        TrainSettings(profile="prostate-ct", data=["/d"], out="/o", steps=10, minutes=5).arguments()
+        TrainRequest(profile="prostate-ct", data=["/d"], out="/o", steps=10, minutes=5).argv()
 
 
 def test_no_preset_means_the_profile_default_and_combos_come_from_the_table():
@@ -101,15 +102,15 @@ def test_sampler_steps_shown_are_steps_sent():
     assert panel.sampler_choices()[0][1] == panel.MODEL_DEFAULT == panel.DEFAULT_SAMPLER
     for sampler in panel.SAMPLER_STEPS:
         shown = panel.sampler_default_steps(sampler)
-        g = GenerateSettings(model="m", num=1, out="o", sampler=sampler,
+        g = GenerateRequest(model="m", num=1, out="o", sampler=sampler,
                              steps=panel.sampling_steps_override(sampler, shown))
-        args = build_parser().parse_args(g.arguments())
+        args = build_parser().parse_args(g.argv())
         assert args.steps is None  # the engine's default for that sampler = the number shown
         # "the model's own" sends no --sampler: whichever objective the model has, its default runs the steps shown
         for objective in DEFAULT_SAMPLER:
             assert DEFAULT_SAMPLER_STEPS[args.sampler or DEFAULT_SAMPLER[objective]] == shown
-    g = GenerateSettings(model="m", num=1, out="o", sampler="ddpm", steps=panel.sampling_steps_override("ddpm", 200))
-    assert build_parser().parse_args(g.arguments()).steps == 200
+    g = GenerateRequest(model="m", num=1, out="o", sampler="ddpm", steps=panel.sampling_steps_override("ddpm", 200))
+    assert build_parser().parse_args(g.argv()).steps == 200
     # no label promises a step count the panel does not send
     for label, name in panel.sampler_choices():
         assert "steps" not in label or str(panel.SAMPLER_STEPS[name]) in label

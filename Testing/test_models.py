@@ -61,12 +61,10 @@ def test_thesis_preset_is_the_published_network():
 
 
 def test_thesis_preset_trains_with_the_thesis_recipe():
-    from CTDiffusionLib.cli import build_parser
+    from CTDiffusionLib.requests import TrainRequest
     from CTDiffusionLib.training.config import build_config
 
-    args = build_parser().parse_args(["train", "--profile", "prostate-ct", "--preset", "thesis", "--data", "x",
-                                      "--out", "y"])
-    config = build_config(args, ["x"])
+    config = build_config(TrainRequest(profile="prostate-ct", preset="thesis", data=["x"], out="y"), ["x"])
     tr, diffusion = config["training"], config["diffusion"]
     assert (tr["batch_size"], tr["lr"], tr["warmup_steps"], tr["ema_decay"], tr["amp"]) == (1, 1e-4, 1000, 0.0, "off")
     assert (diffusion["prediction"], diffusion["beta_schedule"], diffusion["num_train_timesteps"]) == (

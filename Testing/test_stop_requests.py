@@ -10,14 +10,15 @@ import pytest
 from conftest import run_cli
 
 from CTDiffusionLib.errors import EXIT_INTERRUPTED
-from CTDiffusionLib.jobs.commands import EvaluateSettings, GenerateSettings, TrainSettings, build_command
+from CTDiffusionLib.jobs.commands import build_command
+from CTDiffusionLib.requests import EvaluateRequest, GenerateRequest, TrainRequest
 from CTDiffusionLib.runfolder import RunFolder
 
 
 def test_every_job_command_carries_its_stop_file(tmp_path):
-    jobs = [TrainSettings(profile="prostate-ct", data=str(tmp_path / "d"), out=str(tmp_path / "run")),
-            GenerateSettings(model=str(tmp_path / "run"), num=2, out=str(tmp_path / "gen")),
-            EvaluateSettings(real=str(tmp_path / "d"), generated=str(tmp_path / "gen"), out=str(tmp_path / "rep"))]
+    jobs = [TrainRequest(profile="prostate-ct", data=str(tmp_path / "d"), out=str(tmp_path / "run")),
+            GenerateRequest(model=str(tmp_path / "run"), num=2, out=str(tmp_path / "gen")),
+            EvaluateRequest(real=str(tmp_path / "d"), generated=str(tmp_path / "gen"), out=str(tmp_path / "rep"))]
     for settings in jobs:
         command = build_command(settings, in_slicer=False)
         assert command.stop_file == str(RunFolder(settings.out).stop_request), settings

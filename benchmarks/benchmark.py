@@ -45,7 +45,6 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from CTDiffusionLib.cli import build_parser  # noqa: E402
 from CTDiffusionLib.data.dataset import make_batch, prepare_dataset  # noqa: E402
 from CTDiffusionLib.data.phantoms import write_phantom_dataset  # noqa: E402
 from CTDiffusionLib.data.preprocess import unit_to_hu  # noqa: E402
@@ -57,6 +56,7 @@ from CTDiffusionLib.models.factory import build_model, count_parameters  # noqa:
 from CTDiffusionLib.presets import PRESETS  # noqa: E402
 from CTDiffusionLib.runtime import autocast_dtype, resolve_device  # noqa: E402
 from CTDiffusionLib.textformat import format_number  # noqa: E402
+from CTDiffusionLib.requests import TrainRequest  # noqa: E402
 from CTDiffusionLib.training.config import build_config  # noqa: E402
 from CTDiffusionLib.training.trainer import Trainer, load_cases  # noqa: E402
 
@@ -245,18 +245,10 @@ def phantoms(root: Path, profile: str, grid, num: int) -> Path:
 def make_trainer(profile: str, preset: str, data: Path, run_dir: Path, device: torch.device, *, batch=None,
                  grid=None, amp=None, compile_=False, fused=True, channels_last=True, steps=100000,
                  val_fraction=0.0, seed=0) -> Trainer:
-    argv = ["train", "--profile", profile, "--data", str(data), "--out", str(run_dir), "--preset", preset,
-            "--steps", str(steps), "--sample-every", "0", "--val-fraction", str(val_fraction), "--seed", str(seed)]
-    if batch:
-        argv += ["--batch-size", str(batch)]
-    if grid:
-        argv += ["--grid", "x".join(map(str, grid))]
-    if amp:
-        argv += ["--amp", amp]
-    if compile_:
-        argv += ["--compile"]
-    args = build_parser().parse_args(argv)
-    config = build_config(args, [str(data)])
+    request = TrainRequest(profile=profile, data=[str(data)], out=str(run_dir), preset=preset, steps=steps,
+                           sample_every=0, val_fraction=val_fraction, seed=seed, batch_size=batch, grid=grid, amp=amp,
+                           compile=compile_ or None)
+    config = build_config(request, [str(data)])
     config["training"]["attention"] = "auto" if fused else "plain"
     config["training"]["channels_last"] = channels_last
     config["training"]["checkpoint_every"] = 10 ** 9

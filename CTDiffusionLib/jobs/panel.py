@@ -102,7 +102,7 @@ def length_for_mode(profile: str, preset: str | None, mode: str, old_mode: str, 
 
 
 def training_overrides(profile: str, preset: str | None, panel: TrainingPanel) -> dict:
-    """TrainSettings keyword arguments: the preset by name, plus each panel value that differs from it."""
+    """TrainRequest keyword arguments: the preset by name, plus each panel value that differs from it."""
     name = preset_name(profile, preset)
     base = preset_panel(profile, name)
     out: dict = {"preset": name}
@@ -134,3 +134,9 @@ def sampling_steps_override(sampler: str, steps: int | None) -> int | None:
     if not steps or int(steps) == sampler_default_steps(sampler):
         return None
     return int(steps)
+
+
+def guidance_scale(condition: str | None, scale: float | None) -> float | None:
+    """The Generation section's guidance slider is sent only with a condition chosen: an unconditional model has
+    nothing to guide, and a paired model's CT keeps its own default (samplers.PAIRED_CT_GUIDANCE)."""
+    return None if not condition or scale is None else float(scale)

@@ -17,11 +17,13 @@ from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.models.grid import check_grid
 from CTDiffusionLib.presets import resolve_preset
 from CTDiffusionLib.profiles import get_profile
+from CTDiffusionLib.requests import TrainRequest
 from CTDiffusionLib.runfolder import RUN_FORMAT
 from CTDiffusionLib.samplers import DEFAULT_OBJECTIVE
 from CTDiffusionLib.textformat import parse_size
 
 CONFIG_FORMAT = RUN_FORMAT
+VAL_FRACTION = 0.2  # share of cases held out for validation when the request gives none
 
 
 @dataclass(frozen=True)
@@ -66,59 +68,52 @@ def parse_grid(text: str, mode: str) -> list[int]:
     return list(parse_size(text, "--grid", (dims,), f"this preset's {mode} mode"))
 
 
-def build_config(args, sources: list[str]) -> dict:
-    profile = get_profile(args.profile)
-    preset_name, preset = resolve_preset(profile, args.preset)
+def training_defaults() -> dict:
+    """TrainingConfig's own defaults (a new run writes them into config.json, so the run records what it used)."""
+    return {f.name: f.default for f in dataclasses.fields(TrainingConfig) if f.default is not dataclasses.MISSING}
+
+
+def build_config(request: TrainRequest, sources: list[str]) -> dict:
+    """A new run's config.json: the preset, then the request's values on top (the request checked them)."""
+    profile = get_profile(request.profile)
+    preset_name, preset = resolve_preset(profile, request.preset)
     mode = preset.get("mode", "3d")
-    grid = parse_grid(args.grid, mode) if args.grid else list(preset["grid"])
+    grid = parse_grid(request.grid, mode) if request.grid else list(preset["grid"])
     check_grid(grid, preset["model"], mode)
-    training = dict(preset["training"])
-    for key in ("batch_size", "lr", "warmup_steps", "checkpoint_every", "sample_every", "seed"):
-        value = getattr(args, key, None)
+    training = {**training_defaults(), **preset["training"]}
+    for key in ("batch_size", "lr", "warmup_steps", "checkpoint_every", "sample_every", "seed", "amp", "cond_drop",
+                "minutes", "epochs", "steps"):
+        value = getattr(request, key)
         if value is not None:
             training[key] = value
-    training.setdefault("seed", 0)
-    training.setdefault("grad_checkpoint", False)
-    minutes = getattr(args, "minutes", None)
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise InputError(f"--minutes {minutes} must be more than 0.", "For example --minutes 30.")
-    training.update({
-        "epochs": args.epochs, "steps": args.steps or training["steps"], "minutes": minutes, "lr_decay_from": None,
-        "amp": args.amp or training.get("amp", "auto"), "compile": bool(args.compile),
-        "grad_checkpoint": bool(args.grad_checkpoint) or training["grad_checkpoint"],
-        "weight_decay": 0.0, "grad_clip": 1.0, "keep_checkpoints": 2,
-        "cond_drop": 0.15 if args.cond_drop is None else args.cond_drop,
-    })
-    if not 0.0 <= training["cond_drop"] < 1.0:
-        raise InputError(f"--cond-drop {training['cond_drop']} must be in [0, 1).", "0.1-0.2 is typical.")
-    val_fraction = 0.2 if args.val_fraction is None else args.val_fraction
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"--val-fraction {val_fraction} must be in [0, 1).", "0.2 holds out one case in five.")
+    training["compile"] = bool(request.compile)
+    training["grad_checkpoint"] = bool(request.grad_checkpoint) or bool(training["grad_checkpoint"])
     conditions = None
-    if args.conditions:
-        conditions = (str(Path(args.conditions).resolve()) if args.conditions.lower().endswith(".csv")
-                      else [k.strip() for k in args.conditions.split(",") if k.strip()])
+    if request.conditions:
+        conditions = (str(Path(request.conditions).resolve()) if request.conditions.lower().endswith(".csv")
+                      else [k.strip() for k in request.conditions.split(",") if k.strip()])
     return {
         "format": CONFIG_FORMAT,
         "profile": profile.name,
         "preset": preset_name,
-        "data": {"sources": sources, "grid": grid, "mode": mode, "val_fraction": val_fraction,
-                 "augment": parse_augment(args.augment, preset["augment"]), "conditions": conditions},
+        "data": {"sources": sources, "grid": grid, "mode": mode,
+                 "val_fraction": VAL_FRACTION if request.val_fraction is None else request.val_fraction,
+                 "augment": parse_augment(request.augment, preset["augment"]), "conditions": conditions},
         "intensity": profile.intensity_config(),
         "model": preset["model"],
-        "diffusion": _diffusion_config(args, preset),
+        "diffusion": _diffusion_config(request, preset),
         "training": training,
     }
 
 
-def _diffusion_config(args, preset: dict) -> dict:
-    objective = getattr(args, "objective", None) or preset.get("objective", DEFAULT_OBJECTIVE)
-    if objective == "flow" and (args.schedule or args.prediction):
+def _diffusion_config(request: TrainRequest, preset: dict) -> dict:
+    objective = request.objective or preset.get("objective", DEFAULT_OBJECTIVE)
+    if objective == "flow" and (request.schedule or request.prediction):
         raise InputError("--schedule and --prediction set up the ddpm objective; a rectified flow (--objective flow) "
                          "has neither.", "Drop them, or train with --objective ddpm.")
     return default_diffusion_config(
-        args.schedule or preset.get("schedule", "linear"), args.prediction or preset.get("prediction", "v"),
-        preset.get("min_snr_gamma") if args.min_snr_gamma is None else args.min_snr_gamma, objective)
+        request.schedule or preset.get("schedule", "linear"), request.prediction or preset.get("prediction", "v"),
+        preset.get("min_snr_gamma") if request.min_snr_gamma is None else request.min_snr_gamma, objective)
 
 
 #: The length of a --minutes run before its speed is measured: the loop runs until the budget fixes the real one.

@@ -1,4 +1,4 @@
-"""`ctdiffusion view`: resolve the inputs (InputError, exit 2, before anything starts), then serve."""
+"""`ctdiffusion view` (its flags: requests.ViewRequest): resolve the inputs (InputError, exit 2, before anything starts), then serve."""
 
 from __future__ import annotations
 
@@ -7,27 +7,11 @@ import os
 import sys
 
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.profiles import PROFILE_NAMES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def add_view_parser(sub) -> None:
-    p = sub.add_parser("view", help="browser viewer: real vs synthetic slices, quality report, live training")
-    p.add_argument("folder", nargs="?", default=None,
-                   help="a run folder, a folder written by `generate`, a report folder, or a `demo` output folder")
-    p.add_argument("--real", default=None, help="folder of real volumes (default: the run's training data)")
-    p.add_argument("--generated", default=None, help="folder of generated volumes")
-    p.add_argument("--report", default=None, help="report folder with metrics.json (written by `evaluate`)")
-    p.add_argument("--profile", choices=PROFILE_NAMES, default=None,
-                   help="data type, when no run config, sidecar or report names it")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: this machine only; 0.0.0.0 exposes the data to the network)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--cache", type=int, default=3, help="volumes per side kept in memory while browsing")
-
-
-def run_view(args) -> int:
+def run_view(args: "ViewRequest") -> int:
     from CTDiffusionLib.web.sources import resolve_inputs
 
     inputs = resolve_inputs(args.folder, real=args.real, generated=args.generated, report=args.report,
