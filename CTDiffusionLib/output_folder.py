@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.runfolder import CONFIG, INPUT, OUTPUT_MARKER, RUN_FORMAT, OutputExists, publish
+from CTDiffusionLib.runfolder import CONFIG, INPUT, OUTPUT_MARKER, RUN_FORMAT, OutputExists, publish, read_json_or_empty
 from CTDiffusionLib.training.crash_recovery import LOCK_NAME, RunLock
 
 OUTPUT_FORMAT = "ctdiffusion-output/1"
@@ -153,20 +153,14 @@ def _write_marker(out: Path, command: str) -> bool:
 
 
 def _marker_command(marker: Path) -> str | None:
-    try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != OUTPUT_FORMAT or not isinstance(data.get("command"), str):
+    data = read_json_or_empty(marker)
+    if data.get("format") != OUTPUT_FORMAT or not isinstance(data.get("command"), str):
         return None
     return data["command"]
 
 
 def _is_run_folder(out: Path) -> bool:
-    try:
-        return json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == RUN_FORMAT
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
+    return read_json_or_empty(out / CONFIG).get("format") == RUN_FORMAT
 
 
 def _unwritable(out: Path, exc: OSError) -> InputError:

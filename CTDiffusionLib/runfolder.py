@@ -141,6 +141,16 @@ def json_document(source, file_name: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_json_or_empty(path: str | os.PathLike | None) -> dict:
+    """A JSON object from `path`, or {} when it is absent, unreadable, damaged or not an object: for what is only
+    shown or offered (a panel's choices, a viewer's table), where a damaged file must not stop anything."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8")) if path is not None else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_json(path: str | os.PathLike, what: str = "file", hint: str = "") -> dict:
     """A JSON object from `path`; InputError naming the file when it is missing, unreadable or not an object."""
     path = Path(path)

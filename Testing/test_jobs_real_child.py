@@ -30,12 +30,13 @@ def _poll_until(runner, predicate, timeout):
 def test_train_cancel_resume_with_real_child(tmp_path):
     data = tmp_path / "phantoms"
     phantoms = JobRunner.from_command(build_command(
-        PhantomsRequest(profile="prostate-ct", num=3, out=str(data), seed=1, size=(48, 48, 12)), in_slicer=False)).start()
+        PhantomsRequest(profile="prostate-ct", num=3, out=str(data), seed=1, size=(48, 48, 12)),
+        in_slicer=False)).start()
     assert phantoms.wait(timeout=120) and phantoms.succeeded, phantoms.error_message()
 
     run = tmp_path / "run"
-    settings = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), preset="tiny", steps=200, batch_size=2,
-                             device="cpu", checkpoint_every=100, sample_every=0)
+    settings = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), preset="tiny", steps=200,
+                            batch_size=2, device="cpu", checkpoint_every=100, sample_every=0)
     runner = JobRunner.from_command(build_command(settings, in_slicer=False), grace_s=120).start()
     events, longest = _poll_until(runner, lambda ev: any(e["event"] == "progress" and e.get("phase") == "train"
                                                          for e in ev), timeout=300)
@@ -59,7 +60,8 @@ def test_train_cancel_resume_with_real_child(tmp_path):
         [e["event"] for e in runner.events]
 
     # Resume: continues from the checkpoint and runs 2 more steps
-    resume = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), steps=stopped_at + 2, device="cpu", resume=True)
+    resume = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), steps=stopped_at + 2, device="cpu",
+                          resume=True)
     runner = JobRunner.from_command(build_command(resume, in_slicer=False)).start()
     events, _ = _poll_until(runner, lambda ev: not runner.is_running, timeout=300)
     assert runner.succeeded, runner.error_message()
@@ -79,16 +81,16 @@ def test_conditional_masks_generate_and_import(tmp_path):
 
     data, run, out = tmp_path / "acdc", tmp_path / "run", tmp_path / "gen"
     for settings in (PhantomsRequest(profile="cardiac-masks", num=6, out=str(data), seed=2, size=(64, 64, 4)),
-                     TrainRequest(profile="cardiac-masks", data=[str(data)], out=str(run), preset="tiny2d", steps=2, batch_size=4,
-                                   conditions=("group", "phase"), device="cpu", sample_every=0)):
+                     TrainRequest(profile="cardiac-masks", data=[str(data)], out=str(run), preset="tiny2d", steps=2,
+                                  batch_size=4, conditions=("group", "phase"), device="cpu", sample_every=0)):
         r = JobRunner.from_command(build_command(settings, in_slicer=False)).start()
         assert r.wait(timeout=300) and r.succeeded, r.error_message()
     conditions = model_conditions(run)
     assert set(conditions) == {"group", "phase"} and "ED" in conditions["phase"] and conditions["group"]
     choice = {"group": conditions["group"][0], "phase": "ED"}
-    r = JobRunner.from_command(build_command(GenerateRequest(model=str(run), num=2, out=str(out), sampler="ddim", steps=3, seed=1,
-                                                              condition=choice, guidance_scale=2.0, device="cpu"),
-                                             in_slicer=False)).start()
+    generate = GenerateRequest(model=str(run), num=2, out=str(out), sampler="ddim", steps=3, seed=1, condition=choice,
+                               guidance_scale=2.0, device="cpu")
+    r = JobRunner.from_command(build_command(generate, in_slicer=False)).start()
     assert r.wait(timeout=300) and r.succeeded, r.error_message()
     samples = nodes.list_generated(out)
     assert [s.sidecar.get("condition") for s in samples] == [choice, choice]
@@ -133,13 +135,13 @@ def test_stop_and_blocking_stop_through_the_launcher_leave_checkpoints(tmp_path,
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no real PythonSlicer on PATH
     home = _python_slicer(tmp_path)
     data = tmp_path / "phantoms"
-    r = JobRunner.from_command(build_command(PhantomsRequest(profile="prostate-ct", num=3, out=str(data), seed=1, size=(48, 48, 12)),
-                                             in_slicer=False)).start()
+    r = JobRunner.from_command(build_command(PhantomsRequest(profile="prostate-ct", num=3, out=str(data), seed=1,
+                                                             size=(48, 48, 12)), in_slicer=False)).start()
     assert r.wait(timeout=120) and r.succeeded, r.error_message()
     run = tmp_path / "run"
     for attempt, how in enumerate(("stop", "blocking")):
-        settings = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), preset="tiny", steps=5000, batch_size=2,
-                                 device="cpu", checkpoint_every=100000, sample_every=0, resume=attempt > 0)
+        settings = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), preset="tiny", steps=5000,
+                                batch_size=2, device="cpu", checkpoint_every=100000, sample_every=0, resume=attempt > 0)
         command = build_command(settings, in_slicer=True, slicer_home=str(home))
         assert command.argv[0] == str(home / "bin" / "PythonSlicer")
         runner = JobRunner.from_command(command).start()
@@ -185,7 +187,8 @@ def test_stop_reaches_the_trainer_when_no_signal_can(tmp_path, monkeypatch):
 
     data = tmp_path / "phantoms"
     phantoms = JobRunner.from_command(build_command(
-        PhantomsRequest(profile="prostate-ct", num=3, out=str(data), seed=1, size=(48, 48, 12)), in_slicer=False)).start()
+        PhantomsRequest(profile="prostate-ct", num=3, out=str(data), seed=1, size=(48, 48, 12)),
+        in_slicer=False)).start()
     assert phantoms.wait(timeout=120) and phantoms.succeeded, phantoms.error_message()
     run = tmp_path / "run"  # a folder of ours (marked) where an earlier job left its stop request
     run.mkdir()
@@ -193,8 +196,8 @@ def test_stop_reaches_the_trainer_when_no_signal_can(tmp_path, monkeypatch):
     RunFolder(run).stop_request.write_text("left by an earlier job\n")
     monkeypatch.setattr(runner_module, "send_stop_request", lambda pid, group=None: None)  # signals never arrive
 
-    settings = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), preset="tiny", steps=5000, batch_size=2,
-                             device="cpu", checkpoint_every=100000, sample_every=0)
+    settings = TrainRequest(profile="prostate-ct", data=[str(data)], out=str(run), preset="tiny", steps=5000,
+                            batch_size=2, device="cpu", checkpoint_every=100000, sample_every=0)
     runner = JobRunner.from_command(build_command(settings, in_slicer=False), grace_s=600).start()
     _poll_until(runner, lambda ev: sum(e["event"] == "progress" and e.get("phase") == "train" for e in ev) >= 2,
                 timeout=300)

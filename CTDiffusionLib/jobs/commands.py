@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from CTDiffusionLib.requests import Request
-from CTDiffusionLib.runfolder import RunFolder
+from CTDiffusionLib.runfolder import CONFIG, RunFolder, read_json_or_empty
 
 PACKAGE = "CTDiffusionLib"
 #: Folder that holds the CTDiffusionLib package (in Slicer: the extension's qt-scripted-modules folder).
@@ -112,16 +112,6 @@ def device_choices(cuda_device_count: int = 0) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------ run folder facts
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def model_json_path(model: str | os.PathLike | None) -> Path | None:
     """model.json of a run folder (RUN/model/model.json) or of a bundle folder (BUNDLE/model.json)."""
     if not model:
@@ -139,7 +129,7 @@ def model_conditions(model: str | os.PathLike | None) -> dict[str, list[str]]:
     path = model_json_path(model)
     if path is None:
         return {}
-    conditions = _read_json(path).get("conditions") or {}
+    conditions = read_json_or_empty(path).get("conditions") or {}
     if not isinstance(conditions, dict):
         return {}
     return {str(k): [str(v) for v in values] for k, values in conditions.items()
@@ -150,7 +140,7 @@ def model_structures(model: str | os.PathLike | None) -> list[str]:
     """The structure names of a paired model (model.json "labels": {"structures": [{"name", "value"}, ...]}) in
     label-value order; [] for an unpaired model or none."""
     path = model_json_path(model)
-    labels = _read_json(path).get("labels") if path is not None else None
+    labels = read_json_or_empty(path).get("labels") if path is not None else None
     structures = labels.get("structures") if isinstance(labels, dict) else None
     if not isinstance(structures, list):
         return []
@@ -162,7 +152,7 @@ def run_data_sources(run_dir: str | os.PathLike | None) -> list[str]:
     """The training data of a run: config.json "data": {"sources": [...]} (or a plain list / string)."""
     if not run_dir:
         return []
-    data = _read_json(Path(run_dir) / "config.json").get("data")
+    data = read_json_or_empty(Path(run_dir) / CONFIG).get("data")
     if isinstance(data, dict):
         data = data.get("sources")
     if isinstance(data, str):

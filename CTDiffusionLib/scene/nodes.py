@@ -14,6 +14,7 @@ from pathlib import Path
 import slicer
 
 from CTDiffusionLib.profiles import CARDIAC_MASKS, PROSTATE_CT, DisplayWindow, Profile, get_profile
+from CTDiffusionLib.runfolder import read_json_or_empty
 from CTDiffusionLib.scene.core import get_scene, module_logic, subject_hierarchy
 
 SYNTHETIC_FOLDER_NAME = "CTDiffusion synthetic"
@@ -175,13 +176,7 @@ def list_generated(folder: str | Path) -> list[GeneratedSample]:
         if not path.is_file() or not path.name.lower().endswith(VOLUME_SUFFIXES):
             continue
         sidecar_path = folder / (strip_volume_suffix(path.name) + ".json")
-        sidecar = {}
-        if sidecar_path.is_file():
-            try:
-                sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                sidecar = {}
-        samples.append(GeneratedSample(path, sidecar))
+        samples.append(GeneratedSample(path, read_json_or_empty(sidecar_path)))
     samples.sort(key=lambda s: (s.sidecar.get("index", 10**9), s.path.name))
     return samples
 

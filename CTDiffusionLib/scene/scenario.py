@@ -80,8 +80,8 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
 
     log("Writing phantom CT volumes ...")
     phantoms = work / "phantoms"
-    run_job(build_command(PhantomsRequest(profile=PROSTATE_CT.name, num=3, out=str(phantoms), seed=1, size=size), in_slicer=in_slicer),
-            timeout_s, pump)
+    run_job(build_command(PhantomsRequest(profile=PROSTATE_CT.name, num=3, out=str(phantoms), seed=1, size=size),
+                          in_slicer=in_slicer), timeout_s, pump)
     files = sorted(p for p in phantoms.iterdir() if p.name.endswith((".nii.gz", ".nii", ".nrrd")))
     _check(len(files) == 3, f"expected 3 phantom volumes in {phantoms}, found {len(files)}")
 
@@ -104,8 +104,8 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
 
     log(f"Training {steps} steps on CPU in a child process ...")
     curve = LossCurve(scene)
-    train = build_command(TrainRequest(profile=PROSTATE_CT.name, data=[str(work / "data")], out=str(run_dir), preset="tiny", steps=steps,
-                                        batch_size=2, device="cpu"), in_slicer=in_slicer)
+    train = build_command(TrainRequest(profile=PROSTATE_CT.name, data=[str(work / "data")], out=str(run_dir),
+                                       preset="tiny", steps=steps, batch_size=2, device="cpu"), in_slicer=in_slicer)
     runner = run_job(train, timeout_s, pump, on_event=curve.add)
     kinds = [e.get("event") for e in runner.events]
     _check("start" in kinds and kinds[-1] == "done", f"unexpected training events: {kinds}")
@@ -116,8 +116,8 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
     log(f"Generating {num_generate} volumes ...")
     reference = work / "data" / manifest["cases"][0]["file"]
     out = work / "generated"
-    gen = build_command(GenerateRequest(model=str(run_dir), num=num_generate, out=str(out), sampler="ddim", steps=4, seed=0,
-                                         reference=str(reference), device="cpu"), in_slicer=in_slicer)
+    gen = build_command(GenerateRequest(model=str(run_dir), num=num_generate, out=str(out), sampler="ddim", steps=4,
+                                        seed=0, reference=str(reference), device="cpu"), in_slicer=in_slicer)
     run_job(gen, timeout_s, pump)
     samples = list_generated(out)
     _check(len(samples) == num_generate, f"expected {num_generate} generated volumes, found {len(samples)}")
@@ -167,11 +167,12 @@ def run_stop_scenario(work_dir: str | Path, in_slicer: bool | None = None, slice
     work = Path(work_dir)
     data, run_dir = work / "stop-phantoms", work / "stop-run"
     log("Writing phantom CT volumes for the stop test ...")
-    run_job(build_command(PhantomsRequest(profile=PROSTATE_CT.name, num=2, out=str(data), seed=3, size=(48, 48, 12)), in_slicer=in_slicer,
-                          slicer_home=slicer_home), timeout_s, pump)
+    run_job(build_command(PhantomsRequest(profile=PROSTATE_CT.name, num=2, out=str(data), seed=3, size=(48, 48, 12)),
+                          in_slicer=in_slicer, slicer_home=slicer_home), timeout_s, pump)
     log("Starting a long training and stopping it ...")
-    train = build_command(TrainRequest(profile=PROSTATE_CT.name, data=[str(data)], out=str(run_dir), preset="tiny", steps=100000,
-                                        batch_size=2, device="cpu", checkpoint_every=100000, sample_every=0),
+    train = build_command(TrainRequest(profile=PROSTATE_CT.name, data=[str(data)], out=str(run_dir), preset="tiny",
+                                       steps=100000, batch_size=2, device="cpu", checkpoint_every=100000,
+                                       sample_every=0),
                           in_slicer=in_slicer, slicer_home=slicer_home)
     runner = JobRunner.from_command(train).start()
     deadline = time.monotonic() + timeout_s
