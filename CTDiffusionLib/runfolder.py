@@ -48,6 +48,10 @@ INPUT = "input"
 CACHE = "cache"
 STOP_REQUEST = "stop-request"
 OUTPUT_MARKER = ".ctdiffusion-output"  # marks a folder CTDiffusion created as its own (output_folder.py)
+METRICS = "metrics.json"  # a report folder (`evaluate --out`): the numbers, ...
+REPORT_HTML = "report.html"  # ... the page people read ...
+FIGURES = "figures"  # ... and its pictures
+UTILITY = "utility.json"  # `utility --out`: the downstream benchmark's result
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
 BUNDLE_INCOMING = "model.incoming.safetensors"  # new weights between a save's first and last step (bundle.py)
@@ -98,6 +102,20 @@ class RunFolder(_Folder):
 
     def read_dataset(self) -> dict:
         return read_json(self.dataset, "the run's data set description")
+
+
+@dataclass(frozen=True)
+class ReportFolder(_Folder):
+    """Paths inside one report folder (`evaluate --out`): metrics.json, report.html, figures/ and the event log."""
+
+    metrics = property(lambda self: self.root / METRICS)
+    report = property(lambda self: self.root / REPORT_HTML)
+    figures = property(lambda self: self.root / FIGURES)
+    events = property(lambda self: self.root / EVENTS)
+
+    def written(self) -> list[str]:
+        """The names of the report's own files that exist (a new report must not mix with an old one)."""
+        return [name for name in (METRICS, REPORT_HTML, FIGURES) if (self.root / name).exists()]
 
 
 @dataclass(frozen=True)
