@@ -17,11 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from CTDiffusionLib.data.pairs import discover_pairs, read_pair, select_structures  # noqa: E402
-from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, structure_dice  # noqa: E402
+from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, set_dice  # noqa: E402
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None) -> int:
@@ -37,22 +38,14 @@ def main(argv=None) -> int:
     table = {"reference": reference, "generated": {}}
     for spec in a.generated:
         name, folder = spec.split("=", 1)
-        cases = discover_pairs(folder)
-        structures = select_structures(cases)  # the generated set's own names, in value order: the segmenter's order
-        scores: dict[str, list[float]] = {}
-        for case in cases:
-            ct, labels = read_pair(case, structures)
-            for structure, dice in structure_dice(seg, ct, labels).items():
-                if dice is not None:
-                    scores.setdefault(structure, []).append(float(dice))
-        table["generated"][name] = {k: {"dice": float(np.mean(v)), "n_cases": len(v)} for k, v in scores.items()}
+        table["generated"][name] = set_dice(seg, folder, f"--generated {name}")["per_structure"]
     names = list(table["generated"])
     print("| structure | real-vs-real reference [95% interval] | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for structure, ref in reference.items():
-        lo, hi = ref["dice_ci95"]
-        cells = [f"{table['generated'][n].get(structure, {}).get('dice', float('nan')):.2f}" for n in names]
-        print(f"| {structure} | {ref['dice']:.2f} [{lo:.2f}, {hi:.2f}] | " + " | ".join(cells) + " |")
+        lo, hi = ref["dice_ci95"] or (None, None)
+        cells = [_number(table["generated"][n].get(structure, {}).get("dice")) for n in names]
+        print(f"| {structure} | {_number(ref['dice'])} [{_number(lo)}, {_number(hi)}] | " + " | ".join(cells) + " |")
     if a.out:
         Path(a.out).write_text(json.dumps(table, indent=1), encoding="utf-8")
     return 0

@@ -24,15 +24,17 @@ from pathlib import Path
 
 
 def run_evaluation(real, generated, out, *, train=None, profile=None, run_dir=None, feature_weights=None,
-                   device="cpu", seed=0, events=None, feature_steps=None, reference_cache=None) -> dict:
+                   device="cpu", seed=0, events=None, feature_steps=None, reference_cache=None,
+                   adherence=True) -> dict:
     """Evaluate GENERATED against REAL (held-out) and optionally TRAIN; write OUT/metrics.json, report.html and
     figures. Returns the metrics dict. `feature_steps` shortens the feature networks' training (tests, quick
-    looks); `reference_cache` (a dict the caller keeps) reuses the real-side analysis across generated sets."""
+    looks); `reference_cache` (a dict the caller keeps) reuses the real-side analysis across generated sets;
+    `adherence` (paired output) trains the segmenter on TRAIN for the per-structure Dice."""
     from CTDiffusionLib.evaluation.pipeline import run_evaluation as _run
 
     return _run(real, generated, out, train=train, profile=profile, run_dir=run_dir,
                 feature_weights=feature_weights, device=device, seed=seed, events=events,
-                feature_steps=feature_steps, reference_cache=reference_cache)
+                feature_steps=feature_steps, reference_cache=reference_cache, adherence=adherence)
 
 
 def evaluate_from_args(args, events) -> int:
@@ -75,6 +77,8 @@ def _evaluate_into(args, events, out: Path, device: str) -> int:
     metrics = run_evaluation(args.real, args.generated, out, train=args.train, profile=args.profile,
                              run_dir=getattr(args, "run", None), feature_weights=getattr(args, "feature_weights", None),
                              device=device, seed=args.seed, events=events,
+                             # paired output: train the segmenter on --train for the per-structure Dice
+                             adherence=getattr(args, "adherence", True),
                              # quick looks and tests: fewer feature-network steps (default 200)
                              feature_steps=int(os.environ.get("CTDIFFUSION_EVAL_FEATURE_STEPS") or 0) or None)
     if utility is not None:  # the downstream benchmark as a section of report.html

@@ -22,7 +22,7 @@ from CTDiffusionLib.errors import InputError
 from CTDiffusionLib import stopping
 from CTDiffusionLib.evaluation import floors
 
-STAGES = ("load", "realism", "diversity", "novelty", "features", "figures", "report")
+STAGES = ("load", "realism", "diversity", "novelty", "structures", "features", "figures", "report")
 FEATURE_SEEDS = 3  # self-trained feature networks per report; Fréchet/MMD are reported over all of them
 
 
@@ -94,11 +94,18 @@ class Reference:
         return self.stats["real"] + self.stats["train"]
 
 
-def _load_inputs(real, generated, train, profile):
+def _load_inputs(real, generated, train, profile, run_config=None):
+    """(generated set, real samples, training samples, warnings, PairedSets or None): a paired run's output (CT +
+    label pairs) brings its label maps along (evaluation/paired_inputs.py)."""
     from CTDiffusionLib.evaluation.inputs import geometry_warnings, load_generated, load_reference_sets
+    from CTDiffusionLib.evaluation.paired_inputs import is_pairs_folder, load_paired_inputs
 
-    gen = load_generated(generated, profile)
-    real_s, train_s = load_reference_sets(real, train, gen)
+    paired = None
+    if is_pairs_folder(generated):
+        gen, real_s, train_s, paired = load_paired_inputs(real, generated, train, profile, run_config)
+    else:
+        gen = load_generated(generated, profile)
+        real_s, train_s = load_reference_sets(real, train, gen)
     n_pool = len(real_s) + len(train_s or [])
     if n_pool < floors.MIN_POOL or len(real_s) < 2:
         raise InputError(f"Only {len(real_s)} held-out real and {len(train_s or [])} training cases were found; the "
@@ -107,7 +114,7 @@ def _load_inputs(real, generated, train, profile):
     warnings = geometry_warnings(gen, real_s, "--real")
     if train_s:
         warnings += geometry_warnings(gen, train_s, "--train")
-    return gen, real_s, train_s, warnings
+    return gen, real_s, train_s, warnings, paired
 
 
 def _analyse_reference(gen, real_s, train_s, sim, *, device, seed, feature_weights, feature_steps, out,
@@ -353,7 +360,8 @@ def _feature_metrics(gen, ref: Reference, split) -> tuple:
 
 
 def run_evaluation(real, generated, out, *, train=None, profile=None, run_dir=None, feature_weights=None,
-                   device="cpu", seed=0, events=None, feature_steps=None, reference_cache=None) -> dict:
+                   device="cpu", seed=0, events=None, feature_steps=None, reference_cache=None,
+                   adherence=True) -> dict:
     import os
 
     import torch
@@ -367,7 +375,7 @@ def run_evaluation(real, generated, out, *, train=None, profile=None, run_dir=No
     try:
         return _evaluate(real, generated, out, train=train, profile=profile, run_dir=run_dir,
                          feature_weights=feature_weights, device=device, seed=seed, events=events,
-                         feature_steps=feature_steps, reference_cache=reference_cache)
+                         feature_steps=feature_steps, reference_cache=reference_cache, adherence=adherence)
     finally:
         torch.set_num_threads(threads)
 
@@ -382,17 +390,17 @@ def _run_config(run_dir) -> dict | None:
 
 
 def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights, device, seed, events,
-              feature_steps, reference_cache) -> dict:
+              feature_steps, reference_cache, adherence) -> dict:
     from CTDiffusionLib.evaluation.similarity import similarity_for
 
     progress = _Progress(events)
     progress.stage("load")
-    gen, real_s, train_s, warnings = _load_inputs(real, generated, train, profile)
+    run_config = _run_config(run_dir)
+    gen, real_s, train_s, warnings, paired = _load_inputs(real, generated, train, profile, run_config)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     measures = gen.profile.evaluation_module()
     sim = similarity_for(gen.profile, gen.samples[0].array.shape)
-    run_config = _run_config(run_dir)
     key = (str(Path(real).resolve()), str(Path(train).resolve()) if train else None, gen.profile.name, gen.mode,
            gen.grid_xyz, seed, feature_steps, str(feature_weights), device, json.dumps(run_config, sort_keys=True))
     ref = _reference(reference_cache, key, lambda: _analyse_reference(
@@ -416,6 +424,17 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     for row, st in zip(per_sample, gen_stats):
         row.update(measures.sample_row(st), found=st["found"])
 
+    progress.stage("structures")
+    structures = None
+    if paired is not None:  # a paired run's output: HU per structure, adherence, near-copies of label maps
+        from CTDiffusionLib.evaluation.structure_report import structure_report
+
+        structures, label_summary, label_rows = structure_report(paired, gen, adherence=adherence, device=device,
+                                                                 seed=seed, run_config=run_config)
+        summary.update(label_summary)
+        for row in per_sample:
+            row.update(label_rows.get(row["name"], {}))
+
     progress.stage("features")
     feat_summary, features_by_set, bandwidth = _feature_metrics(gen, ref, split)
     summary.update(feat_summary)
@@ -430,6 +449,8 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
                              similarity=sim, prep=prep, bandwidth=bandwidth, device=device)
     metrics = _assemble(gen, ref, summary, per_sample, memo, div, split, notes, warnings, device, seed, sim)
     metrics.update(measures.set_summary(stats_by_set))
+    if structures is not None:
+        metrics["structures"] = structures
     if per_cond:
         metrics["per_condition"] = per_cond
 

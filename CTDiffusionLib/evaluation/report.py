@@ -89,6 +89,10 @@ def write_report(path: Path, m: dict) -> None:
         rows = [[esc(c)] + [esc(_fmt(row.get(k))) for k in keys] for c, row in m["per_condition"].items()]
         parts.append(_table(["condition"] + keys, rows))
 
+    if m.get("structures"):  # a paired run's output: HU, adherence, label-map near-copies per structure
+        from CTDiffusionLib.evaluation.structure_table import structure_section_html
+
+        parts.append(structure_section_html(m))
     if m.get("utility"):  # `evaluate --utility DIR`: the downstream benchmark (CTDiffusionLib/utility)
         from CTDiffusionLib.utility.report_section import utility_section
 

@@ -8,6 +8,7 @@ follows its labels as well as a real scan does; far below it, the generator igno
 
     seg = fit_segmenter("real_pairs/", structures="prostate,bladder,rectum")
     reference = reference_dice(seg, "held_out_pairs/")      # {structure: {"dice", "dice_ci95", "n_cases"}}
+    generated = set_dice(seg, "generated_pairs/")            # the same per structure, and per case
     per_structure = structure_dice(seg, ct_image, label_image)   # {structure: Dice or None}
 """
 
@@ -37,14 +38,17 @@ class Segmenter:
         return [s.name for s in self.structures]
 
 
-def fit_segmenter(train_pairs, structures: str | None = None, iterations: int | None = None, seed: int = 0,
+def fit_segmenter(train_pairs, structures=None, iterations: int | None = None, seed: int = 0,
                   device: str = "cpu") -> Segmenter:
-    """The benchmark's recipe trained on real pairs (a folder in any pairs layout)."""
+    """The benchmark's recipe trained on real pairs (a folder in any pairs layout). `structures`: a --structures
+    spec, a list of pairs.Structure (e.g. a generated set's, found in the training pairs by their sources), or None
+    for every structure."""
     from CTDiffusionLib.data.pairs import select_structures
-    from CTDiffusionLib.utility.volumes import discover, read_set
+    from CTDiffusionLib.utility.volumes import discover, read_set, structures_for
 
     cases = discover(train_pairs, "training pairs")
-    chosen = select_structures(cases, structures)
+    chosen = (structures_for(cases, structures, "training pairs") if isinstance(structures, (list, tuple))
+              else select_structures(cases, structures))
     real, grid = read_set(cases, chosen)
     recipe = make_recipe(real[0].image.shape, [s.name for s in chosen],
                          iterations or default_iterations(len(real)))
@@ -66,17 +70,26 @@ def structure_dice(segmenter: Segmenter, ct_image: sitk.Image, label_image: sitk
     return {name: (float(d) if np.isfinite(d) else None) for name, d in zip(segmenter.names, _scores(segmenter, case))}
 
 
-def reference_dice(segmenter: Segmenter, heldout_pairs) -> dict:
-    """Real-vs-real: per structure, the segmenter's Dice on held-out real pairs, with a bootstrap 95% interval over
-    cases. {name: {"dice", "dice_ci95", "n_cases"}}."""
+def set_dice(segmenter: Segmenter, pairs, flag: str = "pairs") -> dict:
+    """The segmenter on every case of a pairs folder (real CT against its own labels, or a generated CT against the
+    label map it was made for): {"per_structure": {name: {"dice", "dice_ci95", "n_cases"}}, "per_case": {case:
+    {name: Dice or None}}}, the mean over cases with a bootstrap 95% interval over cases."""
     from CTDiffusionLib.utility.volumes import discover, read_set, structures_for
 
-    cases = discover(heldout_pairs, "held-out pairs")
-    real, _ = read_set(cases, structures_for(cases, segmenter.structures, "held-out pairs"), segmenter.grid_xyz)
-    table = np.array([_scores(segmenter, c) for c in real])  # (cases, structures)
-    out = {}
+    cases = discover(pairs, flag)
+    read, _ = read_set(cases, structures_for(cases, segmenter.structures, flag), segmenter.grid_xyz)
+    table = np.array([_scores(segmenter, c) for c in read])  # (cases, structures)
+    per_structure = {}
     for k, name in enumerate(segmenter.names):
         column = table[:, k][None]  # one "seed"
         mean, ci = statistics.mean_and_interval(column) if np.isfinite(column).any() else (None, None)
-        out[name] = {"dice": mean, "dice_ci95": ci, "n_cases": int(np.isfinite(column).sum())}
-    return out
+        per_structure[name] = {"dice": mean, "dice_ci95": ci, "n_cases": int(np.isfinite(column).sum())}
+    per_case = {c.name: {name: (float(d) if np.isfinite(d) else None) for name, d in zip(segmenter.names, row)}
+                for c, row in zip(read, table)}
+    return {"per_structure": per_structure, "per_case": per_case}
+
+
+def reference_dice(segmenter: Segmenter, heldout_pairs) -> dict:
+    """Real-vs-real: per structure, the segmenter's Dice on held-out real pairs, with a bootstrap 95% interval over
+    cases. {name: {"dice", "dice_ci95", "n_cases"}}."""
+    return set_dice(segmenter, heldout_pairs, "held-out pairs")["per_structure"]
