@@ -138,7 +138,11 @@ def required(help: str = "", **spec) -> Any:
 
 
 def _options(request_type) -> list[tuple[dataclasses.Field, Option]]:
-    return [(f, f.metadata["cli"]) for f in dataclasses.fields(request_type) if "cli" in f.metadata]
+    """The fields with their options: the command's own first, then those it shares (device, events)."""
+    shared = {f.name for base in request_type.__mro__[1:] if dataclasses.is_dataclass(base)
+              for f in dataclasses.fields(base)}
+    fields = [f for f in dataclasses.fields(request_type) if "cli" in f.metadata]
+    return [(f, f.metadata["cli"]) for f in sorted(fields, key=lambda f: f.name in shared)]
 
 
 def _check(opt: Option, name: str, value: Any) -> None:
@@ -217,7 +221,9 @@ class Request:
         for f, opt in _options(cls):
             target = parser
             if opt.group:
-                target = groups.setdefault(opt.group, parser.add_mutually_exclusive_group())
+                if opt.group not in groups:
+                    groups[opt.group] = parser.add_mutually_exclusive_group()
+                target = groups[opt.group]
             kwargs: dict[str, Any] = {"help": opt.help or None}
             if opt.switch:
                 kwargs.update(action="store_true", default=f.default)
@@ -249,8 +255,13 @@ def _profiles() -> list[str]:
     return list(PROFILES)  # read when the parser is built, so a profile registered at run time is offered too
 
 
-_DEVICE_HELP = "auto, cpu, cuda or cuda:N"
-_EVENTS_HELP = "print JSON-lines events on stdout"
+@dataclass(frozen=True, kw_only=True)
+class EngineRequest(Request):
+    """A command that runs the engine in one output folder: on a device, reporting through the event stream (which
+    the Slicer module always asks for: jobs/commands.build_command)."""
+
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    events: bool = option(False, "print JSON-lines events on stdout", switch=True)
 
 
 # ----------------------------------------------------------------------------------------------- the commands
@@ -270,7 +281,7 @@ class PhantomsRequest(Request):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainRequest(Request):
+class TrainRequest(EngineRequest):
     COMMAND: ClassVar[str] = "train"
     HELP: ClassVar[str] = "train a diffusion model; writes a run folder with checkpoints and a model bundle"
 
@@ -316,15 +327,13 @@ class TrainRequest(Request):
     accept_changed_data: bool = option(False, "with --resume: continue although cases of the data were removed, "
                                               "added or replaced since the run started (refused otherwise; the "
                                               "split is drawn again)", switch=True, needs="resume")
-    device: str = option("auto", _DEVICE_HELP)
     amp: str | None = option(None, "bf16 autocast (auto: on for CUDA)", choices=("auto", "on", "off"))
     compile: bool | None = option(None, "torch.compile the network (CUDA)", switch=True)
     grad_checkpoint: bool | None = option(None, "trade compute for memory", switch=True)
-    events: bool = option(False, _EVENTS_HELP, switch=True)
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenerateRequest(Request):
+class GenerateRequest(EngineRequest):
     COMMAND: ClassVar[str] = "generate"
     HELP: ClassVar[str] = "sample new volumes from a trained model"
 
@@ -344,12 +353,10 @@ class GenerateRequest(Request):
                                    canonical=condition_text)
     guidance_scale: float | None = option(None, "classifier-free guidance weight (default 3 for --condition, 1 for a "
                                                 "paired run's CT)", parse=finite_number(0))
-    device: str = option("auto", _DEVICE_HELP)
-    events: bool = option(False, _EVENTS_HELP, switch=True)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateRequest(Request):
+class EvaluateRequest(EngineRequest):
     COMMAND: ClassVar[str] = "evaluate"
     HELP: ClassVar[str] = "quality report: realism, diversity, novelty of generated vs real volumes"
 
@@ -363,13 +370,11 @@ class EvaluateRequest(Request):
                                                "self-trained one")
     utility: str | None = option(None, "the --out folder (or utility.json) of `ctdiffusion utility`: shown as a "
                                        "section of the report")
-    device: str = option("auto", _DEVICE_HELP)
     seed: int = option(0, parse=seed_value)
-    events: bool = option(False, _EVENTS_HELP, switch=True)
 
 
 @dataclass(frozen=True, kw_only=True)
-class UtilityRequest(Request):
+class UtilityRequest(EngineRequest):
     COMMAND: ClassVar[str] = "utility"
     HELP: ClassVar[str] = ("downstream benchmark: does adding synthetic pairs help a segmenter on held-out real pairs? "
                            "(real / synthetic / real+synthetic arms)")
@@ -389,8 +394,6 @@ class UtilityRequest(Request):
     segmenter: str = option("monai", "monai (built in) or nnunet (nnU-Net v2, when installed: pip install nnunetv2 "
                                      "-c constraints.txt)", choices=("monai", "nnunet"))
     seed: int = option(0, "first seed (seeds are SEED .. SEED+K-1)", parse=seed_value)
-    device: str = option("auto", _DEVICE_HELP)
-    events: bool = option(False, _EVENTS_HELP, switch=True)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,6 +77,16 @@ def test_defaults_are_the_parsers_defaults(command):
     assert parsed == minimal  # nothing sent, the same defaults come back
 
 
+@pytest.mark.parametrize("command", list(REQUESTS))
+def test_every_commands_help_names_every_field(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([command, "--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0
+    for f in dataclasses.fields(REQUESTS[command]):
+        assert f.metadata["cli"].flag(f.name) in text
+
+
 def test_panel_values_are_made_canonical_and_checked_where_the_request_is_made():
     request = TrainRequest(profile="prostate-ct", data="one-folder", out="r", grid=(48, 48, 12),
                            augment=(), conditions=("group", "phase"), minutes=30)

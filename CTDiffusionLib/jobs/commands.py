@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-from CTDiffusionLib.requests import Request
+from CTDiffusionLib.requests import EngineRequest, Request
 from CTDiffusionLib.runfolder import CONFIG, RunFolder, read_json_or_empty
 
 PACKAGE = "CTDiffusionLib"
@@ -92,7 +92,7 @@ def build_command(request: Request, in_slicer: bool | None = None, slicer_home: 
     """The full child command for one request (requests.py): commands with an event stream send it (the runner
     follows the child through it)."""
     events_file = None
-    if hasattr(request, "events"):
+    if isinstance(request, EngineRequest):
         request = replace(request, events=True)
         events_file = str(RunFolder(request.out).events)
     args = request.argv()
