@@ -18,10 +18,10 @@ from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.utility import statistics as stats
 from CTDiffusionLib.utility.arms import ARMS, BOTH, REAL, Progress, arm_cases, run_arms
 from CTDiffusionLib.utility.scoring import case_mean
+from CTDiffusionLib.utility.table import RESULT
 
 log = logging.getLogger("ctdiffusion")
 FORMAT = "ctdiffusion-utility/1"
-RESULT = "utility.json"
 
 
 def _arm_entry(dice: np.ndarray, hd95: np.ndarray, structures: list, n_train: int, seed: int) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from CTDiffusionLib.runfolder import json_document
 
+RESULT = "utility.json"  # what `ctdiffusion utility` writes into its --out folder
 #: utility.json's arm keys (utility/arms.py, which imports torch) as a table labels them
 ARM_LABELS = {"real": "real only", "synthetic": "synthetic only", "real+synthetic": "real + synthetic"}
 COLUMNS = (("arm", "Arm"), ("mean", "Mean"), ("interval", "95% interval"), ("hd95", "HD95"))
@@ -16,7 +17,7 @@ COLUMNS = (("arm", "Arm"), ("mean", "Mean"), ("interval", "95% interval"), ("hd9
 
 def load_utility(result) -> dict:
     """utility.json as a dict: the folder `utility` wrote, the file, or the parsed dict."""
-    return json_document(result, "utility.json")
+    return json_document(result, RESULT)
 
 
 def metric_of(result: dict) -> str:
@@ -56,6 +57,12 @@ def utility_rows(result) -> list[dict]:
 
 def metric_title(result) -> str:
     return "Accuracy" if metric_of(load_utility(result)) == "accuracy" else "Dice"
+
+
+def column_titles(result) -> list[tuple[str, str]]:
+    """[(row key, column title)] for utility_rows: the mean column named by the metric ("Dice mean")."""
+    title = metric_title(result)
+    return [(key, f"{title} mean" if key == "mean" else name) for key, name in COLUMNS]
 
 
 def gain_text(result) -> str:

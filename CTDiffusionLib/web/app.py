@@ -31,7 +31,7 @@ from CTDiffusionLib.errors import CTDiffusionError
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RunFolder
 from CTDiffusionLib.web.report import (TrainingFollower, latest_preview_png, metric_headers, metric_rows,
-                                       read_metrics, verdict_line)
+                                       read_metrics, utility_panel, verdict_line)
 from CTDiffusionLib.web.sources import ViewerInputs, Volume
 from CTDiffusionLib.web.volume_cache import VolumeCache
 
@@ -113,6 +113,7 @@ class ViewerApp(TrameApp):
         self.shown = {REAL: None, SYNTHETIC: None}
         self.follower = TrainingFollower(inputs.events_path)
         self._metrics_stamp = None
+        self._utility_stamp = None
 
         self.presets = self._window_presets()
         self._init_state()
@@ -230,6 +231,7 @@ class ViewerApp(TrameApp):
             s[f"{tag}_name"] = "no volumes: pass --real" if tag == REAL and not self.lists[tag] else "no volumes"
             s[f"{tag}_total"] = len(self.lists[tag])
         s.verdict, s.metric_rows, s.metric_headers = "", [], []
+        self._set_utility(utility_panel({}))
         s.loss_png, s.preview_png, s.training_status = "", "", ""
         s.is_run = self.inputs.run_dir is not None
 
@@ -278,6 +280,16 @@ class ViewerApp(TrameApp):
             metrics = read_metrics(path)
             s.verdict, s.metric_rows = verdict_line(metrics), metric_rows(metrics)
             s.metric_headers = metric_headers(s.metric_rows)
+        utility = self.inputs.utility_path  # a benchmark may finish, or be linked into the report, later
+        utility_stamp = (stamp, utility, utility.stat().st_mtime_ns if utility is not None else None)
+        if utility_stamp != self._utility_stamp:
+            self._utility_stamp = utility_stamp
+            self._set_utility(utility_panel(read_metrics(path), utility))
+
+    def _set_utility(self, panel: dict) -> None:
+        s = self.state
+        s.utility_verdict, s.utility_gain = panel["verdict"], panel["gain"]
+        s.utility_headers, s.utility_rows = panel["headers"], panel["rows"]
 
     async def _poll_forever(self) -> None:
         while True:
@@ -347,6 +359,13 @@ class ViewerApp(TrameApp):
                 with v3.Template(raw_attrs=['v-slot:item.verdict="{ item }"']):  # the verdict, coloured
                     html.B("{{ item.verdict_label }}",
                            style=("item.verdict === 'fail' ? 'color: #c62828' : 'color: #2e7d32'",))
+            with html.Div(v_if="utility_rows.length", id="utility"):  # `ctdiffusion utility`: the arms
+                html.Div("Downstream utility (real / synthetic / real + synthetic)", classes="text-subtitle-1 mt-4")
+                html.Div("{{ utility_verdict }}", id="utility-verdict", classes="text-body-2 mb-2")
+                v3.VDataTable(headers=("utility_headers",), items=("utility_rows",), density="compact",
+                              items_per_page=-1, hide_default_footer=True, id="utility-table",
+                              style="font-size: 12px;")
+                html.Div("{{ utility_gain }}", id="utility-gain", classes="text-body-2 mt-1")
             with html.Div(v_if="is_run", id="training"):
                 html.Div("Training", classes="text-subtitle-1 mt-4")
                 html.Div("{{ training_status || 'no progress events yet' }}", classes="text-body-2",

@@ -73,6 +73,30 @@ def metric_rows(metrics: dict) -> list[dict]:
     return quality_rows(metrics)
 
 
+NO_UTILITY = {"verdict": "", "gain": "", "headers": [], "rows": []}
+
+
+def utility_panel(metrics: dict, utility_path: Path | None = None) -> dict:
+    """The downstream benchmark's table (`ctdiffusion utility`): the one linked into the report (`evaluate
+    --utility`, metrics["utility"]) first, else the utility.json at `utility_path`. {"verdict", "gain", "headers",
+    "rows"}: the rows of utility/table.py, the same rows report.html and Slicer show; NO_UTILITY when there is none
+    or it cannot be read (a damaged file must not stop the viewer)."""
+    from CTDiffusionLib.runfolder import read_json_or_empty
+    from CTDiffusionLib.utility.table import column_titles, gain_text, utility_rows, verdict_text
+
+    linked = metrics.get("utility")
+    result = linked if isinstance(linked, dict) else read_json_or_empty(utility_path)
+    if not isinstance(result.get("arms"), dict) or not result["arms"]:
+        return dict(NO_UTILITY)
+    try:
+        return {"verdict": verdict_text(result), "gain": gain_text(result),
+                "headers": [{"title": title, "key": key, "nowrap": key == "interval"}
+                            for key, title in column_titles(result)],
+                "rows": utility_rows(result)}
+    except (AttributeError, TypeError, ValueError, KeyError):  # an unknown shape: show nothing rather than fail
+        return dict(NO_UTILITY)
+
+
 class TrainingFollower:
     """Follows RUN_DIR/events.jsonl as it grows (incremental reads, never writes): loss points and status."""
 

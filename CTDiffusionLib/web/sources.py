@@ -15,8 +15,10 @@ from CTDiffusionLib.data.volume_io import image_suffix, strip_image_suffix
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.runfolder import RunFolder, is_temporary, read_json
+from CTDiffusionLib.utility.table import RESULT
 
 REPORT_FILE = "metrics.json"
+UTILITY_FILE = RESULT  # the downstream benchmark's result (CTDiffusionLib/utility)
 #: sub-folders the `demo` command writes; looked at when the named folder is not itself one of them
 DEMO_PARTS = {"run": "run", "generated": "generated", "report": "report"}
 _WHAT_FOLDER = ("Pass a run folder (with config.json), a folder written by `generate`, a report folder "
@@ -60,6 +62,14 @@ class ViewerInputs:
     @property
     def metrics_path(self) -> Path | None:
         return self.report_dir / REPORT_FILE if self.report_dir else None
+
+    @property
+    def utility_path(self) -> Path | None:
+        """The newest utility.json (`ctdiffusion utility`) in the report folder or the run: in the folder itself or
+        in a utility-STAMP/ folder inside it (where the Slicer module puts the benchmark of its run)."""
+        found = [p for folder in (self.report_dir, self.run_dir) if folder is not None
+                 for p in (folder / UTILITY_FILE, *folder.glob(f"utility-*/{UTILITY_FILE}")) if p.is_file()]
+        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def list_volumes(folder: Path) -> list[Volume]:
