@@ -6,8 +6,9 @@ the real training pairs, generated vs the real-vs-real reference of the same seg
         --generated NAME=GENERATED_PAIRS [--generated NAME=...] [--structures SPEC] [--out table.json]
 
 GENERATED_PAIRS is a `generate --from-labels` output (nnU-Net layout: each generated CT beside the label map it was
-conditioned on). Prints a markdown table: per structure the reference Dice [95% interval] on held-out real pairs
-and each generated set's mean Dice over its cases.
+conditioned on). Prints two markdown tables: per structure the reference Dice [95% interval] on held-out real pairs
+and each generated set's mean Dice over its cases; and the HU median [Q1, Q3] under each structure, held-out real and
+each generated set (evaluation/structures.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from CTDiffusionLib.evaluation.structure_table import hu_cell  # noqa: E402
+from CTDiffusionLib.evaluation.structures import structure_hu  # noqa: E402
 from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, set_dice  # noqa: E402
 
 
@@ -46,6 +49,15 @@ def main(argv=None) -> int:
         lo, hi = ref["dice_ci95"] or (None, None)
         cells = [_number(table["generated"][n].get(structure, {}).get("dice")) for n in names]
         print(f"| {structure} | {_number(ref['dice'])} [{_number(lo)}, {_number(hi)}] | " + " | ".join(cells) + " |")
+    hu = {"real": structure_hu(a.heldout, seg.structures)}
+    hu.update({n: structure_hu(folder, seg.structures) for n, folder in
+               (spec.split("=", 1) for spec in a.generated)})
+    table["hu"] = hu
+
+    print("\n| structure | " + " | ".join(hu) + " |")
+    print("|---|" + "---|" * len(hu))
+    for structure in reference:
+        print(f"| {structure} | " + " | ".join(hu_cell(hu[n][structure]) for n in hu) + " |")
     if a.out:
         Path(a.out).write_text(json.dumps(table, indent=1), encoding="utf-8")
     return 0

@@ -16,7 +16,8 @@ COLUMNS = (("structure", "structure"), ("hu_verdict", "HU"), ("hu_generated", "g
            ("dice_real", "Dice, real CT vs its labels (real-vs-real) [95%]"))
 
 
-def _hu(summary) -> str:
+def hu_cell(summary) -> str:
+    """'median [Q1, Q3]' of one HU summary (evaluation/structures.py), a dash when the structure had no voxels."""
     if not isinstance(summary, dict) or summary.get("median") is None:
         return NO_VALUE
     return f"{summary['median']:.0f} [{summary['q1']:.0f}, {summary['q3']:.0f}]"
@@ -51,7 +52,7 @@ def structure_rows(metrics: dict) -> list[dict]:
         hu_verdict, dice_verdict = _verdict(h.get("verdict")), _verdict(a.get("verdict"))
         rows.append({"structure": str(name), "hu_verdict": hu_verdict,
                      "hu_verdict_label": VERDICT_LABELS.get(hu_verdict, ""),
-                     "hu_generated": _hu(h.get("generated")), "hu_real": _hu(h.get("real")),
+                     "hu_generated": hu_cell(h.get("generated")), "hu_real": hu_cell(h.get("real")),
                      "dice_verdict": dice_verdict, "dice_verdict_label": VERDICT_LABELS.get(dice_verdict, ""),
                      "dice_generated": _dice(a.get("generated"), a.get("generated_ci95")),
                      "dice_real": _dice(a.get("reference"), a.get("reference_ci95"))})

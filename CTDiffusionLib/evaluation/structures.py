@@ -46,8 +46,7 @@ def compare_structure_hu(real, generated, structures) -> dict[str, dict]:
 
 def format_table(comparison: dict[str, dict]) -> str:
     """A Markdown table: median [IQR] HU, generated vs real, per structure."""
-    def cell(s: dict) -> str:
-        return "-" if s["median"] is None else f"{s['median']:.0f} [{s['q1']:.0f}, {s['q3']:.0f}]"
+    from CTDiffusionLib.evaluation.structure_table import hu_cell as cell
 
     rows = ["| structure | generated median [Q1, Q3] HU | real median [Q1, Q3] HU | voxels (gen / real) |",
             "|---|---|---|---|"]
