@@ -13,7 +13,7 @@ Modules (one idea each):
   figure      Dice per arm with intervals;  benchmark  the orchestration and utility.json
   adherence   how well a generated CT follows its conditioning label map (per-structure Dice of a segmenter)
   pathology   cardiac masks: the ACDC-group classifier;  mask_benchmark  its arms, conditioning accuracy
-  fitting     the training loop both recipes share
+  fitting     the training loop both recipes share;  nnunet  --segmenter nnunet: the arms through nnU-Net v2
   table       utility.json as table rows (Slicer, web viewer);  report_section  the section in report.html
 """
 
@@ -34,6 +34,7 @@ def utility_from_args(args, events) -> int:
     training), exit 0 whatever the verdict (it is a finding, not an error)."""
     import sys
 
+    from CTDiffusionLib.errors import InputError
     from CTDiffusionLib.output_folder import claim_output_folder
     from CTDiffusionLib.runfolder import OutputExists
     from CTDiffusionLib.stopping import StopFlag
@@ -41,6 +42,15 @@ def utility_from_args(args, events) -> int:
     from CTDiffusionLib.utility.mask_benchmark import is_generated_masks, run_mask_utility
 
     out = Path(args.out)
+    segmenter = getattr(args, "segmenter", "monai")  # a field of the typed request (requests.UtilityRequest)
+    masks = is_generated_masks(args.synthetic)
+    if masks and segmenter != "monai":
+        raise InputError(f"--segmenter {segmenter} segments CT + label pairs; --synthetic {args.synthetic} holds "
+                         "cardiac masks, whose benchmark is the pathology classifier.", "Leave out --segmenter.")
+    if segmenter == "nnunet":  # refused before the output folder is made: nothing is left behind
+        from CTDiffusionLib.utility.nnunet import require_installed
+
+        require_installed()
     # only into a new, empty or earlier utility folder, locked; a folder this run created goes again if it fails
     with claim_output_folder(out, "utility", remove_if_failed=True):
         if (out / RESULT).exists():
@@ -52,11 +62,11 @@ def utility_from_args(args, events) -> int:
         options = dict(seeds=args.seeds, ratio=args.ratio, iterations=args.iterations, device=args.device,
                        seed=args.seed, events=events)
         with StopFlag.for_output(out) as stop:  # SIGINT/SIGTERM or OUT/stop-request: stop after this iteration
-            if is_generated_masks(args.synthetic):  # cardiac masks: the pathology classifier
+            if masks:  # cardiac masks: the pathology classifier
                 result = run_mask_utility(args.train, args.synthetic, args.test, out, stop=stop, **options)
             else:
                 result = run_utility(args.train, args.synthetic, args.test, out, structures=args.structures,
-                                     stop=stop, **options)
+                                     segmenter=segmenter, stop=stop, **options)
     print(f"utility benchmark written to {out / 'utility.json'}\n{result['verdict_line']}", file=sys.stderr)
     events.emit("done", status="completed", utility=str(out / "utility.json"), verdict=result["verdict"],
                 gain=result["gain"], near_copies=len(result["near_copies"]), time_s=result["time_s"])

@@ -64,12 +64,30 @@ class Progress:
                          arm_step=in_arm, arm_total=arm_total, it_per_s=rate, eta_s=(self.total - self.done) / rate)
 
 
+def empty_scores(arms, n_seeds: int, n_test: int, n_structures: int) -> dict:
+    """{arm: ArmScores} all NaN, to be filled seed by seed."""
+    shape = (n_seeds, n_test, n_structures)
+    return {arm: ArmScores(np.full(shape, np.nan), np.full(shape, np.nan)) for arm in arms}
+
+
+def score_model(scores: ArmScores, i: int, test: list, predictions, n_classes: int) -> None:
+    """Row i (one seed's model) of an arm's tables: each predicted label map scored against its test case."""
+    for j, (case, predicted) in enumerate(zip(test, predictions)):
+        s = scoring.score_case(predicted, case.labels, n_classes, case.spacing_zyx)
+        scores.dice[i, j], scores.hd95[i, j] = s["dice"], s["hd95"]
+
+
+def log_model(log, segmenter: str, arm: str, seed: int, scores: ArmScores, i: int, t0: float) -> None:
+    if log is not None:
+        per_case = [scoring.case_mean(d) for d in scores.dice[i]]  # as utility.json's dice_per_seed
+        log.info("utility: %s, arm %s, seed %d: mean Dice %.3f on %d test cases (%.0f s)", segmenter, arm, seed,
+                 np.nanmean(per_case), len(per_case), time.time() - t0)
+
+
 def run_arms(cases_by_arm: dict, test: list, n_classes: int, recipe: Recipe, seeds: list, device: str = "cpu",
              progress: Progress | None = None, log=None) -> dict:
     """Train every arm for every seed and score each model on `test`. Returns {arm: ArmScores}."""
-    n_struct = n_classes - 1
-    shape = (len(seeds), len(test), n_struct)
-    out = {arm: ArmScores(np.full(shape, np.nan), np.full(shape, np.nan)) for arm in cases_by_arm}
+    out = empty_scores(cases_by_arm, len(seeds), len(test), n_classes - 1)
     for i, seed in enumerate(seeds):
         for arm, cases in cases_by_arm.items():
             t0 = time.time()
@@ -79,12 +97,6 @@ def run_arms(cases_by_arm: dict, test: list, n_classes: int, recipe: Recipe, see
                     progress.step(arm, seed, k, recipe.iterations)
 
             model = train_segmenter(cases, n_classes, recipe, seed, device, on_step=on_step)
-            for j, case in enumerate(test):
-                s = scoring.score_case(predict(model, case.image, recipe, device), case.labels, n_classes,
-                                       case.spacing_zyx)
-                out[arm].dice[i, j], out[arm].hd95[i, j] = s["dice"], s["hd95"]
-            if log is not None:
-                per_case = [scoring.case_mean(d) for d in out[arm].dice[i]]  # as utility.json's dice_per_seed
-                log.info("utility: arm %s, seed %d: mean Dice %.3f on %d test cases (%.0f s)", arm, seed,
-                         np.nanmean(per_case), len(test), time.time() - t0)
+            score_model(out[arm], i, test, (predict(model, c.image, recipe, device) for c in test), n_classes)
+            log_model(log, "MONAI", arm, seed, out[arm], i, t0)
     return out

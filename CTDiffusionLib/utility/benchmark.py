@@ -71,18 +71,28 @@ def _check_inputs(train, synthetic, test) -> dict:
 
 
 def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1.0, structures: str | None = None,
-                iterations: int | None = None, device: str = "cpu", seed: int = 0, events=None, stop=None) -> dict:
-    """The whole benchmark; writes OUT/utility.json and OUT/figures/utility_dice.png and returns the result."""
+                iterations: int | None = None, device: str = "cpu", seed: int = 0, segmenter: str = "monai",
+                events=None, stop=None) -> dict:
+    """The whole benchmark; writes OUT/utility.json and OUT/figures/utility_dice.png and returns the result.
+    segmenter: "monai" (the built-in recipe) or "nnunet" (nnU-Net v2 where installed, utility/nnunet.py; its
+    folders go to OUT/nnunet)."""
     import torch
 
     from CTDiffusionLib.data.pairs import select_structures
     from CTDiffusionLib.runtime import resolve_device
     from CTDiffusionLib.threads import ThreadGovernor
-    from CTDiffusionLib.utility import honesty, segmenter
+    from CTDiffusionLib.utility import honesty
+    from CTDiffusionLib.utility.segmenter import default_iterations, make_recipe
     from CTDiffusionLib.utility.figure import arm_bars
     from CTDiffusionLib.utility.volumes import read_set, structures_for
 
     t_start = time.time()
+    if segmenter == "nnunet":  # before anything is read: an absent nnU-Net is a one-sentence refusal
+        from CTDiffusionLib.utility.nnunet import require_installed
+
+        require_installed()
+    elif segmenter != "monai":
+        raise InputError(f"--segmenter {segmenter} is not a segmenter of the benchmark.", "Use monai or nnunet.")
     if not (np.isfinite(ratio) and ratio > 0):
         raise InputError(f"--ratio {ratio} is not a number above 0.", "Give the synthetic count as a multiple of the "
                          "real count, e.g. --ratio 1.")
@@ -100,14 +110,23 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
         log.warning("utility: %d synthetic cases are near-copies of training cases", len(copies["near_copies"]))
 
     by_arm = arm_cases(real_s, synth_s, ratio)
-    n_iter = int(iterations or segmenter.default_iterations(len(real_s)))
-    recipe = segmenter.make_recipe(real_s[0].image.shape, names, n_iter)
+    n_iter = int(iterations or default_iterations(len(real_s)))
+    recipe = make_recipe(real_s[0].image.shape, names, n_iter)
     seed_list = [seed + k for k in range(int(seeds))]
     threads = torch.get_num_threads()
     governor = ThreadGovernor(torch.device(device))  # CPU threads from the cores other work leaves free
-    progress = Progress(events, len(seed_list) * len(by_arm) * n_iter, stop, governor)
     try:
-        scores = run_arms(by_arm, test_s, len(chosen) + 1, recipe, seed_list, device, progress, log)
+        if segmenter == "nnunet":  # progress counts trained models: nnU-Net reports no iterations to us
+            from CTDiffusionLib.utility.nnunet import describe, run_nnunet_arms
+
+            described = describe(n_iter, device)
+            progress = Progress(events, len(seed_list) * len(by_arm), stop)
+            scores = run_nnunet_arms(by_arm, test_s, chosen, n_iter, seed_list, device, Path(out) / "nnunet",
+                                     progress, log)
+        else:
+            described = recipe.describe()
+            progress = Progress(events, len(seed_list) * len(by_arm) * n_iter, stop, governor)
+            scores = run_arms(by_arm, test_s, len(chosen) + 1, recipe, seed_list, device, progress, log)
     finally:
         torch.set_num_threads(threads)
 
@@ -120,7 +139,7 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
         "format": FORMAT,
         "task": "segmentation (CT + label pairs)",
         "metric": "dice",
-        "segmenter": {**recipe.describe(), "seeds": seed_list, "device": device},
+        "segmenter": {**described, "seeds": seed_list, "device": device},
         "structures": [{"name": s.name, "value": k, "sources": list(s.sources)} for k, s in enumerate(chosen, 1)],
         "working_grid_xyz": list(grid),
         "arms": arms,
