@@ -150,3 +150,22 @@ def test_evaluate_on_pairs_writes_the_structure_section(sets, tmp_path, monkeypa
         assert title in page
     for row in rows:
         assert row["hu_generated"] in page and row["dice_generated"] in page
+
+
+def test_structure_rows_read_the_section_defensively():
+    """An unpaired report has no rows; a missing adherence (no --train) leaves its cells blank, not an error; verdicts
+    show as the quality table shows them."""
+    from CTDiffusionLib.evaluation.structure_table import structure_rows
+
+    assert structure_rows({"summary": {}}) == []
+    summary = {"median": 40.0, "q1": 20.0, "q3": 60.0, "iqr": 40.0, "voxels": 9}
+    metrics = {"structures": {
+        "structures": [{"name": "muscle", "value": 1, "sources": ["muscle"]}, {"name": "bone", "value": 2}],
+        "hu": {"per_structure": {"muscle": {"real": summary, "generated": {**summary, "median": 90.0}, "verdict": "fail"},
+                                 "bone": {"real": summary, "generated": {"median": None}, "verdict": None}}},
+        "adherence": {"status": "not_checked", "reason": "no --train"}}}
+    muscle, bone = structure_rows(metrics)
+    assert (muscle["structure"], muscle["hu_verdict_label"], muscle["hu_generated"], muscle["hu_real"]) == \
+        ("muscle", "FAIL", "90 [20, 60]", "40 [20, 60]")
+    assert muscle["dice_generated"] == muscle["dice_real"] == "\u2013" and muscle["dice_verdict"] == ""
+    assert bone["hu_generated"] == "\u2013" and bone["hu_verdict"] == ""
