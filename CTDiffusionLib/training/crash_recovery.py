@@ -19,7 +19,7 @@ from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.events import parse_event_line
-from CTDiffusionLib.runfolder import INPUT, atomic_write
+from CTDiffusionLib.runfolder import INPUT, RunFolder, atomic_write
 
 log = logging.getLogger("ctdiffusion")
 LOCK_NAME = ".lock"
@@ -115,6 +115,13 @@ def remove_temp_files(run_dir: Path, keep=(INPUT,)) -> list[Path]:
     for path in removed:
         log.info("removed %s, left half-written by an earlier run that was stopped abruptly", path)
     return removed
+
+
+def clean_up_after_earlier_jobs(run_dir: Path) -> None:
+    """Before a job uses its run folder (with the lock held): the half-written files of a job that was killed, and
+    a stop request an earlier job left (it is not for this one)."""
+    remove_temp_files(run_dir)
+    RunFolder(run_dir).stop_request.unlink(missing_ok=True)
 
 
 def trim_events_after(events_file: Path, step: int) -> int:

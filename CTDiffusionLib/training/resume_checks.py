@@ -28,6 +28,16 @@ _NEW_RUN_HINT = ("Resume without it to continue the run with its own settings, o
                  "folder with the new ones.")
 
 
+def check_same_kind_of_run(stored: dict, args, run_dir: Path) -> None:
+    """--profile and --with-labels, when given, must describe the run being resumed."""
+    if args.profile and args.profile != stored["profile"]:
+        raise InputError(f"--profile {args.profile} differs from the run's profile {stored['profile']}.",
+                         "Resume with the run's own profile.")
+    if getattr(args, "with_labels", False) and not stored.get("labels"):
+        raise InputError(f"--with-labels: the run in {run_dir} was trained without label maps.",
+                         "Resume it without --with-labels, or start a new run with --with-labels.")
+
+
 def check_resume_arguments(stored: dict, args) -> None:
     """InputError naming the first flag whose value differs from the resumed run's."""
     for flag, (attr, keys) in _COMPARED.items():

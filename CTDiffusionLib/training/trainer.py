@@ -9,8 +9,7 @@ the single-process one and a checkpoint resumes on any number of GPUs.
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import logging
 import math
 import time
@@ -28,60 +27,41 @@ from CTDiffusionLib.data.preprocess import ORIENTATION
 from CTDiffusionLib.diffusion.loss import check_loss, diffusion_loss
 from CTDiffusionLib.diffusion.schedulers import (draw_training_timesteps, preview_sampler, scheduler_config,
                                                  training_scheduler)
-from CTDiffusionLib.errors import InputError, Interrupted, TrainingFailed
+from CTDiffusionLib.errors import InputError, Interrupted
 from CTDiffusionLib.stopping import StopFlag
 from CTDiffusionLib.label_sets import stage_profile
-from CTDiffusionLib.models.bundle import bundle_is_current, save_bundle
+from CTDiffusionLib.models.bundle import save_bundle
 from CTDiffusionLib.models.conditioning import ConditionVocabulary
 from CTDiffusionLib.models.factory import build_model, count_parameters
 from CTDiffusionLib.memory import check_training_memory
 from CTDiffusionLib.models.speed import apply_speed_settings
-from CTDiffusionLib.output_folder import OUTPUT_MARKER, claim_output_folder
-from CTDiffusionLib.runfolder import INPUT, RunFolder, read_config, write_json
+from CTDiffusionLib.output_folder import claim_output_folder
+from CTDiffusionLib.runfolder import RunFolder, write_json
 from CTDiffusionLib.runtime import (Distributed, autocast_dtype, init_distributed, resolve_device,
                                     run_on_main_then_share, wait_for_main)
-from CTDiffusionLib.textformat import format_eta
 from CTDiffusionLib.training.budget import TimeBudget
-from CTDiffusionLib.training.checkpoints import load_latest, save_checkpoint
+from CTDiffusionLib.training.checkpoints import save_checkpoint
 from CTDiffusionLib.threads import ThreadGovernor
 from CTDiffusionLib.training.cost import coarse_data_notice, long_run_notice
-from CTDiffusionLib.training.config import TrainingConfig, build_config, total_steps
-from CTDiffusionLib.training.crash_recovery import (LOCK_NAME, checkpoint_logged, remove_temp_files,
-                                                   trim_events_after)
+from CTDiffusionLib.training.config import TrainingConfig, build_config
+from CTDiffusionLib.training.crash_recovery import clean_up_after_earlier_jobs
 from CTDiffusionLib.training.lr_schedule import warmup_flat_cosine
-from CTDiffusionLib.training.resume_checks import check_data_unchanged, check_resume_arguments
+from CTDiffusionLib.training.progress import SYNC_EVERY, TrainingProgress
+from CTDiffusionLib.training.resume import continue_from_checkpoint, open_run_folder, resumed_config
+from CTDiffusionLib.training.resume_checks import (check_data_unchanged, check_resume_arguments,
+                                                   check_same_kind_of_run)
 from CTDiffusionLib.training.prefetch import Prefetcher
+from CTDiffusionLib.training.run_length import RunLength
 
 log = logging.getLogger("ctdiffusion")
 VAL_SAMPLES_MAX = 64
 MAX_VALIDATIONS = 50  # validation points per run at most (the loss curve needs no more)
-SYNC_EVERY = 10  # steps between host syncs (loss read-back, the DDP stop vote) when nothing else forces one
 
 
 # StopFlag (signals or the stop-request file) is shared by every job: CTDiffusionLib/stopping.py
 
 
-# ---------------------------------------------------------------- run folder
-def open_run_folder(out: Path, resume: bool) -> dict | None:
-    """Checks --out against --resume; returns the stored config when resuming."""
-    run = RunFolder(out)
-    if resume:
-        if not run.is_run():
-            raise InputError(f"--resume: {out} holds no run ({run.config.name} is missing).",
-                             "Point --out at an existing run folder, or drop --resume to start a new run.")
-        return read_config(out)
-    if run.is_run():
-        raise InputError(f"{out} already holds a training run.",
-                         "Add --resume to continue it, or choose a new --out folder.")
-    # input/: data the Slicer module exported; a run killed before its config.json was written leaves only the
-    # lock, events and cache behind, and a new run may start over them. Under torchrun the other ranks look while
-    # rank 0 is claiming the folder, so the marker may still be under its temporary name.
-    ours = (INPUT, LOCK_NAME, OUTPUT_MARKER, run.events.name, run.cache.name, run.stop_request.name)
-    if out.exists() and any(p.name not in ours and not p.name.startswith(OUTPUT_MARKER) for p in out.iterdir()):
-        raise InputError(f"{out} is not empty and is not a CTDiffusion run folder.", "Choose a new --out folder.")
-    return None
-
-
+# ---------------------------------------------------------------- data
 def load_cases(config: dict):
     data_cfg = config["data"]
     cases = discover_cases(data_cfg["sources"], config["profile"])
@@ -152,7 +132,8 @@ class Trainer:
         self.profile = stage_profile(config)  # a paired run's label model sees its samples as label maps
         self.train_idx = data.sample_indices("train")
         self.val_idx = data.sample_indices("val")[:VAL_SAMPLES_MAX]
-        self.total, self.per_epoch = total_steps(tr, len(self.train_idx))
+        self.length = RunLength(config["training"], len(self.train_idx))  # steps, learning-rate plan, budget
+        self.per_epoch = self.length.per_epoch
         self._plan_validation()
         torch.manual_seed(self.seed)
         self.model = build_model(config["model"], vocab.num_embeddings if vocab else None).to(device)
@@ -160,10 +141,7 @@ class Trainer:
                              attention=tr.attention, channels_last=tr.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=warmup_ema_update(tr.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
-        # a --minutes run's warm-up is capped when its length is fixed (set_length), and recorded then
-        self.warmup = tr.warmup_steps if tr.minutes is not None else min(tr.warmup_steps, self.total // 4)
-        self.lr_schedule = warmup_flat_cosine(self.optimizer,
-                                              lambda: (self.warmup, self.training.lr_decay_from, self.total))
+        self.lr_schedule = warmup_flat_cosine(self.optimizer, lambda: self.length.plan)
         self.noise_schedule = training_scheduler(config["diffusion"])
         self.loss = check_loss(config["training"].get("loss", "mse"))  # diffusion/loss.py LOSSES; older runs: mse
         self.amp_dtype = autocast_dtype(device, tr.amp)
@@ -180,51 +158,64 @@ class Trainer:
         self.prefetch: Prefetcher | None = None  # set while fit() runs
         self.threads = ThreadGovernor(device)  # CPU threads follow the cores other work leaves free
         self.cost_said = False
+        self.clock = time.monotonic  # budget and speed; a clock step (NTP) must not move the deadline
+        self.budget: TimeBudget | None = None  # a --minutes run's, while fit() runs
 
     # -- length
     @property
+    def total(self) -> int:
+        """The run's last step (OPEN_LENGTH while a --minutes budget measures the speed)."""
+        return self.length.total
+
+    @property
     def planned_total(self) -> int | None:
         """The run's last step; None while a --minutes budget has not fixed it yet."""
-        return None if self.training.budget_open else self.total
+        return self.length.planned_total
 
     def _plan_validation(self) -> None:
         # Validate at the end of every k-th epoch, at most MAX_VALIDATIONS times a run: with few cases an epoch is a
         # handful of steps, and validating after each one would add a forward pass over the held-out set every few
         # steps. An open budget plans with the preset's step count until the real length is known.
-        steps = self.training.steps if self.training.budget_open else self.total
+        steps = self.length.steps_total if self.length.open else self.total
         self.validate_every_epochs = max(1, math.ceil(steps / self.per_epoch / MAX_VALIDATIONS))
 
-    def set_length(self, total: int, rate: float | None = None) -> None:
-        """Fix (or, at the deadline, shorten) the length of a --minutes run at the current step, and record it in
-        config.json so that a resumed run continues the same learning-rate schedule."""
-        opening = self.training.budget_open
-        self.total = int(total)
-        if opening:
-            self.start_decay_here()
-            # a warm-up longer than a quarter of the run would never reach the decay: end it by then (or now)
-            self.warmup = min(self.warmup, max(self.step, self.total // 4))
+    def change_length(self, total: int, progress: TrainingProgress | None = None) -> None:
+        """The time budget's new length from the current step on (fixed once the speed is measured, re-planned,
+        or cut at the deadline): the learning-rate plan follows without a jump, config.json records it."""
+        opening = self.length.open
+        note = self.budget.last if self.budget is not None and self.dist.is_main else None
+        self.length.change(self.step, total, note)
         self._plan_validation()
-        self.config["training"].update(steps=self.total, total_steps=self.total, warmup_steps=self.warmup)
         if not self.dist.is_main:
             return
         write_json(self.run.config, self.config)
-        minutes = self.training.minutes
+        if progress is not None:
+            progress.plan_changed(note)
+        minutes, rate = f"{self.length.minutes:g}", (note or {}).get("it_per_s")
         if opening:
             log.info("time budget: %d steps fit in %s min%s; the learning rate decays from step %d to %d",
-                     self.total, f"{minutes:g}", f" at {rate:.2f} it/s" if rate else "", self.step, self.total)
+                     self.total, minutes, f" at {rate:.2f} it/s" if rate else "", self.step, self.total)
+        elif note is not None and note["reason"] == "replanned":
+            log.info("time budget re-planned at step %d (%s min, %.1f s left, %.2f it/s since the last plan): the "
+                     "run ends at step %d instead of %d, the rest of the learning-rate decay re-scaled to it",
+                     self.step, minutes, note["seconds_left"], rate or 0.0, self.total, note["previous_total"])
         else:
-            log.info("time budget of %s min reached: the run ends at step %d", f"{minutes:g}", self.total)
+            log.info("time budget of %s min reached: the run ends at step %d", minutes, self.total)
 
-    def start_decay_here(self) -> None:
-        """The cosine decay starts at the current step (the length of a --minutes run became known)."""
-        self.training = dataclasses.replace(self.training, lr_decay_from=self.step)
-        self.config["training"]["lr_decay_from"] = self.step
+    def replace_budget_with_steps(self) -> None:
+        """--resume --steps/--epochs on a --minutes run: the budget ends here, the run at that count."""
+        self.length.replace_with_steps(self.step)
+        self._plan_validation()
 
     # -- state
     def state_dict(self) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
-                "config_preset": self.config["preset"]}
+        state = {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                 "config_preset": self.config["preset"]}
+        if self.length.minutes is not None:  # the plan in force and the budget left (training/run_length.py)
+            budget = self.budget.state(self.clock()) if self.budget is not None else self.length.budget_state
+            state["length"] = self.length.record(budget)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -232,6 +223,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step = int(state["step"])
+        if self.length.minutes is not None and "length" in state:
+            self.length.adopt(state["length"])
+            self._plan_validation()
 
     def bundle_meta(self) -> dict:
         c = self.config
@@ -309,7 +303,7 @@ class Trainer:
 
     def say_cost(self, rate: float) -> None:
         """Once, from the first measured speed: a notice when this CPU run will take hours (training/cost.py)."""
-        if self.cost_said or not rate or self.training.budget_open or not self.dist.is_main:
+        if self.cost_said or not rate or self.length.open or not self.dist.is_main:
             return
         self.cost_said = True
         notice = long_run_notice(1.0 / rate, self.total - self.step, self.device.type,
@@ -317,19 +311,6 @@ class Trainer:
         if notice:
             log.warning("%s %s", *notice)
             self.events.emit("warning", message=notice[0], hint=notice[1])
-
-    def check_losses(self, losses: list[torch.Tensor], first_step: int) -> list[float]:
-        """Losses of steps first_step+1.. as floats (one host sync); a non-finite one stops the run."""
-        if not losses:
-            return []
-        values = torch.stack(losses).float().cpu().tolist()
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                raise TrainingFailed(
-                    f"The training loss became {value} at step {first_step + i + 1}; stopping instead of saving a "
-                    "broken model.", "Lower --lr (e.g. by 10x) and --resume from the last checkpoint, or check the "
-                    "data for extreme values.")
-        return values
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
@@ -380,12 +361,12 @@ class Trainer:
         png = save_mid_slice_png(paths[0], paths[0].with_suffix("").with_suffix(".png"), self.profile)
         self.events.emit("sample", path=str(paths[0]), png=str(png), step=self.step)
 
-    def _agree(self, budget: TimeBudget | None) -> tuple[bool, int | None]:
+    def _agree(self) -> tuple[bool, int | None]:
         """(stop?, new length or None): whether any rank got SIGINT/SIGTERM, and rank 0's time budget's answer.
         Under DDP that takes an all-reduce (a host sync), so the ranks ask together every SYNC_EVERY steps rather
         than every step."""
         def proposal() -> int | None:
-            return budget.propose(self.step, self.total, time.monotonic()) if budget is not None else None
+            return self.budget.propose(self.step, self.total, self.clock()) if self.budget is not None else None
 
         if not self.dist.enabled:
             return self.stop.requested, proposal()
@@ -399,87 +380,80 @@ class Trainer:
         dist.all_reduce(vote)  # only rank 0 proposes, so the sum is its proposal
         return bool(vote[0].item() > 0), int(vote[1].item()) or None
 
-    def _outlook(self, budget: TimeBudget | None, rate: float | None) -> tuple[int | None, float | None]:
+    def _outlook(self, rate: float | None) -> tuple[int | None, float | None]:
         """(total, ETA in s) for progress: while a budget is open, where it would end at the speed so far and the
         time left in it."""
-        if self.training.budget_open and budget is not None:
-            now = time.monotonic()
-            return budget.estimated_total(self.step, now), max(0.0, budget.deadline - now)
+        if self.length.open and self.budget is not None:
+            now = self.clock()
+            return self.budget.estimated_total(self.step, now), self.budget.left(now)
         return self.total, (self.total - self.step) / max(rate or 0.0, 1e-9)
 
+    def _on_sync(self, rate: float | None) -> None:
+        """At each loss read-back: the cost notice from the first measured speed, the CPU thread count."""
+        self.say_cost(rate)
+        self.threads.tick()
+
     def fit(self) -> dict:
-        tr = self.training
+        """Train from the current step to the run's end. Each step draws its batch and takes the loss, the backward
+        pass, the optimiser step and the EMA update (train_step); validation, a checkpoint and a preview follow
+        when due. A stop request (SIGINT/SIGTERM, the stop-request file) ends it with a checkpoint."""
+        self.clock = time.monotonic  # looked up here: the tests' step clock replaces this module's `time`
+        self.budget = self.length.time_budget(self.clock(), self.step)
+        progress = TrainingProgress(self.events, step=self.step, per_epoch=self.per_epoch, speaks=self.dist.is_main,
+                                    clock=self.clock, lr=lambda: self.lr_schedule.get_last_lr()[0],
+                                    outlook=self._outlook, on_sync=self._on_sync)
+        with self._running():
+            while self.step < self.total:
+                self._stop_or_change_length(progress)
+                loss = self.train_step()
+                checkpoint_due = self.step % self.training.checkpoint_every == 0 or self.step == self.total
+                progress.step_done(self.step, self.total, loss, sync=checkpoint_due)
+                self._validate_save_preview(checkpoint_due, progress)
+        return progress.summary(self.step)
+
+    @contextlib.contextmanager
+    def _running(self):
+        """While fit() runs: stop requests are caught, and on a GPU the next batches are prepared meanwhile."""
         self.stop.install()
-        main = self.dist.is_main
-        t_start, step_start = time.time(), self.step
-        last_report, last_log, rate, loss, loss_avg = 0.0, time.time(), None, None, None
-        pending, pending_from = [], self.step  # device-side losses not yet read back
-        window_t, window_step = time.time(), self.step
         # Only where the step runs on a GPU: on a CPU the worker thread competes with torch's own threads for the
         # same cores (measured on the 2-core demo: 1.64-1.87 steps/s with it, 2.25 without).
         self.prefetch = Prefetcher(self.step_inputs) if self.device.type == "cuda" else None
-        # monotonic: a clock step (NTP) must not move the deadline
-        budget = TimeBudget(tr.minutes * 60.0, time.monotonic(), self.step) if tr.budget_open else None
         try:
-            while self.step < self.total:
-                stop, length = self._agree(budget)
-                if length is not None:
-                    self.set_length(length, budget.rate(self.step, time.monotonic()) if budget else None)
-                if stop:
-                    self.check_losses(pending, pending_from)
-                    if main:
-                        self.save()
-                    raise Interrupted(f"Training stopped at step {self.step}; a checkpoint was written.",
-                                      "Run the same command with --resume to continue.")
-                pending.append(self.train_step())
-                epoch = self.step // self.per_epoch
-                end_of_epoch = self.step % self.per_epoch == 0
-                save_now = self.step % tr.checkpoint_every == 0 or self.step == self.total
-                report_now = main and (time.time() - last_report > 1.0 or self.step == self.total or end_of_epoch)
-                if report_now or save_now or self.step % SYNC_EVERY == 0:  # every rank checks at the same steps
-                    values = self.check_losses(pending, pending_from)
-                    for value in values:
-                        loss_avg = value if loss_avg is None else 0.9 * loss_avg + 0.1 * value
-                    loss, pending, pending_from = (values[-1] if values else loss), [], self.step
-                    now = time.time()
-                    if self.step > window_step:
-                        rate = (self.step - window_step) / max(now - window_t, 1e-9)
-                        window_t, window_step = now, self.step
-                        self.say_cost(rate)
-                    self.threads.tick()
-                log_now = main and (time.time() - last_log > 15 or self.step == self.total)
-                if report_now or log_now:
-                    total, eta = self._outlook(budget, rate)
-                if report_now:
-                    last_report = time.time()
-                    self.events.emit("progress", phase="train", step=self.step, total=total, epoch=epoch,
-                                     loss=loss, loss_avg=loss_avg, lr=self.lr_schedule.get_last_lr()[0],
-                                     it_per_s=rate, eta_s=eta)
-                if log_now:
-                    last_log = time.time()
-                    log.info("step %d/%s (epoch %d)  loss %.4f  %.2f it/s  ETA %s", self.step, total or "?", epoch,
-                             loss_avg, rate or 0.0, format_eta(eta))
-                preview_now = bool(tr.sample_every) and self.step % tr.sample_every == 0
-                validate_now = end_of_epoch and (epoch % self.validate_every_epochs == 0 or self.step == self.total)
-                if validate_now and main:
-                    val = self.validation_loss()
-                    if val is not None:
-                        self.events.emit("progress", phase="validate", step=self.step, total=self.planned_total,
-                                         epoch=epoch, val_loss=val)
-                if main and save_now:
-                    self.save()
-                if main and preview_now:
-                    self.preview()
-                if validate_now or save_now or preview_now:  # same steps on every rank
-                    wait_for_main(self.dist)
+            yield
         finally:
             if self.prefetch is not None:
                 self.prefetch.close()
             self.prefetch = None
             self.stop.restore()
-        elapsed = time.time() - t_start
-        return {"steps": self.step - step_start, "seconds": elapsed,
-                "it_per_s": (self.step - step_start) / max(elapsed, 1e-9)}
+
+    def _stop_or_change_length(self, progress: TrainingProgress) -> None:
+        """Before a step, what the ranks agree on: a stop (checkpoint, then Interrupted) or the budget's new length."""
+        stop, length = self._agree()
+        if length is not None:
+            self.change_length(length, progress)
+        if stop:
+            progress.flush()
+            if self.dist.is_main:
+                self.save()
+            raise Interrupted(f"Training stopped at step {self.step}; a checkpoint was written.",
+                              "Run the same command with --resume to continue.")
+
+    def _validate_save_preview(self, checkpoint_due: bool, progress: TrainingProgress) -> None:
+        """After a step: validation at the planned epoch ends, the checkpoint, a preview. Rank 0 does them; every
+        rank waits for it at the same steps."""
+        tr, epoch = self.training, self.step // self.per_epoch
+        preview = bool(tr.sample_every) and self.step % tr.sample_every == 0
+        validate = self.step % self.per_epoch == 0 and (epoch % self.validate_every_epochs == 0
+                                                        or self.step == self.total)
+        if self.dist.is_main:
+            if validate:
+                progress.validated(self.step, self.planned_total, self.validation_loss())
+            if checkpoint_due:
+                self.save()
+            if preview:
+                self.preview()
+        if validate or checkpoint_due or preview:
+            wait_for_main(self.dist)
 
 
 def _barrier(dist: Distributed) -> None:
@@ -500,41 +474,15 @@ def train_from_args(args, events) -> int:
 
 
 def _train(args, events, out: Path, dist: Distributed) -> int:
+    """One `train` job: take over --out, build the run's config (new or resumed), check it fits, train, say done."""
     if not dist.is_main:
         events.to_stdout = False  # one event stream per job: rank 0 speaks for all ranks (stdout and events.jsonl)
     elif out.is_dir():
-        remove_temp_files(out)  # half-written files of a run that was killed; we hold the folder's lock
-        RunFolder(out).stop_request.unlink(missing_ok=True)  # a request left by an earlier job is not for this one
+        clean_up_after_earlier_jobs(out)  # we hold the folder's lock
     stored = open_run_folder(out, args.resume)
     _barrier(dist)  # every rank has checked --out before rank 0 creates anything in it
-    with_labels = bool(getattr(args, "with_labels", False))
-    if getattr(args, "structures", None) and not with_labels:
-        raise InputError("--structures chooses the structures of a paired run.", "Add --with-labels, or drop it.")
-    budget_replaced = False  # --resume --steps/--epochs on a run whose time budget had not fixed its length
-    if stored is None:
-        if not args.data:
-            raise InputError("--data is required for a new run.", "Give a folder, files or a .txt list of files.")
-        sources = [str(Path(s).resolve()) for s in args.data]
-        config = build_config(args, sources)
-        if with_labels:
-            from CTDiffusionLib.training.paired import paired_config
-
-            config = paired_config(config, args.structures)
-    else:
-        if args.profile and args.profile != stored["profile"]:
-            raise InputError(f"--profile {args.profile} differs from the run's profile {stored['profile']}.",
-                             "Resume with the run's own profile.")
-        if with_labels and not stored.get("labels"):
-            raise InputError(f"--with-labels: the run in {out} was trained without label maps.",
-                             "Resume it without --with-labels, or start a new run with --with-labels.")
-        check_resume_arguments(stored, args)  # a different --batch-size, --grid, --data ... is refused, not ignored
-        config, budget_replaced = resumed_config(stored, args)
-    if dist.enabled and config["training"]["batch_size"] % dist.world_size:
-        raise InputError(f"--batch-size {config['training']['batch_size']} is the global batch and must divide "
-                         f"evenly over the {dist.world_size} processes.",
-                         f"Use a multiple of {dist.world_size} (each process trains on its share).")
-    device = resolve_device(args.device, dist.local_rank)
-    check_training_memory(config, device, dist.world_size)  # "needs N GB, this machine has M", nothing allocated
+    config, budget_replaced = _run_config(args, stored, out)
+    device = _training_device(args, config, dist)
     run = RunFolder(out)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -544,17 +492,7 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
 
         trainer, result = train_pair_models(args, config, out, device, events, dist, budget_replaced)
     else:
-        cases, vocab = load_cases(config)
-        if args.resume and dist.is_main:  # cases removed, added or replaced since the run started are said
-            for change in check_data_unchanged(out, cases, config, getattr(args, "accept_changed_data", False)):
-                log.warning("--accept-changed-data: the run continues with its data changed: %s", change)
-        # rank 0 fills the preprocessing cache first, the other ranks then read it (no write race); if rank 0 fails,
-        # every rank ends with its error instead of waiting at a barrier
-        data = run_on_main_then_share(dist, lambda: prepare_dataset(cases, config["profile"], config["data"],
-                                                                    run.cache, config["training"]["seed"],
-                                                                    intensity=config["intensity"]),
-                                      "Preprocessing the training data")
-        trainer, result = fit_stage(config, out, data, vocab, device, events, dist, args.resume, budget_replaced)
+        trainer, result = _train_one_model(args, config, out, device, events, dist, budget_replaced)
     events.emit("done", status="completed", step=trainer.step, total=trainer.total, run_dir=str(out),
                 bundle=str(run.model), **result)
     if dist.enabled:
@@ -564,23 +502,52 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
     return 0
 
 
-def resumed_config(stored: dict, args) -> tuple[dict, bool]:
-    """A stored config.json with what a resume may change (the length: --steps/--epochs, never --minutes);
-    returns it and whether a step count replaced an open time budget."""
-    config, budget_replaced = stored, False
-    training = config["training"]
-    open_budget = TrainingConfig.from_dict(training).budget_open
-    if getattr(args, "minutes", None) is not None:
-        raise InputError("--minutes cannot change the length of a resumed run.",
-                         f"Resume without --minutes to measure its {training['minutes']:g}-minute budget again, "
-                         "or give --steps N." if open_budget else
-                         f"Resume with --steps N instead (this run is set to {training['steps']} steps in its "
-                         "config.json).")
-    if args.steps or args.epochs:  # resuming may extend (or shorten) the run, nothing else
-        training["steps"], training["epochs"] = args.steps or training["steps"], args.epochs
-        if open_budget:  # a step count replaces the open budget; the decay starts where the run resumes
-            training["lr_decay_from"], budget_replaced = 0, True  # 0 until the resumed step is known
-    return config, budget_replaced
+def _run_config(args, stored: dict | None, out: Path) -> tuple[dict, bool]:
+    """A new run's config from the request, or the stored one with what a resume may change; and whether a step
+    count given on --resume replaces the run's time budget."""
+    with_labels = bool(getattr(args, "with_labels", False))
+    if getattr(args, "structures", None) and not with_labels:
+        raise InputError("--structures chooses the structures of a paired run.", "Add --with-labels, or drop it.")
+    if stored is not None:
+        check_same_kind_of_run(stored, args, out)
+        check_resume_arguments(stored, args)  # a different --batch-size, --grid, --data ... is refused, not ignored
+        return resumed_config(stored, args)
+    if not args.data:
+        raise InputError("--data is required for a new run.", "Give a folder, files or a .txt list of files.")
+    config = build_config(args, [str(Path(s).resolve()) for s in args.data])
+    if with_labels:
+        from CTDiffusionLib.training.paired import paired_config
+
+        config = paired_config(config, args.structures)
+    return config, False
+
+
+def _training_device(args, config: dict, dist: Distributed) -> torch.device:
+    """This rank's device, once the global batch divides over the ranks and the training fits its memory."""
+    if dist.enabled and config["training"]["batch_size"] % dist.world_size:
+        raise InputError(f"--batch-size {config['training']['batch_size']} is the global batch and must divide "
+                         f"evenly over the {dist.world_size} processes.",
+                         f"Use a multiple of {dist.world_size} (each process trains on its share).")
+    device = resolve_device(args.device, dist.local_rank)
+    check_training_memory(config, device, dist.world_size)  # "needs N GB, this machine has M", nothing allocated
+    return device
+
+
+def _train_one_model(args, config: dict, out: Path, device, events, dist: Distributed,
+                     budget_replaced: bool) -> tuple[Trainer, dict]:
+    """An unpaired run: its cases (a resumed run says which changed since it started), prepared once, trained."""
+    cases, vocab = load_cases(config)
+    if args.resume and dist.is_main:
+        for change in check_data_unchanged(out, cases, config, getattr(args, "accept_changed_data", False)):
+            log.warning("--accept-changed-data: the run continues with its data changed: %s", change)
+    cache = RunFolder(out).cache
+    # rank 0 fills the preprocessing cache first, the other ranks then read it (no write race); if rank 0 fails,
+    # every rank ends with its error instead of waiting at a barrier
+    data = run_on_main_then_share(dist, lambda: prepare_dataset(cases, config["profile"], config["data"], cache,
+                                                                config["training"]["seed"],
+                                                                intensity=config["intensity"]),
+                                  "Preprocessing the training data")
+    return fit_stage(config, out, data, vocab, device, events, dist, args.resume, budget_replaced)
 
 
 def fit_stage(config: dict, out: Path, data: PreparedData, vocab, device, events, dist: Distributed, resume: bool,
@@ -598,20 +565,7 @@ def fit_stage(config: dict, out: Path, data: PreparedData, vocab, device, events
     trainer = Trainer(config, out, data, vocab, device, events, dist)
     if stop_request is not None:
         trainer.stop = StopFlag(stop_request)
-    resumed_from = None
-    if resume:
-        latest = load_latest(run.checkpoints)
-        if latest:
-            resumed_from, state = latest
-            trainer.load_state_dict(state)
-        if budget_replaced:
-            trainer.start_decay_here()
-        if dist.is_main:  # a crash (kill -9, full disk) may have left events past the checkpoint and a bundle
-            trim_events_after(run.events, trainer.step)  # newer or older than it: continue cleanly
-            if trainer.step and not bundle_is_current(run.model, trainer.step):
-                save_bundle(run.model, trainer.ema.module.state_dict(), trainer.bundle_meta())
-            if resumed_from and not checkpoint_logged(run.events, trainer.step):
-                events.emit("checkpoint", path=str(resumed_from), step=trainer.step, bundle=str(run.model))
+    resumed_from = continue_from_checkpoint(trainer, run, events, budget_replaced) if resume else None
     config["training"]["total_steps"], config["training"]["steps_per_epoch"] = trainer.planned_total, trainer.per_epoch
     if dist.is_main:
         write_json(run.config, config)
@@ -621,13 +575,13 @@ def fit_stage(config: dict, out: Path, data: PreparedData, vocab, device, events
             "conditions": vocab.to_dict() if vocab else {}})
     parameters = count_parameters(trainer.model)
     events.emit("start", command="train", run_dir=str(out), profile=config["profile"], preset=config["preset"],
-                step=trainer.step, total=trainer.planned_total, minutes=trainer.training.minutes,
+                step=trainer.step, total=trainer.planned_total, minutes=trainer.length.minutes,
                 steps_per_epoch=trainer.per_epoch, device=str(device),
                 world_size=dist.world_size, parameters=parameters,
                 train_samples=len(trainer.train_idx), val_samples=len(trainer.val_idx),
                 resumed_from=str(resumed_from) if resumed_from else None, split=split_line, warnings=split_warnings)
     if dist.is_main:  # one voice under torchrun, as for events
-        length = (f"{trainer.training.minutes:g} minutes" if trainer.training.budget_open else
+        length = (f"{trainer.length.minutes:g} minutes" if trainer.length.open else
                   f"{trainer.total} steps")
         log.info("training %s/%s on %s: %s (%d steps per epoch), %d train / %d val samples, %.2fM parameters",
                  config["profile"], config["preset"], device, length, trainer.per_epoch, len(trainer.train_idx),
