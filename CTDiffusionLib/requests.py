@@ -183,7 +183,7 @@ class Request:
                 value = None  # an empty text box means "not set"
             object.__setattr__(self, f.name, value)
             _check(opt, f.name, value)
-            if opt.needs and value not in (None, False) and not getattr(self, opt.needs):
+            if opt.needs and value not in (None, False, f.default) and not getattr(self, opt.needs):
                 raise ValueError(f"{opt.flag(f.name)} needs {Option().flag(opt.needs)}")
         for group in dict.fromkeys(opt.group for _, opt in _options(type(self)) if opt.group):
             names = [f.name for f, opt in _options(type(self)) if opt.group == group]
@@ -320,6 +320,10 @@ class TrainRequest(EngineRequest):
     structures: str | None = option(None, "with --with-labels: the structures to learn, e.g. "
                                           "prostate,bladder,femur=femur_l+femur_r (default: every structure in the "
                                           "data)", needs="with_labels")
+    label_conditioning: str = option("concat", "with --with-labels: how the CT model reads its label map: concat (as "
+                                               "input channels) or controlnet (a ControlNet-style encoder branch; "
+                                               "docs/engine.md compares them)", choices=("concat", "controlnet"),
+                                     needs="with_labels")
     checkpoint_every: int | None = option(None, "steps between checkpoints", parse=positive)
     sample_every: int | None = option(None, "steps between preview samples (0: off)", parse=non_negative)
     seed: int | None = option(None, parse=seed_value)

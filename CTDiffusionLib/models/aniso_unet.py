@@ -201,14 +201,22 @@ class AnisotropicDiffusionUNet(SpeedSwitches, nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        temb = self.timestep_features(timesteps, self.channels[0], x.dtype)
-        temb = self.time_mlp(temb)
+        temb = self.embed_time(x, timesteps, class_labels)
+        skips, h = self.encode(self.conv_in(x), temb)
+        return self.decode(h, skips, temb)
+
+    def embed_time(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        temb = self.time_mlp(self.timestep_features(timesteps, self.channels[0], x.dtype))
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("this model was trained with conditions: class_labels are required")
             temb = temb + self.class_embedding(class_labels).to(dtype=temb.dtype)
+        return temb
 
-        h = self.conv_in(x)
+    def encode(self, h: torch.Tensor, temb: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The way down and the middle, from conv_in's output: (every skip, the middle's output). A ControlNet
+        branch (models/controlnet.py) runs a second encoder and adds its outputs to these."""
         skips = [h]
         for blocks in self.down:
             for block in blocks:
@@ -216,6 +224,9 @@ class AnisotropicDiffusionUNet(SpeedSwitches, nn.Module):
                 skips.append(h)
         for block in self.mid:
             h = self.run_block(block, h, temb)
+        return skips, h
+
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
         for blocks in self.up:
             for block in blocks:
                 if isinstance(block, Upsample):

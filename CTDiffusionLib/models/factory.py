@@ -15,6 +15,10 @@ def build_model(spec: dict, num_class_embeds: int | None = None) -> nn.Module:
         from CTDiffusionLib.models.aniso_unet import AnisotropicDiffusionUNet
 
         return AnisotropicDiffusionUNet(**kwargs)
+    if spec["type"] == "controlnet_unet":
+        from CTDiffusionLib.models.controlnet import ControlledUNet
+
+        return ControlledUNet(**kwargs)
     if spec["type"] == "thesis_unet":
         from CTDiffusionLib.models.thesis_unet import ThesisUNet
 

@@ -11,6 +11,9 @@ from CTDiffusionLib.errors import InputError
 _LEVEL_KEYS = {"thesis_unet": "block_out_channels", "report_unet": "dim_mults"}
 
 
+CONTROLNET_TYPE = "controlnet_unet"  # models/controlnet.py: the aniso UNet + a label-map branch (same kwargs + one)
+
+
 def network_levels(model_spec: dict) -> int:
     """How many resolution levels the network of a model.json "model" entry has."""
     return len(model_spec["kwargs"][_LEVEL_KEYS.get(model_spec["type"], "channels")])
@@ -18,7 +21,7 @@ def network_levels(model_spec: dict) -> int:
 
 def network_spatial_dims(model_spec: dict) -> int | None:
     """2 or 3: whether the network takes slices or volumes (MONAI's UNet says so in its kwargs)."""
-    fixed = {"aniso_unet": 3, "thesis_unet": 3, "report_unet": 2}
+    fixed = {"aniso_unet": 3, CONTROLNET_TYPE: 3, "thesis_unet": 3, "report_unet": 2}
     return fixed.get(model_spec.get("type"), model_spec["kwargs"].get("spatial_dims"))
 
 

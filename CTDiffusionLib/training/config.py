@@ -14,7 +14,7 @@ from pathlib import Path
 from CTDiffusionLib.data.augment import parse_augment
 from CTDiffusionLib.diffusion.schedulers import default_diffusion_config
 from CTDiffusionLib.errors import InputError
-from CTDiffusionLib.models.grid import check_grid
+from CTDiffusionLib.models.grid import CONTROLNET_TYPE, check_grid
 from CTDiffusionLib.presets import resolve_preset
 from CTDiffusionLib.profiles import get_profile
 from CTDiffusionLib.requests import TrainRequest
@@ -96,14 +96,25 @@ def build_config(request: TrainRequest, sources: list[str]) -> dict:
         "format": CONFIG_FORMAT,
         "profile": profile.name,
         "preset": preset_name,
+        "model": _network(preset, request),
         "data": {"sources": sources, "grid": grid, "mode": mode,
                  "val_fraction": VAL_FRACTION if request.val_fraction is None else request.val_fraction,
                  "augment": parse_augment(request.augment, preset["augment"]), "conditions": conditions},
         "intensity": profile.intensity_config(),
-        "model": preset["model"],
         "diffusion": _diffusion_config(request, preset),
         "training": training,
     }
+
+
+def _network(preset: dict, request: TrainRequest) -> dict:
+    """The preset's network; with --label-conditioning controlnet wrapped in a ControlNet branch (models/controlnet.py)
+    whose label channels training/paired.py adds with the structures."""
+    if request.label_conditioning != "controlnet":
+        return preset["model"]
+    if preset["model"]["type"] != "aniso_unet":
+        raise InputError(f"--label-conditioning controlnet needs a preset of CTDiffusion's own network; "
+                         f"{request.preset} uses {preset['model']['type']}.", "Use --preset demo, default or native512.")
+    return {"type": CONTROLNET_TYPE, "kwargs": {**preset["model"]["kwargs"], "control_channels": 0}}
 
 
 def _diffusion_config(request: TrainRequest, preset: dict) -> dict:

@@ -50,6 +50,8 @@ def paired_config(config: dict, structures_spec: str | None) -> dict:
     config["labels"] = ct_labels_entry(structures)
     kwargs = config["model"]["kwargs"]
     kwargs["in_channels"] = kwargs["out_channels"] + len(structures)  # noisy CT + its label map
+    if "control_channels" in kwargs:  # --label-conditioning controlnet: the branch reads the label channels
+        kwargs["control_channels"] = len(structures)
     if config["training"].get("minutes") is not None:
         config["training"]["minutes"] = config["training"]["minutes"] / 2.0  # the other half: the label model
     return config
