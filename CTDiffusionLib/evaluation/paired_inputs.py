@@ -103,6 +103,8 @@ def load_paired_inputs(real, generated, train, profile, run_config: dict | None)
         raise InputError(f"--profile {chosen.name} is a label-map profile, but {generated} holds CT + label pairs.",
                          "Leave --profile out (or give an intensity profile) for a paired run's output.")
     spacing = tuple(float(np.median([s.meta["extent_mm"][a] for s in gen_cts])) / grid[a] for a in range(3))
+    for sample in gen_cts:  # per_sample rows carry the sidecar's fields, as for unpaired output
+        sample.meta = {k: v for k, v in sample.meta.items() if k not in ("extent_mm", "spacing")}
     gen = GeneratedSet(gen_cts, chosen, "3d", spacing)
 
     sets = PairedSets(structures, {"generated": generated, "real": Path(real), "train": Path(train) if train else None})
