@@ -47,18 +47,20 @@ def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], in
     return parse
 
 
-def finite_number(minimum: float, *, above: bool = False, below: float | None = None) -> Callable[[str], float]:
+def finite_number(minimum: float, *, above: bool = False, below: float | None = None,
+                  what: str = "a number") -> Callable[[str], float]:
     """A finite number >= minimum (> minimum with `above`), and < `below` when given: NaN and inf are refused."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         low_ok = value > minimum if above else value >= minimum
         if not (math.isfinite(value) and low_ok and (below is None or value < below)):
             bounds = f"{'>' if above else '>='} {minimum:g}" + ("" if below is None else f" and < {below:g}")
-            raise argparse.ArgumentTypeError(f"expected a finite number {bounds}, got {text}")
+            finite = "a finite number" if what == "a number" else what
+            raise argparse.ArgumentTypeError(f"expected {finite} {bounds}, got {text}")
         return value
 
     return parse
@@ -67,7 +69,7 @@ def finite_number(minimum: float, *, above: bool = False, below: float | None = 
 positive = whole_number(1)
 non_negative = whole_number(0)
 seed_value = whole_number(0, MAX_SEED)  # what every random generator accepts
-minutes_value = finite_number(0, above=True)
+minutes_value = finite_number(0, above=True, what="a number of minutes")
 fraction = finite_number(0, below=1)  # a share in [0, 1)
 
 
