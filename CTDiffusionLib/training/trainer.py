@@ -36,6 +36,7 @@ from CTDiffusionLib.models.factory import build_model, count_parameters
 from CTDiffusionLib.memory import check_training_memory
 from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.output_folder import claim_output_folder
+from CTDiffusionLib.requests import TrainRequest
 from CTDiffusionLib.runfolder import RunFolder, write_json
 from CTDiffusionLib.runtime import (Distributed, autocast_dtype, init_distributed, resolve_device,
                                     run_on_main_then_share, wait_for_main)
@@ -463,7 +464,8 @@ def _barrier(dist: Distributed) -> None:
         tdist.barrier()
 
 
-def train_from_args(args, events) -> int:
+def train_from_args(args: TrainRequest, events) -> int:
+    """`ctdiffusion train`: the request (requests.TrainRequest, checked where it was made) into a run folder."""
     out = Path(args.out)
     dist = init_distributed(args.device)
     if not dist.is_main:
@@ -505,9 +507,6 @@ def _train(args, events, out: Path, dist: Distributed) -> int:
 def _run_config(args, stored: dict | None, out: Path) -> tuple[dict, bool]:
     """A new run's config from the request, or the stored one with what a resume may change; and whether a step
     count given on --resume replaces the run's time budget."""
-    with_labels = bool(getattr(args, "with_labels", False))
-    if getattr(args, "structures", None) and not with_labels:
-        raise InputError("--structures chooses the structures of a paired run.", "Add --with-labels, or drop it.")
     if stored is not None:
         check_same_kind_of_run(stored, args, out)
         check_resume_arguments(stored, args)  # a different --batch-size, --grid, --data ... is refused, not ignored
@@ -515,7 +514,7 @@ def _run_config(args, stored: dict | None, out: Path) -> tuple[dict, bool]:
     if not args.data:
         raise InputError("--data is required for a new run.", "Give a folder, files or a .txt list of files.")
     config = build_config(args, [str(Path(s).resolve()) for s in args.data])
-    if with_labels:
+    if args.with_labels:
         from CTDiffusionLib.training.paired import paired_config
 
         config = paired_config(config, args.structures)
@@ -538,7 +537,7 @@ def _train_one_model(args, config: dict, out: Path, device, events, dist: Distri
     """An unpaired run: its cases (a resumed run says which changed since it started), prepared once, trained."""
     cases, vocab = load_cases(config)
     if args.resume and dist.is_main:
-        for change in check_data_unchanged(out, cases, config, getattr(args, "accept_changed_data", False)):
+        for change in check_data_unchanged(out, cases, config, args.accept_changed_data):
             log.warning("--accept-changed-data: the run continues with its data changed: %s", change)
     cache = RunFolder(out).cache
     # rank 0 fills the preprocessing cache first, the other ranks then read it (no write race); if rank 0 fails,
