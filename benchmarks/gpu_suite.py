@@ -17,6 +17,12 @@ Measurements (at the presets' grids; --dry-run shrinks every network 8x in width
   thesis baseline (fp32, batch 1, plain attention) vs default fast path (bf16, channels-last, SDPA, compile):
   steps/s, samples/s, counted FLOPs per step (FlopCounterMode), achieved TFLOP/s and % of the bf16 dense peak;
   native512 training step and peak memory; seconds per generated volume (dpm++-25, batch 1) at 256 and 512.
+Quality rows (benchmarks/gpu_quality.py; `--only objectives,utility` runs just these, with their own time limit):
+  objectives  `default` preset at 256x256x26, the DDPM (v-prediction) and the rectified-flow objective trained for
+              the same --objective-minutes each, then DDPM + DPM-Solver++ 25, DDPM + DDPM 250, flow + Euler 25:
+              steps/s, s/volume, the quality report's fails / HU W1 / tissue gap / Frechet / MMD / nearest-train
+  utility     `ctdiffusion utility` on phantom pairs at 256x256x26, K = 2 seeds: wall time, arms, gain, verdict
+Parts: checks, speed, objectives, utility (and compile, resume, ddp inside them); --only and --skip take these.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ from CTDiffusionLib.diffusion.schedulers import default_diffusion_config, sample
 from CTDiffusionLib.models.factory import build_model, count_parameters  # noqa: E402
 from CTDiffusionLib.models.speed import apply_speed_settings  # noqa: E402
 from CTDiffusionLib.presets import PRESETS  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_quality  # noqa: E402
 
 # Dense bf16 tensor-core peak (no sparsity) from NVIDIA's data sheets, by device-name fragment.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
@@ -190,15 +199,18 @@ def check_grad_checkpoint(spec, grid, device):
     return {"max_grad_diff": worst}
 
 
-def _cli(args: list[str], env_extra: dict | None = None, torchrun: bool = False) -> subprocess.CompletedProcess:
+def _cli(args: list[str], env_extra: dict | None = None, torchrun: bool = False,
+         timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            **(env_extra or {})}
     prefix = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if torchrun
               else [sys.executable])
     done = subprocess.run([*prefix, "-m", "CTDiffusionLib", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:1])} exited {done.returncode}: {done.stderr[-1500:]}")
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
+        raise RuntimeError(f"{' '.join(args[:1])} exited {done.returncode}: {last.strip()} (stderr: "
+                           f"{done.stderr[-1500:]})")
     return done
 
 
@@ -217,12 +229,15 @@ def check_resume(work: Path, device_flag: str):
     from CTDiffusionLib.runfolder import RunFolder
 
     data = write_phantom_dataset("prostate-ct", 3, work / "ct", seed=2, size_xyz=(48, 48, 12))
+    # a fixed CPU thread count: the thread governor would follow the load, and a different count rounds differently
+    fixed = {"CTDIFFUSION_THREADS": "1"}
     _cli(["train", "--profile", "prostate-ct", "--preset", "tiny", "--data", str(data), "--out", str(work / "full"),
           "--steps", "4", "--checkpoint-every", "2", "--sample-every", "0", "--val-fraction", "0", "--seed", "3",
-          "--device", device_flag, "--batch-size", "2"])
+          "--device", device_flag, "--batch-size", "2"], fixed)
     shutil.copytree(work / "full", work / "split")
     RunFolder(work / "split").checkpoint(4).unlink()
-    _cli(["train", "--profile", "prostate-ct", "--out", str(work / "split"), "--resume", "--device", device_flag])
+    _cli(["train", "--profile", "prostate-ct", "--out", str(work / "split"), "--resume", "--device", device_flag],
+         fixed)
     a, b = _weights(work / "full"), _weights(work / "split")
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     if device_flag == "cpu" and diff != 0.0:
@@ -313,38 +328,40 @@ def bf16_peak(device: torch.device) -> dict:
     return {"tflops": None, "source": f"unknown device {name!r}"}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="JSON file to write")
-    ap.add_argument("--dry-run", action="store_true", help="tiny sizes, any device: proves the suite runs end to end")
-    ap.add_argument("--device", default=None, help="cuda (default when present) or cpu")
-    ap.add_argument("--skip", default="", help="comma list of checks/measurements to skip (e.g. compile,ddp)")
-    args = ap.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dry, skip = args.dry_run, {s.strip() for s in args.skip.split(",") if s.strip()}
-    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
-    started = time.perf_counter()
-    res = {"format": "ctdiffusion-gpu-suite/1", "dry_run": dry, "date": datetime.datetime.now(
-        datetime.timezone.utc).isoformat(timespec="seconds"), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "bf16_peak": bf16_peak(device),
-        "complete": False, "checks": {}, "measurements": {}}
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    checks, meas = res["checks"], res["measurements"]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+PARTS = ("checks", "speed", "objectives", "utility")
+SUB_CHECKS = ("compile", "resume", "ddp")  # inside checks (compile also in speed); --skip takes them too
 
-    def save() -> None:
-        res["wall_seconds"] = round(time.perf_counter() - started, 1)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(out)
 
-    SAVE[0] = save
-    work = Path(tempfile.mkdtemp(prefix="ctdiffusion-gpu-suite-"))
+def chosen_parts(only: str, skip: str) -> set[str]:
+    """The parts (and sub-checks) to run: --only's parts (default: all), less what --skip names."""
+    names = lambda text: {s.strip() for s in text.split(",") if s.strip()}  # noqa: E731
+    bad = (names(only) - set(PARTS)) | (names(skip) - {*PARTS, *SUB_CHECKS})
+    if bad:
+        raise SystemExit(f"gpu_suite: unknown part(s) {sorted(bad)}: --only takes {', '.join(PARTS)}; --skip "
+                         f"also {', '.join(SUB_CHECKS)}")
+    wanted = names(only) or set(PARTS)
+    if wanted & {"checks", "speed"}:
+        wanted |= set(SUB_CHECKS)
+    return wanted - names(skip)
+
+
+def _long_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return _cli(args, timeout=900)
+
+
+def run_objectives(quality: dict, work: Path, device_flag: str, dry: bool, minutes: float) -> None:
+    """Both objectives trained for the same budget, then every sampler row of gpu_quality.OBJECTIVE_ROWS."""
+    folder = work / "quality"
+    for objective in ("ddpm", "flow"):
+        check(quality, f"train[{objective}]", lambda o=objective: gpu_quality.train_objective(
+            _long_cli, folder, o, device_flag, dry, minutes))
+    for objective, name, steps in gpu_quality.OBJECTIVE_ROWS:
+        check(quality, f"{objective} {name}-{steps}", lambda o=objective, n=name, k=steps: gpu_quality.objective_row(
+            _long_cli, folder, o, n, k, device_flag, dry))
+
+
+def run_checks(checks: dict, parts: set, device, dry: bool, bf16_ok: bool, work: Path, device_flag: str) -> None:
     default_spec, default_grid = preset_model("default", dry)
-
     for name in CT_PRESETS:
         spec, grid = preset_model(name, dry)
         for dtype in ("fp32", "bf16"):
@@ -359,20 +376,24 @@ def main(argv=None) -> int:
         check(checks, f"channels_last[{name}]", lambda s=spec, g=grid: check_channels_last(s, g, device))
     for backend in (("flash", "efficient", "math") if device.type == "cuda" else ("flash", "math")):
         check(checks, f"attention[{backend}]", lambda b=backend: check_attention(b, device))
-    if "compile" not in skip:
+    if "compile" in parts:
         check(checks, "compile", lambda: check_compile(default_spec, default_grid, device))
     check(checks, "grad_checkpoint", lambda: check_grad_checkpoint(default_spec, default_grid, device))
-    if "resume" not in skip:
-        check(checks, "resume", lambda: check_resume(work / "resume", "cuda" if device.type == "cuda" else "cpu"))
-    if "ddp" not in skip:
+    if "resume" in parts:
+        check(checks, "resume", lambda: check_resume(work / "resume", device_flag))
+    if "ddp" in parts and "resume" in parts:  # it trains on the resume check's phantoms
         check(checks, "ddp", lambda: check_ddp(work / "resume"))
 
+
+def run_speed(res: dict, parts: set, device, dry: bool, bf16_ok: bool) -> None:
+    meas = res["measurements"]
+    default_spec, default_grid = preset_model("default", dry)
     amp = torch.bfloat16 if bf16_ok and device.type == "cuda" else None
     thesis_spec, thesis_grid = preset_model("thesis", dry)
     n512_spec, n512_grid = preset_model("native512", dry)
     steps = 3 if dry else 10
     fast = dict(batch=2, amp=amp, attention="auto", channels_last=device.type == "cuda",
-                compile_="compile" not in skip and device.type == "cuda", steps=steps)
+                compile_="compile" in parts and device.type == "cuda", steps=steps)
     check(meas, "thesis_baseline", lambda: measure_training(thesis_spec, thesis_grid, device, batch=1, amp=None,
                                                             attention="plain", channels_last=False, compile_=False,
                                                             steps=steps))
@@ -390,9 +411,55 @@ def main(argv=None) -> int:
             "default_over_thesis_samples_per_s": fastm["samples_per_s"] / base["samples_per_s"],
             "default_over_thesis_steps_per_s": fastm["steps_per_s"] / base["steps_per_s"],
             "default_fraction_of_bf16_peak": fastm["achieved_tflops"] / peak if peak else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes, any device: proves the suite runs end to end")
+    ap.add_argument("--device", default=None, help="cuda (default when present) or cpu")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: " + ", ".join(PARTS) +
+                    ", compile, resume, ddp")
+    ap.add_argument("--only", default="", help="comma list of parts to run (default: all)")
+    ap.add_argument("--objective-minutes", type=float, default=1.5,
+                    help="training budget of each objective in the objectives part (GPU)")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dry, parts = args.dry_run, chosen_parts(args.only, args.skip)
+    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
+    started = time.perf_counter()
+    res = {"format": "ctdiffusion-gpu-suite/1", "dry_run": dry, "date": datetime.datetime.now(
+        datetime.timezone.utc).isoformat(timespec="seconds"), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "bf16_peak": bf16_peak(device),
+        "complete": False, "parts": sorted(parts), "checks": {}, "measurements": {}, "quality": {}}
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    checks, meas, quality = res["checks"], res["measurements"], res["quality"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        res["wall_seconds"] = round(time.perf_counter() - started, 1)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=2))
+        tmp.replace(out)
+
+    SAVE[0] = save
+    work = Path(tempfile.mkdtemp(prefix="ctdiffusion-gpu-suite-"))
+
+    device_flag = "cuda" if device.type == "cuda" else "cpu"
+    if "checks" in parts:
+        run_checks(checks, parts, device, dry, bf16_ok, work, device_flag)
+    if "speed" in parts:
+        run_speed(res, parts, device, dry, bf16_ok)
+    if "objectives" in parts:
+        run_objectives(quality, work, device_flag, dry, args.objective_minutes)
+    if "utility" in parts:
+        check(quality, "utility", lambda: gpu_quality.utility_row(_long_cli, work / "quality", device_flag, dry))
     res["complete"] = True
     save()
-    failed = [k for group in (checks, meas) for k, v in group.items() if v.get("ok") is False]
+    failed = [k for group in (checks, meas, quality) for k, v in group.items() if v.get("ok") is False]
     log(f"wrote {args.out} in {res['wall_seconds']} s; failed: {', '.join(failed) or 'none'}")
     return 1 if failed else 0
 
