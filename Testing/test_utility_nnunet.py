@@ -74,6 +74,8 @@ assert a.configuration in plans["configurations"]
 folder = (Path(os.environ["nnUNet_results"]) / plans["dataset_name"] / ("%s__%s__%s" % (a.tr, a.p, a.configuration))
           / ("fold_" + a.fold))
 assert not folder.exists(), "a second training into the same results folder"
+if os.environ.get("FAKE_NNUNET_FAIL"):
+    sys.exit("RuntimeError: the fake trainer ran out of memory")
 if os.environ.get("FAKE_NNUNET_STOP"):  # the user presses Stop while nnU-Net trains
     (Path(os.environ["nnUNet_results"]).parents[2] / "stop-request").write_text("stop")
     import time
@@ -222,3 +224,18 @@ def test_a_stop_request_while_nnunet_trains_ends_it_and_leaves_nothing(fake_nnun
     commands = [Path(json.loads(line)["argv"][0]).name for line in fake_nnunet.read_text().splitlines()]
     assert commands[-1] == "nnUNetv2_train" and "nnUNetv2_predict" not in commands  # ended during the training
     assert not out.exists()  # a folder this run created goes again
+
+
+def test_a_failing_nnunet_command_is_named_with_its_output_kept(fake_nnunet, pair_sets, tmp_path, monkeypatch,
+                                                                capsys):
+    monkeypatch.setenv("FAKE_NNUNET_FAIL", "1")
+    out = tmp_path / "out"
+    assert _utility(pair_sets, out) == 1
+    err = capsys.readouterr().err
+    assert "nnUNetv2_train failed (exit code 1): RuntimeError: the fake trainer ran out of memory" in err
+    kept = Path(err.split("See its whole output in ")[1].split(".log")[0] + ".log")
+    try:
+        assert "nnUNetv2_train 1 3d_fullres all -tr nnUNetTrainer_1epoch" in kept.read_text()
+    finally:
+        kept.unlink()
+    assert not out.exists()  # the run's folder goes, the log it names stays

@@ -97,25 +97,26 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
         raise InputError(f"--ratio {ratio} is not a number above 0.", "Give the synthetic count as a multiple of the "
                          "real count, e.g. --ratio 1.")
     device = str(resolve_device(device))
-    found = _check_inputs(train, synthetic, test)
-    chosen = select_structures(found["--train"], structures)
-    real_s, grid = read_set(found["--train"], chosen)
-    synth_s, _ = read_set(found["--synthetic"], structures_for(found["--synthetic"], chosen, "--synthetic"), grid)
-    test_s, _ = read_set(found["--test"], structures_for(found["--test"], chosen, "--test"), grid)
-    names = [s.name for s in chosen]
-    if events is not None:
-        events.emit("progress", phase="utility", stage="near-copy check", step=0, total=None, eta_s=None)
-    copies = honesty.near_copies(*map(honesty.as_samples, (synth_s, real_s, test_s)), "prostate-ct", device, seed)
-    if copies["near_copies"]:
-        log.warning("utility: %d synthetic cases are near-copies of training cases", len(copies["near_copies"]))
-
-    by_arm = arm_cases(real_s, synth_s, ratio)
-    n_iter = int(iterations or default_iterations(len(real_s)))
-    recipe = make_recipe(real_s[0].image.shape, names, n_iter)
-    seed_list = [seed + k for k in range(int(seeds))]
     threads = torch.get_num_threads()
     governor = ThreadGovernor(torch.device(device))  # CPU threads from the cores other work leaves free
     try:
+        found = _check_inputs(train, synthetic, test)
+        chosen = select_structures(found["--train"], structures)
+        real_s, grid = read_set(found["--train"], chosen)
+        synth_s, _ = read_set(found["--synthetic"], structures_for(found["--synthetic"], chosen, "--synthetic"), grid)
+        test_s, _ = read_set(found["--test"], structures_for(found["--test"], chosen, "--test"), grid)
+        names = [s.name for s in chosen]
+        if events is not None:
+            events.emit("progress", phase="utility", stage="near-copy check", step=0, total=None, eta_s=None)
+        governor.tick()  # the near-copy check runs on torch too: on the cores other work leaves free
+        copies = honesty.near_copies(*map(honesty.as_samples, (synth_s, real_s, test_s)), "prostate-ct", device, seed)
+        if copies["near_copies"]:
+            log.warning("utility: %d synthetic cases are near-copies of training cases", len(copies["near_copies"]))
+
+        by_arm = arm_cases(real_s, synth_s, ratio)
+        n_iter = int(iterations or default_iterations(len(real_s)))
+        recipe = make_recipe(real_s[0].image.shape, names, n_iter)
+        seed_list = [seed + k for k in range(int(seeds))]
         if segmenter == "nnunet":  # progress counts trained models: nnU-Net reports no iterations to us
             from CTDiffusionLib.utility.nnunet import describe, run_nnunet_arms
 

@@ -28,6 +28,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -182,9 +183,14 @@ class NnUNet:
                     proc.kill()
                     proc.wait()
         if proc.returncode != 0:
-            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+            text = log_path.read_text(encoding="utf-8", errors="replace")
+            tail = text.strip().splitlines()[-1:] or [""]
+            # the failed run's folder goes away (output_folder): the log is kept where the user can read it
+            fd, kept = tempfile.mkstemp(prefix=f"ctdiffusion-nnunet-{log_name}-", suffix=".log")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f"$ {' '.join(command)}\n{text}")
             raise TrainingFailed(f"{command[0]} failed (exit code {proc.returncode}): {tail[0][:300]}",
-                                 f"See the whole log in {log_path}.")
+                                 f"See its whole output in {kept}.")
 
     def plan_and_preprocess(self, dataset_id: int) -> None:
         self.run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", CONFIGURATION, "-np", "1",
