@@ -3,7 +3,8 @@
 Oversubscribed threads wait on each other: measured on the 2-core development machine with the demo preset at
 48x48x12 and one competing busy process, 2 torch threads made 0.91 steps/s and 1 thread 1.79 (docs/performance.md,
 "Under load"). Users train beside Slicer's GUI, a test run or other jobs, so the count is chosen from the cores
-actually free, first FIRST_CHECK_S seconds after the start and then every RECHECK_S seconds while the run goes on.
+actually free: before the first step (the load during a START_SAMPLE_S pause), again FIRST_CHECK_S seconds later,
+and then every RECHECK_S seconds while the run goes on.
 A count the user fixed (CTDIFFUSION_THREADS, else OMP_NUM_THREADS) is applied and left alone.
 
 "Cores" are the CPUs in this process's affinity (taskset, a container's cpuset), capped by a cgroup CPU quota
@@ -25,7 +26,8 @@ import psutil
 import torch
 
 log = logging.getLogger("ctdiffusion")
-FIRST_CHECK_S = 2.0  # the first choice: long enough to see a competing job, short enough for a 10-s generation
+START_SAMPLE_S = 0.25  # the choice before the first step: under load a first demo step with 2 threads took 16 s
+FIRST_CHECK_S = 2.0  # a second look soon after: a job that started with this one, short enough for a 10-s generation
 RECHECK_S = 15.0  # seconds between later re-choices: long enough to average load, short enough to follow a new job
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
 
@@ -115,11 +117,12 @@ def busy_elsewhere(before: CpuReading, after: CpuReading, cpus: list[int], cores
 
 
 class ThreadGovernor:
-    """Sets torch's intra-op threads FIRST_CHECK_S seconds after it starts and then every RECHECK_S seconds; call
-    `tick()` often (each training report, each sampling step): it does nothing until a choice is due."""
+    """Sets torch's intra-op threads when created (from the load over a START_SAMPLE_S pause), FIRST_CHECK_S seconds
+    later and then every RECHECK_S seconds; call `tick()` often (each training report, each sampling step): it does
+    nothing until a choice is due. `reader` and `sleep` are the counters and the pause (tests inject both)."""
 
     def __init__(self, device: torch.device, recheck_s: float = RECHECK_S, first_check_s: float = FIRST_CHECK_S,
-                 reader=read_cpu):
+                 reader=read_cpu, sleep=time.sleep, start_sample_s: float = START_SAMPLE_S):
         fixed = fixed_by_user()
         self.enabled = device.type == "cpu" and fixed is None
         if device.type == "cpu" and fixed is not None and fixed != torch.get_num_threads():
@@ -129,8 +132,12 @@ class ThreadGovernor:
         self.cpus = allowed_cpus()
         self.cores = usable_cores(self.cpus)
         self.threads = torch.get_num_threads()
+        self._reading = None
+        if self.enabled:
+            self._reading = self.read()
+            sleep(start_sample_s)  # a short look at the CPUs before the first step (own time is subtracted)
+            self._choose()
         self._due = time.monotonic() + first_check_s
-        self._reading = self.read() if self.enabled else None
 
     def tick(self, now: float | None = None) -> int | None:
         """Re-choose when due; returns the new count when it changed, else None."""
@@ -140,6 +147,10 @@ class ThreadGovernor:
         if now < self._due:
             return None
         self._due = now + self.recheck_s
+        return self._choose()
+
+    def _choose(self) -> int | None:
+        """Threads for the load since the last reading; sets and returns the count when it changed, else None."""
         reading = self.read()
         busy = busy_elsewhere(self._reading, reading, self.cpus, self.cores)
         self._reading = reading

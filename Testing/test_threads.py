@@ -26,6 +26,13 @@ def unfixed(monkeypatch):
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def four_cpus(monkeypatch, unfixed):
+    """A process allowed on 4 CPUs without a quota."""
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(threads, "usable_cores", lambda cpus: len(cpus))
+
+
 def reading(at: float, busy: list[float], own: float, total_per_cpu: float | None = None) -> CpuReading:
     """Counters as if `busy[i]` seconds of CPU i were busy out of `at` seconds (or `total_per_cpu`)."""
     total = at if total_per_cpu is None else total_per_cpu
@@ -99,16 +106,27 @@ class FakeCounters:
         return reading(self.t, self.busy, self.own_s)
 
 
-def test_governor_adapts_while_the_run_goes_on(unfixed):
+def test_the_first_choice_comes_before_the_first_step(four_cpus):
     fake = FakeCounters()
-    gov = ThreadGovernor(torch.device("cpu"), recheck_s=15.0, first_check_s=2.0, reader=fake)
-    gov.cpus, gov.cores, gov.threads = [0, 1, 2, 3], 4, 4
+    fake.load, fake.own = 3.0, 0.0  # three busy processes while this one pauses
+    gov = ThreadGovernor(torch.device("cpu"), reader=fake, sleep=fake.advance)
+    assert gov.threads == 1 and torch.get_num_threads() == 1
+    assert fake.t == threads.START_SAMPLE_S  # one short pause, not a wait for the first re-check
+    fake.load = 0.0
+    gov = ThreadGovernor(torch.device("cpu"), reader=fake, sleep=fake.advance)
+    assert gov.threads == 4 and torch.get_num_threads() == 4
+
+
+def test_governor_adapts_while_the_run_goes_on(four_cpus):
+    fake = FakeCounters()
+    gov = ThreadGovernor(torch.device("cpu"), recheck_s=15.0, first_check_s=2.0, reader=fake, sleep=fake.advance)
+    assert gov.threads == 4  # idle at the start
     start = gov._due - 2.0
-    fake.load, fake.own = 2.2, 1.8  # a competing job from the start
+    fake.load, fake.own = 2.2, 1.8  # a competing job starts with the run
     fake.advance(1.0)
     assert gov.tick(start + 1.0) is None  # not due yet, and nothing read
     fake.advance(1.5)
-    assert gov.tick(start + 2.5) == 2 and torch.get_num_threads() == 2  # first choice after 2 s, not after 15
+    assert gov.tick(start + 2.5) == 2 and torch.get_num_threads() == 2  # a second look after 2 s, not after 15
     fake.own = 2.0
     fake.advance(10.0)
     assert gov.tick(start + 12.5) is None  # not due again before 15 s
@@ -122,11 +140,10 @@ def test_governor_adapts_while_the_run_goes_on(unfixed):
     assert gov.tick(start + 47.5) == 1 and torch.get_num_threads() == 1
 
 
-def test_governor_reads_the_load_between_its_own_choices(unfixed):
+def test_governor_reads_the_load_between_its_own_choices(four_cpus):
     """Each choice uses the counters since the previous choice, not since the start: an old load is forgotten."""
     fake = FakeCounters()
-    gov = ThreadGovernor(torch.device("cpu"), recheck_s=15.0, first_check_s=2.0, reader=fake)
-    gov.cpus, gov.cores, gov.threads = [0, 1, 2, 3], 4, 4
+    gov = ThreadGovernor(torch.device("cpu"), recheck_s=15.0, first_check_s=2.0, reader=fake, sleep=fake.advance)
     start = gov._due - 2.0
     fake.load = 2.0
     fake.advance(600.0)  # ten busy minutes before the first choice
