@@ -110,6 +110,11 @@ def test_threads_under_load_reads_the_governors_log_and_rates(caplog):
     events = [{"time": t, "step": s} for t, s in ((100.0, 1), (104.0, 3), (106.0, 10), (116.0, 30))]
     assert tul.rate(events, start=100.0)["per_s"] == 2.0  # 10 -> 30 steps in 10 s, after the first 5 s
     assert tul.rate(events[:2], start=100.0)["per_s"] == 0.5  # a short cell: every event
+    assert tul.rate(events[:1], start=100.0)["per_s"] is None
+    slow = {"train": {"steps_per_s": None, "last_step": 1}}
+    assert tul.train_speed(slow, 50.0) == "– (1 step in 50 s)"  # too slow for a rate: what it did
+    assert tul.sample_speed({"sample": {"seconds_per_volume": None, "volume_steps_done": 4}}, 45.0) == \
+        "– (4 volume-steps in 45 s)"
 
 
 def tul_reading(at: float, other_busy_s: float):

@@ -118,6 +118,7 @@ def sample_cell(work: Path, model: Path, mode: str, seconds: float, num: int) ->
     steps = sampler.get("steps") or (progress[-1]["total"] // num if progress else None)
     r = rate(progress, start)
     return {"exit_code": code, "sampler": sampler.get("sampler"), "steps": steps, "volumes_done": len(sidecars),
+            "volume_steps_done": progress[-1]["step"] if progress else 0,
             "volume_steps_per_s": r["per_s"], "window_s": r["seconds"],
             "seconds_per_volume": steps / r["per_s"] if r["per_s"] and steps else None,
             "governor": governor_changes((work / "generate.log").read_text(encoding="utf-8", errors="replace"))}
@@ -130,16 +131,34 @@ def threads_text(mode: str, cell: dict) -> str:
     return "torch's default" + "".join(f" -> {c['to']} ({c['clock']})" for c in changes)
 
 
-def markdown(cells: list[dict]) -> str:
-    fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+def train_speed(cell: dict, seconds: float) -> str:
+    """Steps/s; for a cell too slow for a rate, the steps it made in its `seconds`, start-up included."""
+    t = cell["train"]
+    if t["steps_per_s"] is not None:
+        return f"{t['steps_per_s']:.2f}"
+    steps = t["last_step"]
+    return f"– ({steps} step{'s' * (steps != 1)} in {seconds:.0f} s)"
+
+
+def sample_speed(cell: dict, seconds: float) -> str:
+    """Seconds per volume; for a cell too slow for a rate, the volume-steps it made in its `seconds`."""
+    s = cell.get("sample")
+    if not s:
+        return "–"
+    if s["seconds_per_volume"] is not None:
+        return f"{s['seconds_per_volume']:.2f}"
+    return f"– ({s.get('volume_steps_done', '?')} volume-steps in {seconds:.0f} s)"
+
+
+def markdown(cells: list[dict], train_seconds: float, sample_seconds: float) -> str:
     lines = ["| competing busy processes | torch threads | load 1/5/15 min before | train steps/s | "
              "threads during training | sample s/volume | threads during sampling |",
              "|---|---|---|---|---|---|---|"]
     for c in cells:
         t, s, ld = c["train"], c.get("sample") or {}, c["load_before"]
         lines.append(f"| {c['competitors']} | {c['mode']} | {ld['load_1min']:.2f} / {ld['load_5min']:.2f} / "
-                     f"{ld['load_15min']:.2f} | {fmt(t['steps_per_s'])} | {threads_text(c['mode'], t)} | "
-                     f"{fmt(s.get('seconds_per_volume'))} | {threads_text(c['mode'], s) if s else '–'} |")
+                     f"{ld['load_15min']:.2f} | {train_speed(c, train_seconds)} | {threads_text(c['mode'], t)} | "
+                     f"{sample_speed(c, sample_seconds)} | {threads_text(c['mode'], s) if s else '–'} |")
     return "\n".join(lines)
 
 
@@ -188,10 +207,10 @@ def main(argv=None) -> int:
             for proc in busy:
                 proc.kill()
                 proc.wait()
-    table = markdown(result["cells"])
+    table = markdown(result["cells"], a.train_seconds, a.sample_seconds)
     (out / "threads_under_load.md").write_text(table + "\n", encoding="utf-8")
     print(table)
-    return 0 if all(c["train"]["steps_per_s"] for c in result["cells"]) else 1
+    return 0 if all(c["train"]["last_step"] for c in result["cells"]) else 1  # every cell trained
 
 
 if __name__ == "__main__":
