@@ -50,7 +50,8 @@ def described_parameters(dim, mults, channels, init_dim):
     total += 2 * convnext_parameters(widths[-1], widths[-1], t) + attention_parameters(widths[-1])  # middle
     for k in reversed(range(len(widths))):  # up: concat skip, 2 ConvNeXt, linear attention, 2x2 transposed conv
         c = ins[k]
-        total += convnext_parameters(2 * widths[k], c, t) + convnext_parameters(c, c, t) + linear_attention_parameters(c)
+        total += convnext_parameters(2 * widths[k], c, t) + convnext_parameters(c, c, t)
+        total += linear_attention_parameters(c)
         total += (4 * c * c + c) if k > 0 else 0
     return total + convnext_parameters(init_dim, dim, None) + (dim * channels + channels)  # final block, 1x1 out
 
@@ -85,8 +86,8 @@ def test_structure_matches_the_description(dim):
     assert isinstance(model.mid["attention"], SelfAttention)
     assert [level["block2"].net[-1].out_channels for level in model.down] == [dim, 2 * dim, 4 * dim]
     down = [level["resample"] for level in model.down]
-    assert all(isinstance(m, nn.MaxPool2d) and m.kernel_size == 2 for m in down[:2]) and isinstance(down[2],
-                                                                                                   nn.Identity)
+    assert all(isinstance(m, nn.MaxPool2d) and m.kernel_size == 2 for m in down[:2])
+    assert isinstance(down[2], nn.Identity)
     up = [level["resample"] for level in model.up]
     assert all(isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (2, 2) and m.stride == (2, 2) for m in up[:2])
     assert isinstance(up[2], nn.Identity)
