@@ -9,11 +9,11 @@ For each number of competitors it starts that many busy processes (`while True: 
 level, so they compete on equal terms), waits 3 s, and then for each mode records the 1-minute load average and
 runs, through the CLI as users do:
   train     `ctdiffusion train --preset demo --objective flow --amp on --batch-size 2` on 16 phantoms at 48x48x12
-            (the CPU demo's settings), stopped with SIGTERM after --train-seconds; steps/s from its events.jsonl
-            over the steps after the first 5 s (start-up and the first steps excluded);
+            (the CPU demo's settings), stopped with SIGTERM --train-seconds after its first progress event (its
+            start-up took over 50 s under load); steps/s from its events.jsonl, the first 5 s after that excluded;
   sample    `ctdiffusion generate --num 4` (the model's default sampler, Euler 25 for the flow bundle the first
-            training cell leaves) on the model of the first training cell, stopped after --sample-seconds if not
-            done; volume-steps/s from its progress events, shown as seconds per volume.
+            training cell leaves) on the model of the first training cell, stopped --sample-seconds after its
+            first progress event if not done; volume-steps/s from its progress events, shown as s/volume.
 Modes: fixed2 / fixed1 set OMP_NUM_THREADS (the governor then leaves the count alone); governor sets nothing. The
 governor's changes ("CPU threads: a -> b" in the log) are recorded per cell. Writes DIR/threads_under_load.json
 and DIR/threads_under_load.md. Do not run it under `nice`: the measured jobs must compete like a user's would.
@@ -33,7 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"fixed2": {"OMP_NUM_THREADS": "2"}, "fixed1": {"OMP_NUM_THREADS": "1"}, "governor": {}}
-WARMUP_S = 5.0  # progress events in the first seconds of a cell (start-up, first steps) are left out of the rate
+WARMUP_S = 5.0  # progress events in the first seconds after the first one (first steps) are left out of the rate
+STARTUP_LIMIT_S = 300.0  # a command that shows no progress by then is stopped
 GOVERNOR_LINE = re.compile(r"(\d\d:\d\d:\d\d) INFO CPU threads: (\d+) -> (\d+) \((.*)\)")
 
 
@@ -68,11 +69,23 @@ def governor_changes(stderr: str) -> list[dict]:
     return [{"clock": m[1], "from": int(m[2]), "to": int(m[3]), "why": m[4]} for m in GOVERNOR_LINE.finditer(stderr)]
 
 
-def run_for(cmd: list[str], env: dict, seconds: float, log: Path, stdout: Path | None = None) -> tuple[float, int]:
-    """Run `cmd` for at most `seconds`, then SIGTERM it (the CLI's clean stop) and wait; (start time, exit code)."""
-    start = time.time()
+def first_progress(events: Path, proc: subprocess.Popen, limit: float) -> float:
+    """Wait (at most `limit` seconds) until `events` holds a progress event; the time it was seen."""
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        if events.exists() and '"event":"progress"' in events.read_text(encoding="utf-8", errors="replace"):
+            break
+        time.sleep(0.5)
+    return time.time()
+
+
+def run_for(cmd: list[str], env: dict, seconds: float, log: Path, events: Path,
+            stdout: Path | None = None) -> tuple[float, int]:
+    """Run `cmd` until `seconds` after its first progress event (start-up under load took over 50 s), then SIGTERM
+    it (the CLI's clean stop) and wait; (time of the first progress event, exit code)."""
     with log.open("w") as err, (stdout.open("w") if stdout else open(os.devnull, "w")) as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, cwd=ROOT)
+        start = first_progress(events, proc, STARTUP_LIMIT_S)
         try:
             proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
@@ -100,7 +113,7 @@ def train_cell(work: Path, data: Path, mode: str, seconds: float) -> dict:
     start, code = run_for(cli(["train", "--profile", "prostate-ct", "--data", data, "--out", run, "--preset", "demo",
                                "--objective", "flow", "--amp", "on", "--batch-size", "2", "--steps", 100000,
                                "--sample-every", 0, "--checkpoint-every", 100000, "--device", "cpu", "--seed", 0]),
-                          child_env(mode), seconds, work / "train.log")
+                          child_env(mode), seconds, work / "train.log", run / "events.jsonl")
     progress = [e for e in jsonl(run / "events.jsonl") if e.get("event") == "progress" and e.get("phase") == "train"]
     return {"exit_code": code, "run": str(run), **{f"steps_{k}": v for k, v in rate(progress, start).items()},
             "last_step": progress[-1]["step"] if progress else 0,
@@ -110,7 +123,8 @@ def train_cell(work: Path, data: Path, mode: str, seconds: float) -> dict:
 def sample_cell(work: Path, model: Path, mode: str, seconds: float, num: int) -> dict:
     start, code = run_for(cli(["generate", "--model", model, "--num", num, "--out", work / "generated",
                                "--device", "cpu", "--seed", 0, "--events"]),
-                          child_env(mode), seconds, work / "generate.log", stdout=work / "generate.jsonl")
+                          child_env(mode), seconds, work / "generate.log", work / "generate.jsonl",
+                          stdout=work / "generate.jsonl")
     events = jsonl(work / "generate.jsonl")
     progress = [e for e in events if e.get("event") == "progress" and e.get("phase") == "sampling"]
     sidecars = sorted((work / "generated").glob("*.json"))
@@ -132,7 +146,7 @@ def threads_text(mode: str, cell: dict) -> str:
 
 
 def train_speed(cell: dict, seconds: float) -> str:
-    """Steps/s; for a cell too slow for a rate, the steps it made in its `seconds`, start-up included."""
+    """Steps/s; for a cell too slow for a rate, the steps it had made `seconds` after its first progress event."""
     t = cell["train"]
     if t["steps_per_s"] is not None:
         return f"{t['steps_per_s']:.2f}"
@@ -141,7 +155,8 @@ def train_speed(cell: dict, seconds: float) -> str:
 
 
 def sample_speed(cell: dict, seconds: float) -> str:
-    """Seconds per volume; for a cell too slow for a rate, the volume-steps it made in its `seconds`."""
+    """Seconds per volume; for a cell too slow for a rate, the volume-steps it had made `seconds` after its first
+    progress event."""
     s = cell.get("sample")
     if not s:
         return "–"
