@@ -98,7 +98,9 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
                          "real count, e.g. --ratio 1.")
     device = str(resolve_device(device))
     threads = torch.get_num_threads()
-    governor = ThreadGovernor(torch.device(device))  # CPU threads from the cores other work leaves free
+    # CPU threads from the cores other work leaves free, chosen first right before the near-copy check (its window:
+    # reading the inputs): under load, two threads on one free core spent most of the check spinning (measured)
+    governor = ThreadGovernor(torch.device(device), first_check_s=0.0)
     try:
         found = _check_inputs(train, synthetic, test)
         chosen = select_structures(found["--train"], structures)
@@ -108,7 +110,7 @@ def run_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: float = 1
         names = [s.name for s in chosen]
         if events is not None:
             events.emit("progress", phase="utility", stage="near-copy check", step=0, total=None, eta_s=None)
-        governor.tick()  # the near-copy check runs on torch too: on the cores other work leaves free
+        governor.tick()
         copies = honesty.near_copies(*map(honesty.as_samples, (synth_s, real_s, test_s)), "prostate-ct", device, seed)
         if copies["near_copies"]:
             log.warning("utility: %d synthetic cases are near-copies of training cases", len(copies["near_copies"]))
