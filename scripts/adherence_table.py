@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from CTDiffusionLib.evaluation.structure_table import hu_cell  # noqa: E402
 from CTDiffusionLib.evaluation.structures import structure_hu  # noqa: E402
 from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, set_dice  # noqa: E402
+from CTDiffusionLib.utility.volumes import discover  # noqa: E402
 
 
 def _number(value) -> str:
@@ -32,15 +33,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", required=True)
     p.add_argument("--heldout", required=True)
-    p.add_argument("--generated", action="append", required=True, help="NAME=FOLDER")
+    p.add_argument("--generated", action="append", required=True, help="NAME=FOLDER (NAME without '=')")
     p.add_argument("--structures", default=None)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    generated = [spec.split("=", 1) for spec in a.generated]
+    for name, folder in generated:  # every folder checked before the segmenter trains
+        discover(folder, f"--generated {name}")
     seg = fit_segmenter(a.train, structures=a.structures)
     reference = reference_dice(seg, a.heldout)
     table = {"reference": reference, "generated": {}}
-    for spec in a.generated:
-        name, folder = spec.split("=", 1)
+    for name, folder in generated:
         table["generated"][name] = set_dice(seg, folder, f"--generated {name}")["per_structure"]
     names = list(table["generated"])
     print("| structure | real-vs-real reference [95% interval] | " + " | ".join(names) + " |")
@@ -50,8 +53,7 @@ def main(argv=None) -> int:
         cells = [_number(table["generated"][n].get(structure, {}).get("dice")) for n in names]
         print(f"| {structure} | {_number(ref['dice'])} [{_number(lo)}, {_number(hi)}] | " + " | ".join(cells) + " |")
     hu = {"real": structure_hu(a.heldout, seg.structures)}
-    hu.update({n: structure_hu(folder, seg.structures) for n, folder in
-               (spec.split("=", 1) for spec in a.generated)})
+    hu.update({n: structure_hu(folder, seg.structures) for n, folder in generated})
     table["hu"] = hu
 
     print("\n| structure | " + " | ".join(hu) + " |")
