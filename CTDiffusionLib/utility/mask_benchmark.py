@@ -109,24 +109,25 @@ def run_mask_utility(train, synthetic, test, out, *, seeds: int = 3, ratio: floa
 
     t_start = time.time()
     device = str(resolve_device(device))
+    threads = torch.get_num_threads()
+    governor = ThreadGovernor(torch.device(device), first_check_s=0.0)  # first choice before the near-copy check
     gen, train_s, test_s = _load(train, synthetic, test)
     synth_s = gen.samples
     groups = {id(s): _group(s, flag) for flag, items in (("--train", train_s), ("--synthetic", synth_s),
                                                           ("--test", test_s)) for s in items}
     if events is not None:
         events.emit("progress", phase="utility", stage="near-copy check", step=0, total=None, eta_s=None)
+    governor.tick()
     copies = honesty.near_copies(synth_s, train_s, test_s, "cardiac-masks", device, seed)
     by_arm = arm_cases(train_s, synth_s, ratio)
     recipe = pathology.ClassifierRecipe(iterations=int(iterations or pathology.default_iterations(len(train_s))))
     seed_list = [seed + k for k in range(int(seeds))]
-    progress = Progress(events, len(seed_list) * len(by_arm) * recipe.iterations, stop,
-                        ThreadGovernor(torch.device(device)))
+    progress = Progress(events, len(seed_list) * len(by_arm) * recipe.iterations, stop, governor)
     test_arrays, test_groups = [s.array for s in test_s], [groups[id(s)] for s in test_s]
     subjects = [s.meta.get("subject", s.name) for s in test_s]
     correct = {arm: np.zeros((len(seed_list), len(test_s))) for arm in ARMS}
     asked = [groups[id(s)] for s in synth_s]
     read_as = []  # per seed: what the real arm's classifier reads in each generated mask
-    threads = torch.get_num_threads()
     try:
         for i, s in enumerate(seed_list):
             for arm, items in by_arm.items():
