@@ -42,7 +42,7 @@ def utility_from_args(args, events) -> int:
     from CTDiffusionLib.utility.mask_benchmark import is_generated_masks, run_mask_utility
 
     out = Path(args.out)
-    segmenter = getattr(args, "segmenter", "monai")  # a field of the typed request (requests.UtilityRequest)
+    segmenter = args.segmenter  # "monai" (default) or "nnunet" (requests.UtilityRequest)
     masks = is_generated_masks(args.synthetic)
     if masks and segmenter != "monai":
         raise InputError(f"--segmenter {segmenter} segments CT + label pairs; --synthetic {args.synthetic} holds "
