@@ -79,6 +79,7 @@ def _report(sets, generated: Path, adherence: bool):
 
 def test_a_copied_training_label_map_is_flagged_and_fresh_ones_are_not(sets):
     section, summary, rows = _report(sets, sets["generated"], adherence=False)
+    assert section["adherence"]["status"] == "not_checked"  # switched off: no segmenter trained
     memo = section["label_memorisation"]
     assert memo["status"] == "flagged"
     assert sorted(memo["flagged"]) == ["copy", "mirrored_copy"]
