@@ -376,6 +376,8 @@ class EvaluateRequest(EngineRequest):
                                                "self-trained one")
     utility: str | None = option(None, "the --out folder (or utility.json) of `ctdiffusion utility`: shown as a "
                                        "section of the report")
+    no_adherence: bool = option(False, "paired output: skip the per-structure Dice of the generated CT against its "
+                                       "label map (it trains the benchmark's segmenter on --train)", switch=True)
     seed: int = option(0, parse=seed_value)
 
 

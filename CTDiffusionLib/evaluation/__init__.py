@@ -78,7 +78,7 @@ def _evaluate_into(args, events, out: Path, device: str) -> int:
                              run_dir=getattr(args, "run", None), feature_weights=getattr(args, "feature_weights", None),
                              device=device, seed=args.seed, events=events,
                              # paired output: train the segmenter on --train for the per-structure Dice
-                             adherence=not getattr(args, "no_adherence", False),
+                             adherence=not args.no_adherence,
                              # quick looks and tests: fewer feature-network steps (default 200)
                              feature_steps=int(os.environ.get("CTDIFFUSION_EVAL_FEATURE_STEPS") or 0) or None)
     if utility is not None:  # the downstream benchmark as a section of report.html
