@@ -98,23 +98,24 @@ def paired_demo_stages(out, device: str = "cpu", steps: int | None = None,
         "generate (new pairs)": GenerateRequest(model=str(out / "run"), num=spec["new_pairs"],
                                                 out=str(out / "new_pairs"), device=device, sampler=sampler,
                                                 steps=sampling_steps),
+        "evaluate (CT for the held-out label maps)": EvaluateRequest(
+            real=heldout_set.out, train=train_set.out, generated=str(out / "generated"), out=str(out / "report"),
+            run=str(out / "run"), device=device),
     }
     return [(name, request.argv()) for name, request in stages.items()]
 
 
 def paired_demo_summary(out, device: str, seconds: float) -> str:
-    """Where the paired demo's results are, and the HU per structure of generated vs held-out real CT (also
-    written to OUT/structure_hu.json)."""
-    import json
-
-    from CTDiffusionLib.data.paired_dataset import as_structures
-    from CTDiffusionLib.evaluation.structures import compare_structure_hu, format_table
+    """Where the paired demo's results are, and its report's per-structure table: the HU under each structure and
+    the adherence Dice, generated vs held-out real (evaluation/structure_table.py)."""
+    from CTDiffusionLib.evaluation.structure_table import structure_rows
+    from CTDiffusionLib.runfolder import ReportFolder, read_json
 
     out = Path(out).resolve()
-    config = read_config(out / "run")
-    comparison = compare_structure_hu(out / "data" / "heldout", out / "generated",
-                                      as_structures(config["labels"]["structures"]))
-    (out / "structure_hu.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")
+    report = ReportFolder(out / "report")
+    rows = structure_rows(read_json(report.metrics, "the paired demo's report"))
+    table = "\n".join(f"  {r['structure']:<18} {r['hu_generated']:>20} {r['hu_real']:>20} {r['dice_generated']:>22} "
+                      f"{r['dice_real']:>22}" for r in rows)
     steps = [read_config(folder)["training"]["steps"] for folder in (out / "run", out / "run" / "labels")]
     return f"""
 CTDiffusion paired demo finished in {seconds:.0f} s ({steps[0]} CT-model and {steps[1]} label-model steps on {device}).
@@ -122,9 +123,10 @@ CTDiffusion paired demo finished in {seconds:.0f} s ({steps[0]} CT-model and {st
   run folder                {out / 'run'}   (CT model in model/, label model in labels/model/)
   CT for held-out labels    {out / 'generated'}   (nnU-Net raw layout)
   new pairs                 {out / 'new_pairs'}   (nnU-Net raw layout)
-  HU per structure          {out / 'structure_hu.json'}
+  report                    {report.report}
 
-{format_table(comparison)}
+  {'structure':<18} {'HU generated':>20} {'HU real':>20} {'Dice generated':>22} {'Dice real-vs-real':>22}
+{table}
 """
 
 

@@ -252,3 +252,31 @@ def test_structure_hu_pools_each_structure_in_real_and_generated_folders(paired_
     assert table["bone"]["real"]["voxels"] == int(np.isin(real, bone_values).sum()) > 0
     assert table["bladder"]["real"]["voxels"] == int(np.count_nonzero(real == names["bladder"]))
     assert table["bone"]["real"]["q1"] <= table["bone"]["real"]["median"] <= table["bone"]["real"]["q3"]
+
+
+def test_paired_demo_ends_with_its_reports_structure_table(tmp_path):
+    """The paired demo evaluates the CT it made for the held-out label maps; its summary shows that report's HU and
+    adherence per structure (the rows report.html shows) and where the report is."""
+    from CTDiffusionLib.cli import build_parser
+    from CTDiffusionLib.demo import paired_demo_stages, paired_demo_summary
+    from CTDiffusionLib.runfolder import RUN_FORMAT, write_json
+
+    evaluate = build_parser().parse_args(dict(paired_demo_stages(tmp_path / "plan"))[
+        "evaluate (CT for the held-out label maps)"])
+    assert (Path(evaluate.generated).name, Path(evaluate.train).name, Path(evaluate.out).name) == (
+        "generated", "train", "report")
+    out = tmp_path / "demo"
+    for folder, steps in ((out / "run", 480), (out / "run" / "labels", 470)):
+        folder.mkdir(parents=True)
+        write_json(folder / "config.json", {"format": RUN_FORMAT, "training": {"steps": steps}})
+    hu = {"median": 40.0, "q1": 20.0, "q3": 60.0, "iqr": 40.0, "voxels": 9}
+    (out / "report").mkdir()
+    write_json(out / "report" / "metrics.json", {"structures": {
+        "structures": [{"name": "bladder", "value": 1}],
+        "hu": {"per_structure": {"bladder": {"real": hu, "generated": {**hu, "median": 12.0}, "verdict": "ok"}}},
+        "adherence": {"per_structure": {"bladder": {"generated": 0.61, "generated_ci95": [0.5, 0.7],
+                                                    "reference": 0.65, "reference_ci95": [0.56, 0.74]}}}}})
+    text = paired_demo_summary(out, "cpu", 600)
+    assert "480 CT-model and 470 label-model steps" in text and str(out / "report" / "report.html") in text
+    line = next(l for l in text.splitlines() if l.strip().startswith("bladder"))
+    assert "12 [20, 60]" in line and "40 [20, 60]" in line and "0.61" in line and "0.65" in line
