@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,10 @@ folder = (Path(os.environ["nnUNet_results"]) / plans["dataset_name"] / ("%s__%s_
 assert not folder.exists(), "a second training into the same results folder"
 if os.environ.get("FAKE_NNUNET_FAIL"):
     sys.exit("RuntimeError: the fake trainer ran out of memory")
-if os.environ.get("FAKE_NNUNET_STOP"):  # the user presses Stop while nnU-Net trains
+if os.environ.get("FAKE_NNUNET_STOP"):  # the user presses Stop while nnU-Net trains (with a worker process)
+    import subprocess
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    Path(os.environ["FAKE_NNUNET_STOP"]).write_text(str(worker.pid))
     (Path(os.environ["nnUNet_results"]).parents[2] / "stop-request").write_text("stop")
     import time
     time.sleep(120)
@@ -218,12 +222,27 @@ def test_the_three_arms_run_through_nnunet_and_are_scored_like_the_monai_ones(fa
 
 def test_a_stop_request_while_nnunet_trains_ends_it_and_leaves_nothing(fake_nnunet, pair_sets, tmp_path,
                                                                        monkeypatch):
-    monkeypatch.setenv("FAKE_NNUNET_STOP", "1")  # the fake trainer asks to stop, then would train for 2 minutes
+    import psutil
+
+    worker_pid = tmp_path / "worker.pid"  # the fake trainer starts a worker, asks to stop, would train 2 minutes
+    monkeypatch.setenv("FAKE_NNUNET_STOP", str(worker_pid))
     out = tmp_path / "out"
     assert _utility(pair_sets, out) == 130
     commands = [Path(json.loads(line)["argv"][0]).name for line in fake_nnunet.read_text().splitlines()]
     assert commands[-1] == "nnUNetv2_train" and "nnUNetv2_predict" not in commands  # ended during the training
     assert not out.exists()  # a folder this run created goes again
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    pid = int(worker_pid.read_text())
+    deadline = time.monotonic() + 30  # the worker got SIGTERM with its trainer; give the system time to reap it
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(pid), "nnU-Net's worker process outlived the stopped benchmark"
 
 
 def test_a_failing_nnunet_command_is_named_with_its_output_kept(fake_nnunet, pair_sets, tmp_path, monkeypatch,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -169,18 +170,20 @@ class NnUNet:
         env["nnUNet_results"] = str(results or self.work / "results" / "unused")
         log_path = self.work / "logs" / f"{log_name}.log"
         with open(log_path, "w", encoding="utf-8") as log_file:
-            proc = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            # its own process group: nnU-Net starts worker processes, and a stop must end them too
+            proc = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                    start_new_session=os.name == "posix")
             try:
                 while proc.poll() is None:
                     if self.stop is not None and self.stop.requested:
-                        proc.terminate()
+                        _end(proc, signal.SIGTERM)
                         proc.wait(timeout=60)
                         self.stop.check("The utility benchmark was stopped; no utility.json was written.",
                                         "Run it again to measure.")
                     time.sleep(POLL_S)
             finally:
                 if proc.poll() is None:
-                    proc.kill()
+                    _end(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
                     proc.wait()
         if proc.returncode != 0:
             text = log_path.read_text(encoding="utf-8", errors="replace")
@@ -204,6 +207,17 @@ class NnUNet:
         self.run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c",
                   CONFIGURATION, "-f", FOLD, "-tr", trainer, "-p", PLANS, "-device", self.device, "-npp", "1",
                   "-nps", "1"], f"predict_{dataset_id:03d}_seed_{seed}", self.results(seed))
+
+
+def _end(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a command and the workers it started (its process group on POSIX; the process elsewhere)."""
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.terminate()
+    except ProcessLookupError:  # it ended meanwhile
+        pass
 
 
 def dataset_name(dataset_id: int, arm: str) -> str:
