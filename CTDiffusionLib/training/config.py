@@ -51,6 +51,7 @@ class TrainingConfig:
     attention: str = "auto"  # models/attention.py: auto (fused SDPA) | flash | efficient | math | plain
     minutes: float | None = None  # --minutes: a wall-clock budget (training/budget.py) instead of a step count
     lr_decay_from: int | None = None  # step where the cosine decay starts (None: at the end of warm-up)
+    loss: str = "mse"  # diffusion/loss.py LOSSES: mse, or smooth_l1 (the mask report's recipe, preset report2d)
 
     @property
     def budget_open(self) -> bool:

@@ -144,7 +144,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
         self.lr_schedule = warmup_flat_cosine(self.optimizer, lambda: self.length.plan)
         self.noise_schedule = training_scheduler(config["diffusion"])
-        self.loss = check_loss(config["training"].get("loss", "mse"))  # diffusion/loss.py LOSSES; older runs: mse
+        self.loss = check_loss(tr.loss)
         self.amp_dtype = autocast_dtype(device, tr.amp)
         self.step = 0
         self.forward = self.model
