@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from CTDiffusionLib.events import read_events  # noqa: E402 (standard library only)
 MODES = {"fixed2": {"OMP_NUM_THREADS": "2"}, "fixed1": {"OMP_NUM_THREADS": "1"}, "governor": {}}
 WARMUP_S = 5.0  # progress events in the first seconds after the first one (first steps) are left out of the rate
 STARTUP_LIMIT_S = 300.0  # a command that shows no progress by then is stopped
@@ -98,23 +100,13 @@ def run_for(cmd: list[str], env: dict, seconds: float, log: Path, events: Path,
     return start, proc.returncode
 
 
-def jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by the stop
-            pass
-    return rows
-
-
 def train_cell(work: Path, data: Path, mode: str, seconds: float) -> dict:
     run = work / "run"
     start, code = run_for(cli(["train", "--profile", "prostate-ct", "--data", data, "--out", run, "--preset", "demo",
                                "--objective", "flow", "--amp", "on", "--batch-size", "2", "--steps", 100000,
                                "--sample-every", 0, "--checkpoint-every", 100000, "--device", "cpu", "--seed", 0]),
                           child_env(mode), seconds, work / "train.log", run / "events.jsonl")
-    progress = [e for e in jsonl(run / "events.jsonl") if e.get("event") == "progress" and e.get("phase") == "train"]
+    progress = [e for e in read_events(run / "events.jsonl") if e["event"] == "progress" and e.get("phase") == "train"]
     return {"exit_code": code, "run": str(run), **{f"steps_{k}": v for k, v in rate(progress, start).items()},
             "last_step": progress[-1]["step"] if progress else 0,
             "governor": governor_changes((work / "train.log").read_text(encoding="utf-8", errors="replace"))}
@@ -125,8 +117,8 @@ def sample_cell(work: Path, model: Path, mode: str, seconds: float, num: int) ->
                                "--device", "cpu", "--seed", 0, "--events"]),
                           child_env(mode), seconds, work / "generate.log", work / "generate.jsonl",
                           stdout=work / "generate.jsonl")
-    events = jsonl(work / "generate.jsonl")
-    progress = [e for e in events if e.get("event") == "progress" and e.get("phase") == "sampling"]
+    progress = [e for e in read_events(work / "generate.jsonl") if e["event"] == "progress"
+                and e.get("phase") == "sampling"]
     sidecars = sorted((work / "generated").glob("*.json"))
     sampler = json.loads(sidecars[0].read_text(encoding="utf-8")) if sidecars else {}
     steps = sampler.get("steps") or (progress[-1]["total"] // num if progress else None)
