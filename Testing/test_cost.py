@@ -17,6 +17,8 @@ def test_long_cpu_runs_get_a_notice_with_the_alternatives():
     assert "--preset demo" in hint and "--minutes" in hint
     assert long_run_notice(102.0, 20000, "cuda", None, "default") is None  # GPUs are what it is sized for
     assert long_run_notice(0.1, 20000, "cpu", None, "demo") is None  # 33 minutes: nothing to say
+    message, hint = long_run_notice(30.0, 4000, "cpu", None, "demo")  # the CPU preset on a busy machine
+    assert "33 h" in message and "--preset demo" not in hint and "--minutes" in hint and "busy" in hint
 
 
 def test_a_grid_far_finer_than_the_data_is_named():

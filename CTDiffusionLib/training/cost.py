@@ -14,6 +14,10 @@ LONG_RUN_S = 2 * 3600.0  # a CPU run longer than this gets a notice with the alt
 COARSE_FACTOR = 2.0  # a grid with this many times the data's voxels per axis (in-plane) upsamples
 
 
+#: Presets whose network is sized for a CPU: a long run of one of them is a slow or busy machine, not a wrong preset.
+CPU_PRESETS = ("tiny", "tiny2d", "demo")
+
+
 def long_run_notice(seconds_per_step: float, total_steps: int, device_type: str, memory_bytes: int | None,
                     preset: str) -> tuple[str, str] | None:
     """(message, hint) when a CPU run's measured steps say it will take longer than LONG_RUN_S, else None."""
@@ -21,10 +25,13 @@ def long_run_notice(seconds_per_step: float, total_steps: int, device_type: str,
     if device_type != "cpu" or eta < LONG_RUN_S:
         return None
     memory = f" and this process uses {memory_bytes / 2**30:.1f} GB" if memory_bytes else ""
-    return (f"On this CPU a training step of the {preset!r} preset takes {seconds_per_step:.1f} s: {total_steps} steps "
-            f"would take {format_eta(eta)}{memory}.",
-            "This preset is sized for a GPU. On a CPU use --preset demo (a small network that trains in minutes), "
-            "give --minutes N to train to a time budget, or run on a GPU (--device cuda).")
+    message = (f"On this CPU a training step of the {preset!r} preset takes {seconds_per_step:.1f} s: {total_steps} "
+               f"steps would take {format_eta(eta)}{memory}.")
+    if preset in CPU_PRESETS:  # already the small network: the machine is slow or busy
+        return message, ("The machine may be busy with other work. Give --minutes N to train to a time budget, "
+                         "fewer --steps, or run on a GPU (--device cuda).")
+    return message, ("This preset is sized for a GPU. On a CPU use --preset demo (a small network that trains in "
+                     "minutes), give --minutes N to train to a time budget, or run on a GPU (--device cuda).")
 
 
 def coarse_data_notice(data_sizes_xy: list[tuple[int, int]], grid: list[int]) -> tuple[str, str] | None:

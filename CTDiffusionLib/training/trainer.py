@@ -306,6 +306,8 @@ class Trainer:
         """Once, from the first measured speed: a notice when this CPU run will take hours (training/cost.py)."""
         if self.cost_said or not rate or self.length.open or not self.dist.is_main:
             return
+        if self.length.minutes is not None:  # the user chose how long it takes
+            return
         self.cost_said = True
         notice = long_run_notice(1.0 / rate, self.total - self.step, self.device.type,
                                  psutil.Process().memory_info().rss, self.config.get("preset", "?"))
