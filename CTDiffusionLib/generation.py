@@ -21,7 +21,7 @@ from CTDiffusionLib.models.speed import apply_speed_settings
 from CTDiffusionLib.output_folder import check_output_folder, claim_output_folder
 from CTDiffusionLib import stopping
 from CTDiffusionLib.profiles import get_profile
-from CTDiffusionLib.runfolder import write_json
+from CTDiffusionLib.runfolder import EVENTS, write_json
 from CTDiffusionLib.samplers import DEFAULT_GUIDANCE, network_evaluations  # noqa: F401 (DEFAULT_GUIDANCE: re-exported)
 from CTDiffusionLib.threads import ThreadGovernor
 
@@ -174,7 +174,7 @@ def _generate_into(args, events, out: Path, model, meta: dict, condition, device
     if is_paired_ct(meta):  # a paired run: CT + label pairs in the nnU-Net layout
         return paired_generation.generate_paired_from_args(args, events, out, model, meta, device)
     sampler_name = args.sampler or default_sampler(meta["diffusion"])
-    events.set_log_path(out / "events.jsonl")
+    events.set_log_path(out / EVENTS)
     events.emit("start", command="generate", model=meta["_folder"], num=args.num, sampler=sampler_name,
                 steps=args.steps or DEFAULT_SAMPLER_STEPS[sampler_name], out=str(out), device=str(device))
     t0 = time.time()

@@ -34,7 +34,7 @@ from CTDiffusionLib.diffusion.schedulers import bundle_scheduler, default_sample
 from CTDiffusionLib import stopping
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.label_sets import generates_label_maps, is_paired_ct
-from CTDiffusionLib.runfolder import write_json
+from CTDiffusionLib.runfolder import EVENTS, BundleFolder, write_json
 from CTDiffusionLib.samplers import PAIRED_CT_GUIDANCE, default_steps, network_evaluations
 
 log = logging.getLogger("ctdiffusion")
@@ -67,7 +67,7 @@ def check_request(args, meta: dict) -> None:
 def label_bundle_of(meta: dict) -> Path:
     """The label model bundle beside a paired CT bundle (recorded relative to it)."""
     folder = (Path(meta["_folder"]) / meta["labels"].get("label_bundle", "../labels/model")).resolve()
-    if not (folder / "model.json").is_file():
+    if not BundleFolder(folder).meta.is_file():
         raise InputError(f"The paired model {meta['_folder']} has no label model at {folder}.",
                          "Copy the run's labels/model folder with it, or generate with --from-labels.")
     return folder
@@ -250,7 +250,7 @@ def generate_paired_from_args(args, events, out: Path, model, meta: dict, device
             raise InputError(f"{label_meta['_folder']} is not a label model.", "Re-copy the run's labels/model.")
         inputs = [(f"synthetic_{i:04d}", None, None) for i in range(1, args.num + 1)]
     total = len(inputs)
-    events.set_log_path(out / "events.jsonl")
+    events.set_log_path(out / EVENTS)
     events.emit("start", command="generate", model=meta["_folder"], num=total, sampler=sampler_name, steps=steps,
                 out=str(out), device=str(device), mode="from-labels" if args.from_labels else "pairs")
     t0 = time.time()

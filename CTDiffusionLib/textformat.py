@@ -1,4 +1,5 @@
-"""Values people type and read: sizes like 96x96x26 and durations like '4 min 10 s'. Standard library only."""
+"""Values people type and read: sizes like 96x96x26, durations like '4 min 10 s', and the numbers in every table (one
+mark for a missing value). Standard library only."""
 
 from __future__ import annotations
 
@@ -38,10 +39,20 @@ def format_eta(seconds: float | None) -> str:
     return f"{s} s"
 
 
+NO_VALUE = "\u2013"  # the one mark every table (report, web viewer, Slicer, scripts) shows for a missing value
+
+
+def fixed(value, places: int, signed: bool = False) -> str:
+    """A table cell with `places` decimals (a leading sign with `signed`); NO_VALUE unless `value` is a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return NO_VALUE
+    return f"{value:+.{places}f}" if signed else f"{value:.{places}f}"
+
+
 def format_number(value, digits: int = 3) -> str:
-    """A table cell: '-' for a missing value, floats to `digits` significant digits, anything else as text."""
+    """A table cell: NO_VALUE for a missing value, floats to `digits` significant digits, anything else as text."""
     if value is None:
-        return "-"
+        return NO_VALUE
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)

@@ -21,12 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from CTDiffusionLib.evaluation.structure_table import hu_cell  # noqa: E402
 from CTDiffusionLib.evaluation.structures import structure_hu  # noqa: E402
+from CTDiffusionLib.textformat import fixed  # noqa: E402
 from CTDiffusionLib.utility.adherence import fit_segmenter, reference_dice, set_dice  # noqa: E402
 from CTDiffusionLib.utility.volumes import discover  # noqa: E402
 
 
-def _number(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None) -> int:
@@ -50,8 +49,9 @@ def main(argv=None) -> int:
     print("|---|---|" + "---|" * len(names))
     for structure, ref in reference.items():
         lo, hi = ref["dice_ci95"] or (None, None)
-        cells = [_number(table["generated"][n].get(structure, {}).get("dice")) for n in names]
-        print(f"| {structure} | {_number(ref['dice'])} [{_number(lo)}, {_number(hi)}] | " + " | ".join(cells) + " |")
+        cells = [fixed(table["generated"][n].get(structure, {}).get("dice"), 2) for n in names]
+        reference_cell = f"{fixed(ref['dice'], 2)} [{fixed(lo, 2)}, {fixed(hi, 2)}]"
+        print(f"| {structure} | {reference_cell} | " + " | ".join(cells) + " |")
     hu = {"real": structure_hu(a.heldout, seg.structures)}
     hu.update({n: structure_hu(folder, seg.structures) for n, folder in generated})
     table["hu"] = hu

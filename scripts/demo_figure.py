@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from CTDiffusionLib.data.volume_io import image_to_array, read_image  # noqa: E402
+from CTDiffusionLib.textformat import format_number  # noqa: E402
 
 SOFT = (-160, 240)
 LEVELS = (0.15, 0.4, 0.65, 0.9)
@@ -96,7 +97,7 @@ def compare(demo: Path, noise_report: Path) -> None:
     gen = json.loads((demo / "report" / "metrics.json").read_text(encoding="utf-8")).get("summary", {})
     noise = json.loads((noise_report / "metrics.json").read_text(encoding="utf-8")).get("summary", {})
     print("| metric | generated | pure noise | real-vs-real floor |\n|---|---|---|---|")
-    fmt = lambda v: "–" if not isinstance(v, (int, float)) else f"{v:.3g}"  # noqa: E731
+    fmt = format_number
     for name, entry in gen.items():
         if isinstance(entry, dict):
             other = noise.get(name, {}) if isinstance(noise.get(name), dict) else {}

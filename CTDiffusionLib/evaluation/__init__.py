@@ -60,9 +60,10 @@ def _evaluate_into(args, events, out: Path, device: str) -> int:
     import os
     import sys
 
-    from CTDiffusionLib.runfolder import OutputExists
+    from CTDiffusionLib.runfolder import OutputExists, ReportFolder
 
-    earlier = [name for name in ("metrics.json", "report.html", "figures") if (out / name).exists()]
+    report = ReportFolder(out)
+    earlier = report.written()
     if earlier:
         raise OutputExists(f"--out {out} already holds a quality report ({', '.join(earlier)}).",
                            "Choose a new --out folder; CTDiffusion does not replace an earlier report.")
@@ -71,7 +72,7 @@ def _evaluate_into(args, events, out: Path, device: str) -> int:
         from CTDiffusionLib.utility.report_section import add_to_report, read_utility
 
         utility = read_utility(args.utility)
-    events.set_log_path(out / "events.jsonl")
+    events.set_log_path(report.events)
     events.emit("start", command="evaluate", real=str(args.real), generated=str(args.generated),
                 train=args.train, out=str(out), device=device)
     metrics = run_evaluation(args.real, args.generated, out, train=args.train, profile=args.profile,
@@ -84,9 +85,9 @@ def _evaluate_into(args, events, out: Path, device: str) -> int:
     if utility is not None:  # the downstream benchmark as a section of report.html
         add_to_report(metrics, *utility, out)
     gate = metrics["memorisation"]["gate"]
-    print(f"evaluation written to {out / 'report.html'}\n{metrics['verdict_line']}\n{gate}", file=sys.stderr)
+    print(f"evaluation written to {report.report}\n{metrics['verdict_line']}\n{gate}", file=sys.stderr)
     # exit 0 whatever the verdicts: a failing metric is a finding, not an error (scripts read metrics.json)
-    events.emit("done", report=str(out / "report.html"), metrics=str(out / "metrics.json"),
+    events.emit("done", report=str(report.report), metrics=str(report.metrics),
                 memorisation=metrics["memorisation"]["status"], flagged=metrics["memorisation"]["flagged"],
                 verdict=metrics["verdict"], failing=[k for k, v in metrics["verdicts"].items() if v == "fail"])
     return 0

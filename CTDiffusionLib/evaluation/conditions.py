@@ -8,6 +8,7 @@ condition these numbers are indicative; set-level distances need at least two sa
 from __future__ import annotations
 
 import numpy as np
+from CTDiffusionLib.evaluation.finite import mean_of_finite
 
 
 def _key(cond: dict) -> str:
@@ -18,9 +19,6 @@ def _matches(case_cond, cond: dict) -> bool:
     return bool(case_cond) and all(str(case_cond.get(k)) == str(v) for k, v in cond.items())
 
 
-def _mean(values):
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    return float(np.mean(v)) if v else None
 
 
 def per_condition(gen_samples, real_samples, S, F, per_sample, *, profile, similarity, prep, bandwidth,
@@ -40,17 +38,17 @@ def per_condition(gen_samples, real_samples, S, F, per_sample, *, profile, simil
             from CTDiffusionLib.evaluation.ct_realism import histogram_w1
 
             for prop in ("noise_hf_share", "tissue_contrast_hu"):
-                row[f"{prop}_generated"] = _mean([S["gen"][i]["props"][prop] for i in gi])
-                row[f"{prop}_real"] = _mean([S["real"][j]["props"][prop] for j in ri])
+                row[f"{prop}_generated"] = mean_of_finite([S["gen"][i]["props"][prop] for i in gi])
+                row[f"{prop}_real"] = mean_of_finite([S["real"][j]["props"][prop] for j in ri])
             if ri:
                 row["hu_histogram_w1"] = histogram_w1(sum(S["gen"][i]["hist"] for i in gi),
                                                       sum(S["real"][j]["hist"] for j in ri))
         else:
-            row["pass_rate_generated"] = _mean([float(S["gen"][i]["plausible"]) for i in gi])
-            row["pass_rate_real"] = _mean([float(S["real"][j]["plausible"]) for j in ri])
+            row["pass_rate_generated"] = mean_of_finite([float(S["gen"][i]["plausible"]) for i in gi])
+            row["pass_rate_real"] = mean_of_finite([float(S["real"][j]["plausible"]) for j in ri])
             for st in ("LV", "RV", "MYO"):
-                row[f"{st.lower()}_volume_generated"] = _mean([S["gen"][i]["volumes"][st] for i in gi])
-                row[f"{st.lower()}_volume_real"] = _mean([S["real"][j]["volumes"][st] for j in ri])
+                row[f"{st.lower()}_volume_generated"] = mean_of_finite([S["gen"][i]["volumes"][st] for i in gi])
+                row[f"{st.lower()}_volume_real"] = mean_of_finite([S["real"][j]["volumes"][st] for j in ri])
         for name, idx, key_ in (("generated", gi, "gen"), ("real", ri, "real")):
             if len(idx) >= 2:
                 pairs = [(a, b) for n, a in enumerate(idx) for b in idx[n + 1:]][:200]

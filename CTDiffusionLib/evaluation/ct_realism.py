@@ -8,6 +8,7 @@ the pipeline judges every set metric against real-vs-real floors (floors.py).
 from __future__ import annotations
 
 import numpy as np
+from CTDiffusionLib.evaluation.finite import finite_values, mean_of_finite
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
@@ -175,9 +176,6 @@ def sample_stats(vol: np.ndarray) -> dict:
             "spectrum": power, "found": found}
 
 
-def _mean(values) -> float | None:
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    return float(np.mean(v)) if v else None
 
 
 def set_metrics(gen_stats: list, real_stats: list, distance, value) -> dict:
@@ -191,7 +189,7 @@ def set_metrics(gen_stats: list, real_stats: list, distance, value) -> dict:
                                               "real"}}
     for prop, text in SET_PROPERTIES.items():
         def mean(items, p=prop):
-            return _mean([s["props"][p] for s in items])
+            return mean_of_finite([s["props"][p] for s in items])
 
         def gap(a, b, mean=mean):
             ma, mb = mean(a), mean(b)
@@ -210,7 +208,7 @@ def sample_row(stats: dict) -> dict:
 def set_summary(stats_by_set: dict) -> dict:
     """metrics.json extras: mean/std/n of every per-volume property per set."""
     def summ(values):
-        v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+        v = finite_values(values)
         return {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None,
                 "n": int(v.size)}
 

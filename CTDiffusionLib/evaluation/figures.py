@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from CTDiffusionLib.runfolder import RunFolder
+
 SET_COLORS = {"generated": "#d95f02", "real": "#1b9e77", "train": "#7570b3"}
 DPI = 80
+
 
 
 def _plt():
@@ -164,7 +167,7 @@ def metric_bars(out, summary: dict) -> str | None:
 def loss_curves(out, run_dir) -> str | None:
     from CTDiffusionLib.events import read_events
 
-    path = Path(run_dir) / "events.jsonl"
+    path = RunFolder(run_dir).events
     if not path.exists():
         return None
     train, val = [], []

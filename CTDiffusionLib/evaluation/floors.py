@@ -21,10 +21,10 @@ same number of random subsamples at the split's sizes, so both sides are always 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+from CTDiffusionLib.evaluation.finite import finite_or_none
 
 DRAWS = 1000  # random splits of the real pool (enough for the ~0.2% tails of the family-wise interval)
 FAMILY_ALPHA = 0.05
@@ -59,11 +59,6 @@ def make_split(n_generated: int, n_real: int, n_pool: int, seed: int, draws: int
     return Split(n_gen, n_ref, null, gen_draws)
 
 
-def _finite(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def interval(values, alpha: float = FAMILY_ALPHA, sided: str = "two-sided") -> tuple | None:
@@ -80,7 +75,7 @@ def interval(values, alpha: float = FAMILY_ALPHA, sided: str = "two-sided") -> t
 
 def verdict(value, bounds, sided: str) -> str:
     """'ok' or 'fail'. sided: 'upper' (fail above), 'lower' (fail below), 'two-sided'."""
-    value = _finite(value)
+    value = finite_or_none(value)
     if value is None:
         return "fail"
     if bounds is None:
@@ -101,14 +96,14 @@ def draw(stat, split: Split, null: list | None = None) -> tuple:
     if null is None:
         null = [stat.null(a, b) for a, b in split.null]
     gen_vals = [stat.generated(g, r) for g, r in split.gen_draws]
-    g = float(np.median(gen_vals)) if all(_finite(v) is not None for v in gen_vals) else None
+    g = float(np.median(gen_vals)) if all(finite_or_none(v) is not None for v in gen_vals) else None
     return g, null
 
 
 def judgement(generated, null, sided: str, **extra) -> dict:
     """A metric awaiting its verdict: the value, the sidedness and the raw null draws ('_null'); finalise()
     turns the draws into the floor, the intervals and the verdict once the number of metrics is known."""
-    return {"generated": _finite(generated), "sided": sided, "_null": list(null), **extra}
+    return {"generated": finite_or_none(generated), "sided": sided, "_null": list(null), **extra}
 
 
 def judged(stat, split: Split, sided: str, **extra) -> dict:
@@ -122,10 +117,10 @@ def finalise(summary: dict, alpha: float = FAMILY_ALPHA) -> dict:
     for k in pending:
         e = summary[k]
         null = e.pop("_null")
-        finite = [v for v in null if _finite(v) is not None]
+        finite = [v for v in null if finite_or_none(v) is not None]
         bounds = interval(finite, per_metric, e["sided"])
         plain = interval(finite, 0.05, "two-sided")
-        e.update(real_floor=_finite(np.median(finite)) if finite else None,
+        e.update(real_floor=finite_or_none(np.median(finite)) if finite else None,
                  interval=list(bounds) if bounds else None, interval_95=list(plain) if plain else None,
                  interval_level=1 - per_metric, n_draws=len(finite),
                  verdict=verdict(e["generated"], bounds, e["sided"]))
@@ -155,7 +150,7 @@ class ValueStat:
         self.real_value = fn(real_items)
 
     def _diff(self, a, b):
-        if _finite(a) is None or _finite(b) is None or _finite(self.real_value) is None:
+        if finite_or_none(a) is None or finite_or_none(b) is None or finite_or_none(self.real_value) is None:
             return None
         return self.real_value + (a - b)
 

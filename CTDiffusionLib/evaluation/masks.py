@@ -11,6 +11,7 @@ apex or base (LV above background) is normal anatomy with 5-10 mm slices.
 from __future__ import annotations
 
 import numpy as np
+from CTDiffusionLib.evaluation.finite import mean_of_finite
 from scipy import ndimage
 
 RV, MYO, LV = 1, 2, 3
@@ -106,9 +107,6 @@ def sample_stats(labels: np.ndarray) -> dict:
             "found": bool((labels > 0).any())}
 
 
-def _mean(values) -> float | None:
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    return float(np.mean(v)) if v else None
 
 
 def set_metrics(gen_stats: list, real_stats: list, distance, value) -> dict:
@@ -136,7 +134,7 @@ def set_metrics(gen_stats: list, real_stats: list, distance, value) -> dict:
         out[f"{struct.lower()}_volume_w1"] = {
             **distance(w1), "better": "lower",
             "description": f"Wasserstein-1 distance between {struct} volume distributions (voxels on the common grid)",
-            "generated_value": _mean(volumes(gen_stats)), "real_value": _mean(volumes(real_stats))}
+            "generated_value": mean_of_finite(volumes(gen_stats)), "real_value": mean_of_finite(volumes(real_stats))}
     return out
 
 

@@ -11,7 +11,6 @@ so a caller evaluating several generated sets can pass `reference_cache={}` to d
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib import stopping
 from CTDiffusionLib.evaluation import floors
+from CTDiffusionLib.evaluation.finite import finite_or_none, finite_values, mean_of_finite
+from CTDiffusionLib.runfolder import ReportFolder, RunFolder
 
 STAGES = ("load", "realism", "diversity", "novelty", "structures", "features", "figures", "report")
 FEATURE_SEEDS = 3  # self-trained feature networks per report; Fréchet/MMD are reported over all of them
@@ -48,25 +49,19 @@ class _Progress:
         self.done += 1
 
 
-def _finite(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _stats(values) -> dict:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    return {"mean": _finite(v.mean()) if v.size else None, "std": _finite(v.std()) if v.size else None, "n": int(v.size)}
+    v = finite_values(values)
+    if not v.size:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": finite_or_none(v.mean()), "std": finite_or_none(v.std()), "n": int(v.size)}
 
 
 def _entry(judgement: dict, better: str, description: str, **extra) -> dict:
     return {**judgement, "better": better, "description": description, **extra}
 
 
-def _mean_finite(values) -> float | None:
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    return float(np.mean(v)) if v else None
 
 
 # ------------------------------------------------------------------------------------------- inputs & reference
@@ -384,7 +379,7 @@ def _run_config(run_dir) -> dict | None:
     if not run_dir:
         return None
     try:
-        return json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        return json.loads(RunFolder(run_dir).config.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -398,7 +393,7 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     run_config = _run_config(run_dir)
     gen, real_s, train_s, warnings, paired = _load_inputs(real, generated, train, profile, run_config)
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    ReportFolder(out).figures.mkdir(parents=True, exist_ok=True)
     measures = gen.profile.evaluation_module()
     sim = similarity_for(gen.profile, gen.samples[0].array.shape)
     key = (str(Path(real).resolve()), str(Path(train).resolve()) if train else None, gen.profile.name, gen.mode,
@@ -464,8 +459,8 @@ def _evaluate(real, generated, out, *, train, profile, run_dir, feature_weights,
     progress.stage("report")
     from CTDiffusionLib.evaluation.report import write_report
 
-    _write_json(out / "metrics.json", metrics)
-    write_report(out / "report.html", metrics)
+    _write_json(ReportFolder(out).metrics, metrics)
+    write_report(ReportFolder(out).report, metrics)
     return metrics
 
 

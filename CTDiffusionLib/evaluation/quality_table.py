@@ -8,13 +8,14 @@ number is a generated value). Stdlib only.
 
 from __future__ import annotations
 
+from CTDiffusionLib.textformat import NO_VALUE
+
 #: (key, column title) in display order: the verdict first, so it is never scrolled out of view.
 COLUMNS = (("verdict", "verdict"), ("metric", "metric"), ("generated", "generated"),
            ("interval", "real-vs-real 95% interval"), ("description", "what it measures"))
 VERDICT_LABELS = {"fail": "FAIL", "pass": "ok"}
 _SIDES = {"upper": "fail above", "lower": "fail below", "two-sided": "fail outside"}
 _BETTER = {"lower": "\u2193", "higher": "\u2191"}  # which way is better, beside an older report's floor
-NO_VALUE = "\u2013"
 
 
 def format_value(value) -> str:
@@ -42,7 +43,7 @@ def interval_text(entry: dict) -> str:
     return f"{format_value(floor)} {arrow}" if arrow else format_value(floor)
 
 
-def _verdict(value) -> str:
+def verdict_of(value) -> str:
     """'pass' | 'fail' | '' from an entry's verdict (a string, or a dict with one)."""
     if isinstance(value, dict):
         value = value.get("verdict")
@@ -65,7 +66,7 @@ def _details(entry: dict) -> str:
 
 def _row(name: str, entry, verdict=None) -> dict:
     entry = entry if isinstance(entry, dict) else {"generated": entry}
-    value = _verdict(entry.get("verdict", verdict))
+    value = verdict_of(entry.get("verdict", verdict))
     return {"verdict": value, "verdict_label": VERDICT_LABELS.get(value, ""), "metric": str(name),
             "generated": format_value(entry.get("generated", entry.get("value"))), "interval": interval_text(entry),
             "description": str(entry.get("description") or "") + _details(entry)}

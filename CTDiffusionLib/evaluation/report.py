@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from CTDiffusionLib.evaluation.quality_table import COLUMNS, format_value, quality_rows
+from CTDiffusionLib.textformat import NO_VALUE
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
@@ -32,7 +33,8 @@ def summary_table(summary: dict) -> str:
     for row in quality_rows({"summary": summary}, per_condition=False):
         cls = {"fail": "worse", "pass": "ok"}.get(row["verdict"], "")
         rows.append([f"<b class='{cls}'>{html.escape(row['verdict_label'])}</b>", html.escape(row["metric"]),
-                     html.escape(row["generated"]), f"<span class='nowrap'>{html.escape(row['interval'] or '–')}</span>",
+                     html.escape(row["generated"]),
+                     f"<span class='nowrap'>{html.escape(row['interval'] or NO_VALUE)}</span>",
                      html.escape(row["description"])])
     return _table([title for _key, title in COLUMNS], rows)
 

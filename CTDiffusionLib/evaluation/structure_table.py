@@ -7,7 +7,8 @@ Stdlib only.
 
 from __future__ import annotations
 
-from CTDiffusionLib.evaluation.quality_table import NO_VALUE, VERDICT_LABELS
+from CTDiffusionLib.evaluation.quality_table import VERDICT_LABELS, verdict_of
+from CTDiffusionLib.textformat import NO_VALUE, fixed
 
 #: (key, column title) in display order.
 COLUMNS = (("structure", "structure"), ("hu_verdict", "HU"), ("hu_generated", "generated HU median [Q1, Q3]"),
@@ -20,21 +21,16 @@ def hu_cell(summary) -> str:
     """'median [Q1, Q3]' of one HU summary (evaluation/structures.py), a dash when the structure had no voxels."""
     if not isinstance(summary, dict) or summary.get("median") is None:
         return NO_VALUE
-    return f"{summary['median']:.0f} [{summary['q1']:.0f}, {summary['q3']:.0f}]"
+    return f"{fixed(summary['median'], 0)} [{fixed(summary['q1'], 0)}, {fixed(summary['q3'], 0)}]"
 
 
 def _dice(value, interval) -> str:
     if value is None:
         return NO_VALUE
-    text = f"{value:.2f}"
+    text = fixed(value, 2)
     if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+        text += f" [{fixed(interval[0], 2)}, {fixed(interval[1], 2)}]"
     return text
-
-
-def _verdict(value) -> str:
-    value = "pass" if value == "ok" else value
-    return value if value in ("pass", "fail") else ""
 
 
 def structure_rows(metrics: dict) -> list[dict]:
@@ -49,7 +45,7 @@ def structure_rows(metrics: dict) -> list[dict]:
     rows = []
     for name in names:
         h, a = hu.get(name) or {}, adherence.get(name) or {}
-        hu_verdict, dice_verdict = _verdict(h.get("verdict")), _verdict(a.get("verdict"))
+        hu_verdict, dice_verdict = verdict_of(h.get("verdict")), verdict_of(a.get("verdict"))
         rows.append({"structure": str(name), "hu_verdict": hu_verdict,
                      "hu_verdict_label": VERDICT_LABELS.get(hu_verdict, ""),
                      "hu_generated": hu_cell(h.get("generated")), "hu_real": hu_cell(h.get("real")),

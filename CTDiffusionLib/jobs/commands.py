@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from CTDiffusionLib.requests import EngineRequest, Request
-from CTDiffusionLib.runfolder import CONFIG, RunFolder, read_json_or_empty
+from CTDiffusionLib.runfolder import CONFIG, BundleFolder, RunFolder, read_json_or_empty
 
 PACKAGE = "CTDiffusionLib"
 #: Folder that holds the CTDiffusionLib package (in Slicer: the extension's qt-scripted-modules folder).
@@ -116,7 +116,7 @@ def model_json_path(model: str | os.PathLike | None) -> Path | None:
     """model.json of a run folder (RUN/model/model.json) or of a bundle folder (BUNDLE/model.json)."""
     if not model:
         return None
-    for candidate in (Path(model) / "model" / "model.json", Path(model) / "model.json"):
+    for candidate in (RunFolder(model).bundle.meta, BundleFolder(model).meta):
         if candidate.is_file():
             return candidate
     return None

@@ -13,7 +13,7 @@ from CTDiffusionLib.evaluation.quality_table import COLUMNS as QUALITY_COLUMNS
 from CTDiffusionLib.evaluation.quality_table import format_value, quality_rows
 from CTDiffusionLib.scene.core import get_scene
 from CTDiffusionLib.profiles import PROFILES, get_profile
-from CTDiffusionLib.runfolder import json_document
+from CTDiffusionLib.runfolder import METRICS, json_document
 from CTDiffusionLib.scene.nodes import is_segmentation
 
 LOSS_TABLE_NAME = "CTDiffusion loss"
@@ -128,7 +128,7 @@ class LossCurve:
 
 def load_metrics(report: str | Path | dict) -> dict:
     """metrics.json (a report folder, the file, or the parsed dict)."""
-    return json_document(report, "metrics.json")
+    return json_document(report, METRICS)
 
 
 def metrics_tables(report, scene=None):

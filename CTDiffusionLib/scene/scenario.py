@@ -21,6 +21,7 @@ from CTDiffusionLib.profiles import PROSTATE_CT
 from CTDiffusionLib.scene.nodes import SYNTHETIC_FOLDER_NAME, export_nodes, import_generated, \
     list_generated, load_ct_volume, place_in
 from CTDiffusionLib.scene.plots import LossCurve
+from CTDiffusionLib.runfolder import RunFolder
 
 
 class ScenarioError(AssertionError):
@@ -110,7 +111,7 @@ def run_selftest_scenario(work_dir: str | Path, scene=None, steps: int = 4, num_
     kinds = [e.get("event") for e in runner.events]
     _check("start" in kinds and kinds[-1] == "done", f"unexpected training events: {kinds}")
     _check(curve.rows() >= 1, "no loss values arrived from the training events")
-    _check((run_dir / "model" / "model.json").is_file(), "training wrote no model bundle")
+    _check(RunFolder(run_dir).bundle.meta.is_file(), "training wrote no model bundle")
     result.update(train_runner=runner, loss_curve=curve, run_dir=run_dir)
 
     log(f"Generating {num_generate} volumes ...")

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from CTDiffusionLib.runfolder import EVENTS, UTILITY
+
+
 
 def run_utility(train, synthetic, test, out, **options) -> dict:
     """See benchmark.run_utility."""
@@ -56,7 +59,7 @@ def utility_from_args(args, events) -> int:
         if (out / RESULT).exists():
             raise OutputExists(f"--out {out} already holds a utility benchmark ({RESULT}).",
                                "Choose a new --out folder; CTDiffusion does not replace an earlier result.")
-        events.set_log_path(out / "events.jsonl")
+        events.set_log_path(out / EVENTS)
         events.emit("start", command="utility", train=str(args.train), synthetic=str(args.synthetic),
                     test=str(args.test), out=str(out), seeds=args.seeds, ratio=args.ratio)
         options = dict(seeds=args.seeds, ratio=args.ratio, iterations=args.iterations, device=args.device,
@@ -68,6 +71,6 @@ def utility_from_args(args, events) -> int:
                 result = run_utility(args.train, args.synthetic, args.test, out, structures=args.structures,
                                      segmenter=segmenter, stop=stop, **options)
     print(f"utility benchmark written to {out / 'utility.json'}\n{result['verdict_line']}", file=sys.stderr)
-    events.emit("done", status="completed", utility=str(out / "utility.json"), verdict=result["verdict"],
+    events.emit("done", status="completed", utility=str(out / UTILITY), verdict=result["verdict"],
                 gain=result["gain"], near_copies=len(result["near_copies"]), time_s=result["time_s"])
     return 0

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from CTDiffusionLib.errors import InputError
+from CTDiffusionLib.runfolder import ReportFolder
 
 
 def read_utility(path) -> tuple[dict, Path]:
@@ -29,7 +30,7 @@ def attach(metrics: dict, utility: dict, utility_dir: Path, report_dir: Path) ->
     utility = dict(utility)
     figure = utility.get("figure")
     if figure and (utility_dir / figure).is_file():
-        target = Path(report_dir) / "figures" / Path(figure).name
+        target = ReportFolder(report_dir).figures / Path(figure).name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(utility_dir / figure, target)
         utility["figure"] = f"figures/{target.name}"
@@ -42,7 +43,8 @@ def attach(metrics: dict, utility: dict, utility_dir: Path, report_dir: Path) ->
 def utility_section(u: dict) -> str:
     """HTML: the verdict line, one row per arm (utility/table.py, the rows Slicer and the web viewer show), the gain,
     near-copies, (masks) conditioning per group, the figure."""
-    from CTDiffusionLib.utility.table import _number, gain_text, metric_title, utility_rows, verdict_text
+    from CTDiffusionLib.textformat import fixed
+    from CTDiffusionLib.utility.table import gain_text, metric_title, utility_rows, verdict_text
 
     esc = html.escape
     counts = u.get("counts", {})
@@ -61,11 +63,11 @@ def utility_section(u: dict) -> str:
         parts.append(f"<p class='worse'><b>Near-copies of training cases in the synthetic set:</b> {esc(names)}</p>")
     cond = u.get("conditioning")
     if cond:
-        rows = "".join(f"<tr><td>{esc(g)}</td><td>{_number(v.get('accuracy'))}</td>"
-                       f"<td>{_number(v.get('real_accuracy'))}</td><td>{v.get('n_generated')}</td></tr>"
+        rows = "".join(f"<tr><td>{esc(g)}</td><td>{fixed(v.get('accuracy'), 3)}</td>"
+                       f"<td>{fixed(v.get('real_accuracy'), 3)}</td><td>{v.get('n_generated')}</td></tr>"
                        for g, v in cond["per_group"].items())
         parts.append(f"<p>Conditioning: generated masks read as the group they were asked for: "
-                     f"{_number(cond.get('accuracy'))} (chance {_number(cond.get('chance'))}).</p>"
+                     f"{fixed(cond.get('accuracy'), 3)} (chance {fixed(cond.get('chance'), 3)}).</p>"
                      "<table><tr><th>requested group</th><th>accuracy on generated</th><th>accuracy on real</th>"
                      f"<th>generated masks</th></tr>{rows}</table>")
     if u.get("figure"):
@@ -80,5 +82,5 @@ def add_to_report(metrics: dict, utility: dict, utility_dir: Path, report_dir) -
     from CTDiffusionLib.runfolder import write_json
 
     attach(metrics, utility, utility_dir, report_dir)
-    write_json(Path(report_dir) / "metrics.json", _clean(metrics))
-    write_report(Path(report_dir) / "report.html", metrics)
+    write_json(ReportFolder(report_dir).metrics, _clean(metrics))
+    write_report(ReportFolder(report_dir).report, metrics)

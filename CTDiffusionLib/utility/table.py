@@ -7,9 +7,10 @@ from the result itself.
 
 from __future__ import annotations
 
-from CTDiffusionLib.runfolder import json_document
+from CTDiffusionLib.runfolder import UTILITY, json_document
+from CTDiffusionLib.textformat import NO_VALUE, fixed
 
-RESULT = "utility.json"  # what `ctdiffusion utility` writes into its --out folder
+RESULT = UTILITY  # what `ctdiffusion utility` writes into its --out folder
 #: utility.json's arm keys (utility/arms.py, which imports torch) as a table labels them
 ARM_LABELS = {"real": "real only", "synthetic": "synthetic only", "real+synthetic": "real + synthetic"}
 COLUMNS = (("arm", "Arm"), ("mean", "Mean"), ("interval", "95% interval"), ("hd95", "HD95"))
@@ -27,16 +28,10 @@ def metric_of(result: dict) -> str:
     return "accuracy" if "accuracy" in (result.get("gain") or {}) else "dice"
 
 
-def _number(value, signed: bool = False) -> str:
-    if not isinstance(value, (int, float)):
-        return "–"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
 def _interval(ci, signed: bool = False) -> str:
     if not (isinstance(ci, (list, tuple)) and len(ci) == 2):
-        return "–"
-    return f"{_number(ci[0], signed)} .. {_number(ci[1], signed)}"
+        return NO_VALUE
+    return f"{fixed(ci[0], 3, signed)} .. {fixed(ci[1], 3, signed)}"
 
 
 def utility_rows(result) -> list[dict]:
@@ -48,10 +43,10 @@ def utility_rows(result) -> list[dict]:
     rows = []
     for arm, entry in arms.items():
         entry = entry or {}
-        hd95 = entry.get("hd95")
-        rows.append({"arm": ARM_LABELS.get(arm, arm), "mean": _number(entry.get(metric)),
+        hd95 = fixed(entry.get("hd95"), 1)
+        rows.append({"arm": ARM_LABELS.get(arm, arm), "mean": fixed(entry.get(metric), 3),
                      "interval": _interval(entry.get(f"{metric}_ci95")),
-                     "hd95": f"{hd95:.1f} {entry.get('hd95_unit', 'mm')}" if isinstance(hd95, (int, float)) else "–"})
+                     "hd95": hd95 if hd95 == NO_VALUE else f"{hd95} {entry.get('hd95_unit', 'mm')}"})
     return rows
 
 
@@ -70,7 +65,7 @@ def gain_text(result) -> str:
     result = load_utility(result)
     metric = metric_of(result)
     gain = result.get("gain") or {}
-    return (f"Gain (real + synthetic − real only): {_number(gain.get(metric), True)} {metric_title(result)}, "
+    return (f"Gain (real + synthetic − real only): {fixed(gain.get(metric), 3, signed=True)} {metric_title(result)}, "
             f"95% interval {_interval(gain.get('ci95'), True)} — {result.get('verdict', 'no verdict')}")
 
 

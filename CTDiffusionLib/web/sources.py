@@ -14,10 +14,10 @@ from pathlib import Path
 from CTDiffusionLib.data.volume_io import image_suffix, strip_image_suffix
 from CTDiffusionLib.errors import InputError
 from CTDiffusionLib.profiles import get_profile
-from CTDiffusionLib.runfolder import RunFolder, is_temporary, read_json
+from CTDiffusionLib.runfolder import METRICS, RunFolder, is_temporary, read_json
 from CTDiffusionLib.utility.table import RESULT
 
-REPORT_FILE = "metrics.json"
+REPORT_FILE = METRICS
 UTILITY_FILE = RESULT  # the downstream benchmark's result (CTDiffusionLib/utility)
 #: sub-folders the `demo` command writes; looked at when the named folder is not itself one of them
 DEMO_PARTS = {"run": "run", "generated": "generated", "report": "report"}
