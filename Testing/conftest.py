@@ -26,6 +26,14 @@ def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+def phantom_pair_sets(root, sets: dict, size: str) -> dict:
+    """{name: folder} of phantom CT + label pairs written by the CLI; `sets` = {name: (cases, seed)}."""
+    for name, (num, seed) in sets.items():
+        assert run_cli("phantoms", "--profile", "prostate-ct", "--with-labels", "--num", num, "--seed", seed,
+                       "--size", size, "--out", root / name) == 0
+    return {name: root / name for name in sets}
+
+
 def stop_after(monkeypatch, last_step: int) -> None:
     """The next training stops as on SIGINT/SIGTERM after `last_step`, on top of whatever train_step is installed."""
     from CTDiffusionLib.training import trainer as trainer_module

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import run_cli
+from conftest import phantom_pair_sets, run_cli
 
 SIZE = "32x32x8"
 ITERATIONS = 40
@@ -24,12 +24,7 @@ STRUCTURES = "bladder,femur,fat,muscle"  # the larger organs: a short run learns
 @pytest.fixture(scope="module")
 def pair_sets(tmp_path_factory) -> dict:
     """Real training pairs, held-out real test pairs and fresh phantom pairs never trained on."""
-    root = tmp_path_factory.mktemp("pairs")
-    sets = {"train": (4, 0), "test": (3, 1000), "fresh": (4, 500)}
-    for name, (num, seed) in sets.items():
-        assert run_cli("phantoms", "--profile", "prostate-ct", "--with-labels", "--num", num, "--seed", seed,
-                       "--size", SIZE, "--out", root / name) == 0
-    return {name: root / name for name in sets}
+    return phantom_pair_sets(tmp_path_factory.mktemp("pairs"), {"train": (4, 0), "test": (3, 1000), "fresh": (4, 500)}, SIZE)
 
 
 def _benchmark(pair_sets, synthetic: Path, out: Path) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import run_cli
+from conftest import phantom_pair_sets, run_cli
 
 SIZE = "32x32x8"
 STRUCTURES = "bladder,femur"
@@ -119,12 +119,7 @@ for image in sorted(Path(a.i).glob("*_0000.nii.gz")):
 
 @pytest.fixture(scope="module")
 def pair_sets(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("pairs")
-    sets = {"train": (3, 0), "test": (2, 1000), "fresh": (3, 500)}
-    for name, (num, seed) in sets.items():
-        assert run_cli("phantoms", "--profile", "prostate-ct", "--with-labels", "--num", num, "--seed", seed,
-                       "--size", SIZE, "--out", root / name) == 0
-    return {name: root / name for name in sets}
+    return phantom_pair_sets(tmp_path_factory.mktemp("pairs"), {"train": (3, 0), "test": (2, 1000), "fresh": (3, 500)}, SIZE)
 
 
 @pytest.fixture()
