@@ -1179,8 +1179,8 @@ class CTDiffusionLogic(ScriptedLoadableModuleLogic):
             reference = path
         settings = GenerateRequest(model=str(modelPath), num=p.numberOfSamples, out=str(outDir), sampler=p.sampler,
                                     steps=panel.sampling_steps_override(p.sampler, p.samplingSteps), seed=p.seed,
-                                    reference=reference, condition=condition, device=p.device)
-        settings = settings.changed(guidance_scale=panel.guidance_scale(settings.condition, p.guidanceScale))
+                                    reference=reference, condition=condition,
+                                    guidance_scale=panel.guidance_scale(condition, p.guidanceScale), device=p.device)
         return build_command(settings), outDir
 
     def evaluationCommand(self, p, realNodes, generatedNodes, useLastGeneration=True):

@@ -123,10 +123,19 @@ class Option:
     group: str | None = None  # fields of one group exclude each other
     needs: str | None = None  # a switch without which this field means nothing (refused alone)
     canonical: Callable[[Any], Any] | None = None  # GUI value -> the value the parser gives back
-    metavar: str | None = None
 
     def flag(self, name: str) -> str:
-        return name if self.positional else "--" + name.replace("_", "-")
+        return name if self.positional else _long_flag(name)
+
+    def choice_list(self) -> list[str] | None:
+        """The allowed values (a callable is read now), or None for any."""
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+
+def _long_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def option(default: Any = None, help: str = "", **spec) -> Any:
@@ -160,7 +169,7 @@ def _check(opt: Option, name: str, value: Any) -> None:
                 opt.parse(text)
             except (argparse.ArgumentTypeError, ValueError) as exc:
                 raise ValueError(f"{opt.flag(name)}: {exc}") from None
-        choices = opt.choices() if callable(opt.choices) else opt.choices
+        choices = opt.choice_list()
         if choices is not None and item not in choices:
             raise ValueError(f"{opt.flag(name)}: {item!r} is not one of {', '.join(map(str, choices))}")
 
@@ -186,7 +195,7 @@ class Request:
             object.__setattr__(self, f.name, value)
             _check(opt, f.name, value)
             if opt.needs and value not in (None, False, f.default) and not getattr(self, opt.needs):
-                raise ValueError(f"{opt.flag(f.name)} needs {Option().flag(opt.needs)}")
+                raise ValueError(f"{opt.flag(f.name)} needs {_long_flag(opt.needs)}")
         for group in dict.fromkeys(opt.group for _, opt in _options(type(self)) if opt.group):
             names = [f.name for f, opt in _options(type(self)) if opt.group == group]
             if sum(bool(getattr(self, name)) for name in names) > 1:
@@ -209,9 +218,6 @@ class Request:
             args += values if opt.positional else [opt.flag(f.name), *values]
         return args
 
-    def changed(self, **values) -> "Request":
-        return dataclasses.replace(self, **values)
-
     @classmethod
     def from_namespace(cls, namespace: argparse.Namespace):
         return cls(**{f.name: getattr(namespace, f.name) for f, _ in _options(cls)})
@@ -230,22 +236,16 @@ class Request:
             if opt.switch:
                 kwargs.update(action="store_true", default=f.default)
             else:
-                if opt.parse is not None:
-                    kwargs["type"] = opt.parse
-                if opt.choices is not None:
-                    kwargs["choices"] = list(opt.choices() if callable(opt.choices) else opt.choices)
+                kwargs.update(type=opt.parse, choices=opt.choice_list())
                 if opt.many:
                     kwargs["nargs"] = "+"
-                if opt.metavar:
-                    kwargs["metavar"] = opt.metavar
-                if opt.positional:
-                    kwargs["nargs"] = "?" if not _is_required(f) else None
-                    kwargs = {k: v for k, v in kwargs.items() if v is not None}
                 if _is_required(f):
-                    if not opt.positional:
+                    if not opt.positional:  # a positional argument is required by being there
                         kwargs["required"] = True
                 else:
                     kwargs["default"] = f.default
+                    if opt.positional:
+                        kwargs["nargs"] = "?"
             if opt.positional:
                 target.add_argument(f.name, **kwargs)
             else:
@@ -440,15 +440,9 @@ REQUESTS: dict[str, type[Request]] = {r.COMMAND: r for r in (
     PhantomsRequest, TrainRequest, GenerateRequest, EvaluateRequest, UtilityRequest, DemoRequest, ViewRequest)}
 
 
-def parse_request(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, Request]:
-    """Parse a command line into (the namespace, with the global flags, and the command's request). A value argparse
-    refuses exits 2 as argparse does; a rule between fields (e.g. --structures needs --with-labels) is an InputError
-    (exit 2, one sentence)."""
-    namespace = parser.parse_args(argv)
-    return namespace, request_from(namespace)
-
-
 def request_from(namespace: argparse.Namespace) -> Request:
+    """The command's request from parsed arguments (a value argparse refuses has exited 2 already); a rule between
+    fields (e.g. --structures needs --with-labels) is an InputError (exit 2, one sentence)."""
     try:
         return REQUESTS[namespace.command].from_namespace(namespace)
     except ValueError as exc:

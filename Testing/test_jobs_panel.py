@@ -15,13 +15,13 @@ from CTDiffusionLib.samplers import SAMPLERS
 from CTDiffusionLib.jobs import build_command, panel, plans
 from CTDiffusionLib.presets import PRESETS
 from CTDiffusionLib.profiles import PROFILES
-from CTDiffusionLib.requests import GenerateRequest, TrainRequest, parse_request
+from CTDiffusionLib.requests import GenerateRequest, TrainRequest, request_from
 from CTDiffusionLib.training.config import build_config
 
 
 def _engine_config(settings: TrainRequest) -> dict:
     """What the engine would train: the real CLI parser and the real config resolution."""
-    _, request = parse_request(build_parser(), settings.argv())
+    request = request_from(build_parser().parse_args(settings.argv()))
     return build_config(request, list(settings.data))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from CTDiffusionLib.cli import build_parser
 from CTDiffusionLib.jobs.commands import build_command
-from CTDiffusionLib.requests import REQUESTS, GenerateRequest, TrainRequest, parse_request
+from CTDiffusionLib.requests import REQUESTS, GenerateRequest, TrainRequest, request_from
 
 
 def _minimal(request_type) -> dict:
@@ -63,7 +63,7 @@ def test_every_field_goes_to_the_child_and_comes_back(request_type, f):
         values[needs] = True
     request = request_type(**values)
     argv = _child_argv(request) if hasattr(request, "out") else request.argv()
-    _, parsed = parse_request(build_parser(), argv)
+    parsed = request_from(build_parser().parse_args(argv))
     expected = dataclasses.replace(request, events=True) if hasattr(request, "events") else request
     assert parsed == expected and getattr(parsed, f.name) == values[f.name]
     assert parsed.argv() == argv  # and back: the parsed request asks for exactly the same
@@ -73,7 +73,7 @@ def test_every_field_goes_to_the_child_and_comes_back(request_type, f):
 def test_defaults_are_the_parsers_defaults(command):
     request_type = REQUESTS[command]
     minimal = request_type(**_minimal(request_type))
-    _, parsed = parse_request(build_parser(), minimal.argv())
+    parsed = request_from(build_parser().parse_args(minimal.argv()))
     assert parsed == minimal  # nothing sent, the same defaults come back
 
 

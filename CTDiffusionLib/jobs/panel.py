@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 from CTDiffusionLib.presets import PRESETS
 from CTDiffusionLib.profiles import PROFILES, get_profile
+from CTDiffusionLib.requests import condition_text
 from CTDiffusionLib.samplers import DEFAULT_SAMPLER as DEFAULT_SAMPLER_OF, SAMPLERS
 
 AUGMENTATIONS = ("zoom", "flip", "rotate")
@@ -136,7 +138,8 @@ def sampling_steps_override(sampler: str, steps: int | None) -> int | None:
     return int(steps)
 
 
-def guidance_scale(condition: str | None, scale: float | None) -> float | None:
-    """The Generation section's guidance slider is sent only with a condition chosen: an unconditional model has
-    nothing to guide, and a paired model's CT keeps its own default (samplers.PAIRED_CT_GUIDANCE)."""
-    return None if not condition or scale is None else float(scale)
+def guidance_scale(condition: Mapping[str, str] | str | None, scale: float | None) -> float | None:
+    """The Generation section's guidance slider is sent only with a condition chosen (combo values, or the request's
+    text): an unconditional model has nothing to guide, and a paired model's CT keeps its own default
+    (samplers.PAIRED_CT_GUIDANCE)."""
+    return None if not condition_text(condition) or scale is None else float(scale)

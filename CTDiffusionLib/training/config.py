@@ -97,7 +97,7 @@ def build_config(request: TrainRequest, sources: list[str]) -> dict:
         "format": CONFIG_FORMAT,
         "profile": profile.name,
         "preset": preset_name,
-        "model": _network(preset, request),
+        "model": _network(preset_name, preset, request),
         "data": {"sources": sources, "grid": grid, "mode": mode,
                  "val_fraction": VAL_FRACTION if request.val_fraction is None else request.val_fraction,
                  "augment": parse_augment(request.augment, preset["augment"]), "conditions": conditions},
@@ -107,14 +107,14 @@ def build_config(request: TrainRequest, sources: list[str]) -> dict:
     }
 
 
-def _network(preset: dict, request: TrainRequest) -> dict:
+def _network(preset_name: str, preset: dict, request: TrainRequest) -> dict:
     """The preset's network; with --label-conditioning controlnet wrapped in a ControlNet branch (models/controlnet.py)
     whose label channels training/paired.py adds with the structures."""
     if request.label_conditioning != "controlnet":
         return preset["model"]
     if preset["model"]["type"] != "aniso_unet":
         raise InputError(f"--label-conditioning controlnet needs a preset of CTDiffusion's own network; "
-                         f"{request.preset} uses {preset['model']['type']}.", "Use --preset demo, default or native512.")
+                         f"{preset_name} uses {preset['model']['type']}.", "Use --preset demo, default or native512.")
     return {"type": CONTROLNET_TYPE, "kwargs": {**preset["model"]["kwargs"], "control_channels": 0}}
 
 
